@@ -1,65 +1,257 @@
-"""Train the neural batch sampler (and with it the autoencoder and predictor) on an MVTec AD category.
+"""Train the neural batch sampler, and with it the autoencoder and predictor inside ``MVTecPatch-v0``.
 
-    python train.py --env MVTecPatch-v0                     # embedded synthetic category
-    python train.py --data-root DATA --category grid --dry-run
+    python train.py --env MVTecPatch-v0                           # embedded synthetic category, REINFORCE
+    python train.py --algo ppo --data-root DATA --category grid   # a real MVTec AD category, another algorithm
+    python train.py --preset paper ...                            # the paper's schedule (100 AE pre-training epochs)
+    python train.py -i logs/reinforce/MVTecPatch-v0_1             # continue an interrupted run from its last checkpoint
 
-Recipe: parse the config, seed, build, run, save (CleanRL / rl-baselines3-zoo style).
+A run writes ``<log-folder>/<algo>/<env>_<N>/``: ``config.yml`` (everything needed to rebuild it), ``split.json``,
+``tensorboard/``, ``checkpoints/``, ``agent.zip``, ``detector.pt`` (the last), ``best_detector.pt`` (best validation
+F1max), ``monitor.csv`` and the test-split evaluation (``metrics.json``, figures) of evaluate.py.
+
+Recipe, as in rl-baselines3-zoo and CleanRL: parse the config, seed, build, run, save.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import copy
 import json
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from envs.mvtec import DatasetError, load_category
-from envs.split import SplitConfig, make_split
+import yaml
+
+from envs.mvtec import DatasetError
 
 logger = logging.getLogger("train")
 
+HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
+ENV_IDS = ("MVTecPatch-v0",)
+PRESETS = ("default", "paper")
+# keys of a hyperparameter preset that are not arguments of the algorithm's class
+RUN_KEYS = ("n_timesteps", "env_kwargs", "eval_freq", "save_freq")
 
-def resolve_data(data_root: str | None, category: str | None) -> tuple[Path, str]:
-    """The dataset root and category; without a root, the embedded synthetic category (generated on first use)."""
-    if data_root is None:
-        from envs.synthetic import SYNTHETIC_CATEGORY, default_root
 
-        if category not in (None, SYNTHETIC_CATEGORY):
-            raise DatasetError(f"--category {category!r} needs --data-root (without it the embedded '{SYNTHETIC_CATEGORY}' is used)")
-        return default_root(), SYNTHETIC_CATEGORY
-    if category is None:
-        raise DatasetError(f"--data-root '{data_root}' needs --category (a folder name under it)")
-    return Path(data_root), category
+def parse_value(text: str) -> Any:
+    """``3e-4`` -> 0.0003, ``[64, 64]`` -> list, ``true`` -> True, anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = yaml.safe_load(text)
+        return text if value is None else value
+
+
+def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition(":")
+        if not sep or not key:
+            raise ValueError(f"{option} expects key:value pairs, got {pair!r}")
+        out[key] = parse_value(value)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agents import AGENTS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="MVTecPatch-v0", help=f"environment id (valid: {', '.join(ENV_IDS)})")
+    parser.add_argument("--algo", default="reinforce", help=f"RL algorithm (valid: {', '.join(AGENTS)})")
+    parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="env steps to train (default: from the preset)")
+    parser.add_argument("--seed", type=int, default=0, help="one seed for the split, the networks and the actions")
+    parser.add_argument("-f", "--log-folder", default="logs", help="runs go to <log-folder>/<algo>/<env>_<N>/")
+    parser.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard folder (default: <run>/tensorboard)")
+    parser.add_argument("--preset", default="default", help=f"hyperparameter preset (valid: {', '.join(PRESETS)})")
+    parser.add_argument("--env-kwargs", nargs="*", metavar="K:V", help="env kwargs, e.g. observation:rgb_history")
+    parser.add_argument("--hyperparams", nargs="*", metavar="K:V", help="algorithm kwargs, e.g. learning_rate:3e-4")
+    parser.add_argument("--eval-freq", type=int, default=None, help="env steps between validation runs (0: none)")
+    parser.add_argument("--save-freq", type=int, default=None, help="env steps between checkpoints (0: none)")
+    parser.add_argument("-i", "--trained-agent", default=None, help="a run folder to continue from its last checkpoint")
+    parser.add_argument("--device", default="cpu", help="torch device for the agent and the detector: cpu, cuda, cuda:N")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show progress bars (default: on in a terminal)")
     parser.add_argument("--data-root", default=None, help="folder holding MVTec AD categories (default: embedded synthetic)")
     parser.add_argument("--category", default=None, help="category folder name under --data-root")
-    parser.add_argument("--image-size", type=int, default=256, help="working image size (square)")
-    parser.add_argument("--k-shot", type=int, default=5, help="labelled anomalies per defect type")
-    parser.add_argument("--seed", type=int, default=0, help="one seed for the split, the networks and the actions")
+    parser.add_argument("--image-size", type=int, default=None, help="working image size (default 256)")
+    parser.add_argument("--k-shot", type=int, default=None, help="labelled anomalies per defect type (default 5)")
+    parser.add_argument("--no-evaluate", action="store_true", help="skip the final test-split evaluation")
     parser.add_argument("--dry-run", action="store_true", help="load and validate the data, print the split as JSON, exit")
+    parser.add_argument("-v", "--verbose", type=int, default=1, help="0: quiet, 1: info, 2: debug")
     return parser
 
 
-def dry_run(args: argparse.Namespace) -> dict:
-    root, category_name = resolve_data(args.data_root, args.category)
-    category = load_category(root, category_name, image_size=args.image_size, progress=sys.stderr.isatty())
-    split = make_split(category, SplitConfig(k_shot=args.k_shot, seed=args.seed))
+def load_preset(algo: str, env_id: str, preset: str) -> dict[str, Any]:
+    """The hyperparameters of ``hyperparams/<algo>.yml`` for ``env_id`` and ``preset``."""
+    path = HYPERPARAMS_DIR / f"{algo}.yml"
+    if not path.is_file():
+        raise ValueError(f"no hyperparameter file '{path}' for algo {algo!r}")
+    table = yaml.safe_load(path.read_text()) or {}
+    if env_id not in table:
+        raise ValueError(f"'{path}' has no entry for env {env_id!r} (has: {', '.join(table)})")
+    if preset not in table[env_id]:
+        raise ValueError(f"unknown preset {preset!r} for {algo}/{env_id} (valid: {', '.join(table[env_id])})")
+    return copy.deepcopy(table[env_id][preset])
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """One dict with everything a run needs; saved as config.yml so evaluate.py and resumes need nothing else."""
+    from agents import AGENTS
+
+    if args.env not in ENV_IDS:
+        raise ValueError(f"unknown env {args.env!r} (valid: {', '.join(ENV_IDS)})")
+    if args.algo not in AGENTS:
+        raise ValueError(f"unknown algo {args.algo!r} (valid: {', '.join(AGENTS)})")
+    hyperparams = load_preset(args.algo, args.env, args.preset)
+    hyperparams.update(parse_pairs(args.hyperparams, "--hyperparams"))
+    env_kwargs = dict(hyperparams.pop("env_kwargs", None) or {})
+    for key, value in (("data_root", args.data_root), ("category", args.category), ("image_size", args.image_size),
+                       ("k_shot", args.k_shot)):
+        if value is not None:
+            env_kwargs[key] = value
+    env_kwargs.update(parse_pairs(args.env_kwargs, "--env-kwargs"))
+    env_kwargs["seed"] = args.seed
+    env_kwargs["device"] = args.device
+    if env_kwargs.get("data_root") is not None:
+        env_kwargs["data_root"] = str(Path(env_kwargs["data_root"]).resolve())
+    run = {key: hyperparams.pop(key) for key in RUN_KEYS if key in hyperparams}
+    for key, value in (("n_timesteps", args.n_timesteps), ("eval_freq", args.eval_freq), ("save_freq", args.save_freq)):
+        if value is not None:
+            run[key] = value
+    if int(run.get("n_timesteps", 0)) < 1:
+        raise ValueError("n_timesteps must be >= 1 (set -n/--n-timesteps or n_timesteps in the preset)")
+    return {
+        "env": args.env, "algo": args.algo, "preset": args.preset, "seed": args.seed, "device": args.device,
+        "n_timesteps": int(run["n_timesteps"]), "eval_freq": int(run.get("eval_freq", 0)),
+        "save_freq": int(run.get("save_freq", 0)), "env_kwargs": env_kwargs, "hyperparams": hyperparams,
+    }
+
+
+def new_run_dir(log_folder: str, algo: str, env_id: str) -> Path:
+    """``<log_folder>/<algo>/<env_id>_<N>`` with N one more than the largest existing (rl-zoo's numbering)."""
+    parent = Path(log_folder) / algo
+    parent.mkdir(parents=True, exist_ok=True)
+    ids = [int(p.name.rsplit("_", 1)[1]) for p in parent.glob(f"{env_id}_*") if p.name.rsplit("_", 1)[1].isdigit()]
+    run_dir = parent / f"{env_id}_{max(ids, default=0) + 1}"
+    run_dir.mkdir()
+    return run_dir
+
+
+def dry_run(config: dict[str, Any]) -> dict:
+    from envs.mvtec_patch import MVTecPatchConfig, load_env_data
+
+    env_config = MVTecPatchConfig.from_kwargs(**config["env_kwargs"])
+    category, split = load_env_data(env_config)
     return split.summary(category)
+
+
+def train(config: dict[str, Any], run_dir: Path, *, resume: bool, progress: bool, tensorboard_log: str | None,
+          evaluate_at_end: bool = True) -> dict[str, Any]:
+    """Build env, agent and callbacks, learn, save; returns the test metrics (or {} without the final evaluation)."""
+    import gymnasium as gym
+    from stable_baselines3.common.callbacks import CallbackList
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.utils import set_random_seed
+
+    import envs  # noqa: F401 - registers MVTecPatch-v0
+    import evaluate
+    from agents import load_agent, make_agent
+    from agents.callbacks import (
+        CheckpointCallback,
+        RewardTermsCallback,
+        ValidationCallback,
+        latest_checkpoint,
+        write_checkpoint,
+    )
+    from envs.split import split_json
+
+    set_random_seed(config["seed"])
+    env = gym.make(config["env"], **config["env_kwargs"])
+    base = env.unwrapped
+    (run_dir / "split.json").write_text(split_json(base.split, base.category))
+    checkpoints = run_dir / "checkpoints"
+    checkpoint = latest_checkpoint(checkpoints) if resume else None
+    monitored = Monitor(env, str(run_dir / "monitor.csv"), override_existing=not resume)
+    if checkpoint is not None:
+        base.load_state(checkpoint / "env_state.pt")
+        agent = load_agent(config["algo"], checkpoint / "agent.zip", env=monitored, device=config["device"])
+        if tensorboard_log is not None:
+            agent.tensorboard_log = tensorboard_log
+        logger.info("resumed from %s at %d steps", checkpoint, agent.num_timesteps)
+    else:
+        if resume:
+            logger.warning("no checkpoint in %s: starting from scratch", checkpoints)
+        logger.info("warm-up: AE pre-training, fused maps, predictor warm-up")
+        start = time.perf_counter()
+        base.warm_up(progress=progress)
+        logger.info("warm-up took %.1f s", time.perf_counter() - start)
+        agent = make_agent(config["algo"], monitored, seed=config["seed"], tensorboard_log=tensorboard_log,
+                           device=config["device"], verbose=0, **config["hyperparams"])
+
+    val_images, val_masks = base.category.images[base.split.val], base.category.masks[base.split.val]
+    callbacks = [RewardTermsCallback(), CheckpointCallback(base, checkpoints, config["save_freq"])]
+    validation = ValidationCallback(
+        base, lambda detector: evaluate.evaluate_images(detector, val_images, val_masks, "detector")[:2],
+        val_images, val_masks, config["eval_freq"], best_path=run_dir / "best_detector.pt",
+    )
+    if config["eval_freq"] > 0 and val_masks.any():
+        callbacks.append(validation)
+    remaining = config["n_timesteps"] - (agent.num_timesteps if checkpoint is not None else 0)
+    try:
+        agent.learn(total_timesteps=max(remaining, 0), callback=CallbackList(callbacks), progress_bar=progress,
+                    tb_log_name=config["algo"], reset_num_timesteps=checkpoint is None)
+    except KeyboardInterrupt:
+        write_checkpoint(agent, base, checkpoints)
+        logger.warning("interrupted: checkpoint written to %s; continue with -i %s", checkpoints, run_dir)
+        raise
+    write_checkpoint(agent, base, checkpoints)
+    agent.save(run_dir / "agent.zip")
+    base.detector.save(run_dir / "detector.pt")
+    if config["eval_freq"] > 0 and val_masks.any():
+        validation.run_evaluation()  # the final detector competes for the best checkpoint too
+    env.close()
+    if not evaluate_at_end:
+        return {}
+    metrics = evaluate.evaluate_run(run_dir, method="detector")
+    evaluate.evaluate_run(run_dir, method="ae", out=run_dir / "ae_baseline")
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        resume = args.trained_agent is not None
+        if resume:
+            run_dir = Path(args.trained_agent)
+            if not (run_dir / "config.yml").is_file():
+                raise ValueError(f"'{run_dir}' is not a run folder (expected config.yml from a previous train.py run)")
+            config = yaml.safe_load((run_dir / "config.yml").read_text())
+            if args.n_timesteps is not None:
+                config["n_timesteps"] = args.n_timesteps
+        else:
+            config = resolve_config(args)
         if args.dry_run:
-            print(json.dumps(dry_run(args), indent=2))
+            print(json.dumps(dry_run(config), indent=2))
             return 0
-        raise SystemExit("error: training is not implemented yet; use --dry-run")
+        if not resume:
+            run_dir = new_run_dir(args.log_folder, config["algo"], config["env"])
+            (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        logger.info("run folder %s\n%s", run_dir, yaml.safe_dump(config, sort_keys=False))
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        tensorboard_log = args.tensorboard_log or str(run_dir / "tensorboard")
+        metrics = train(config, run_dir, resume=resume, progress=progress, tensorboard_log=tensorboard_log,
+                        evaluate_at_end=not args.no_evaluate)
+        if metrics:
+            print(json.dumps({"run": str(run_dir), **{k: round(v, 4) for k, v in metrics.items()}}, indent=2))
+        return 0
     except (DatasetError, ValueError) as error:
+        logger.debug("error details", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         return 2
 

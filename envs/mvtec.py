@@ -18,6 +18,7 @@ expected, so the command-line tools can print it without a traceback.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -229,3 +230,16 @@ def load_category(
     if empty:
         logger.info("%d defect image(s) have an all-zero mask (accepted): %s", len(empty), ", ".join(empty[:5]))
     return Category(category, root, image_size, samples, images, masks, sizes)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_category_cached(root: str, category: str, image_size: int) -> Category:
+    loaded = load_category(root, category, image_size)
+    loaded.images.flags.writeable = False  # shared between envs and evaluators in one process
+    loaded.masks.flags.writeable = False
+    return loaded
+
+
+def load_category_cached(root: str | Path, category: str, image_size: int = 256) -> Category:
+    """:func:`load_category`, read once per process (several envs, the evaluator and the trainer share it)."""
+    return _load_category_cached(str(Path(root).resolve()), category, image_size)

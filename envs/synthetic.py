@@ -12,11 +12,12 @@ category, which lets the one MVTec reader load it like any other::
 Images are a woven / brushed surface (oriented sinusoids + filtered noise + a smooth illumination gradient, with a
 mild warm tint and per-image jitter of phase, orientation and brightness). Defects are drawn on a clean rendering:
 
-- ``scratch``: bezier polylines 1-3 px wide, brighter or darker by 0.10-0.30 (a third of them low contrast);
-- ``thin_scratch``: 1 px bezier lines, only 0.05-0.09 brighter or darker (hard to see; tests recall on subtle defects);
-- ``hole``: dark ellipses with a soft edge and a brighter raised rim;
-- ``crack``: branching random walks of dark 1-2 px lines;
-- ``stain``: blurred blobs of a tinted colour shift of 0.06-0.15 (low contrast, soft edge).
+- ``scratch``: 1-2 bezier polylines 1-3 px wide, 70% brighter / 30% darker by 0.10-0.30 (a third at 0.10-0.15);
+- ``thin_scratch``: one 1 px bezier line only 0.06-0.10 brighter or darker (subtle: tests recall on faint defects);
+- ``hole``: dark ellipses (level 0.02-0.07, soft edge) with a brighter raised rim (+0.10-0.20);
+- ``crack``: branching random walks of 1-2 px lines darkening by 45-75%, with a faint dark halo;
+- ``stain``: blurred blobs of a brownish colour shift of 0.06-0.15 (low contrast, soft edge).
+(Intensities are on a [0, 1] scale; the clean surface sits around 0.5 with +-0.1 of texture.)
 
 The mask is the set of pixels the defect changed: a pixel is masked when its strongest channel moved by at least
 ``MIN_CHANGE_LEVELS`` grey levels (so every masked pixel differs from the clean image after 8-bit rounding), and
@@ -33,6 +34,7 @@ CLI: ``python -m envs.synthetic --out DIR [--seed N] [--image-size N] [--n-train
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -42,6 +44,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,7 +66,7 @@ MIN_CHANGE_LEVELS = 1.5
 # Soft footprints (blurred alpha) are cut below this, so near-invisible halos neither change pixels nor get masked.
 ALPHA_FLOOR = 0.1
 MIN_MASK_PIXELS = 4
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; the noisy textures barely compress anyway
 _SPLITS = {"train": 0, "test": 1}
 _TINT = np.array([1.04, 1.0, 0.92], dtype=np.float32)  # warm, brass-like cast (RGB)
 
@@ -130,11 +133,21 @@ def image_rngs(seed: int, split: str, label: str, index: int) -> tuple[np.random
     return np.random.default_rng(texture_ss), np.random.default_rng(defect_ss)
 
 
-def _blurred_noise(rng: np.random.Generator, size: int, sigma_x: float, sigma_y: float) -> np.ndarray:
-    """White noise low-passed by an axis-aligned Gaussian, rescaled to unit standard deviation. (H, W) float32."""
-    noise = rng.standard_normal((size, size), dtype=np.float32)
-    blurred = cv2.GaussianBlur(noise, (0, 0), sigmaX=sigma_x, sigmaY=sigma_y, borderType=cv2.BORDER_REFLECT)
-    return blurred / max(float(blurred.std()), 1e-6)
+def _unit_noise(rng: np.random.Generator, size: int, rows: int, cols: int) -> np.ndarray:
+    """White noise drawn on a coarse ``rows x cols`` grid and cubic-upsampled to ``size x size``: cheap low-pass
+    noise (an anisotropic grid gives streaks). Rescaled to unit standard deviation. (H, W) float32."""
+    noise: np.ndarray = rng.standard_normal((rows, cols), dtype=np.float32)
+    if (rows, cols) != (size, size):
+        noise = cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
+    return noise / max(float(noise.std()), 1e-6)
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)  # (H, W) each, pixels
+    yy.flags.writeable = False
+    xx.flags.writeable = False
+    return yy, xx
 
 
 def render_texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -151,31 +164,32 @@ def render_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     Returns:
         (H, W, 3) float32 RGB in [0.12, 0.88] (the margin leaves room for defects without clipping).
     """
+    # Scalars are cast to Python floats: NumPy scalars would promote the float32 arrays to float64 (NEP 50).
     scale = size / 256.0
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)  # (H, W) each, pixels
-    theta = math.radians(12.0 + rng.normal(0.0, 1.5))
-    u = xx * math.cos(theta) + yy * math.sin(theta)
-    v = -xx * math.sin(theta) + yy * math.cos(theta)
-    period = max(4.0, 11.0 * scale) * (1.0 + rng.normal(0.0, 0.03))
-    phase_u, phase_v = rng.uniform(0.0, 2.0 * math.pi, size=2)
-    warp = np.sin(2.0 * math.pi * u / period + phase_u)  # threads running along v
-    weft = np.sin(2.0 * math.pi * v / period + phase_v)  # threads running along u
+    yy, xx = _pixel_grid(size)
+    theta = math.radians(12.0 + float(rng.normal(0.0, 1.5)))
+    u = xx * math.cos(theta) + yy * math.sin(theta)  # (H, W)
+    v = yy * math.cos(theta) - xx * math.sin(theta)  # (H, W)
+    period = max(4.0, 11.0 * scale) * (1.0 + float(rng.normal(0.0, 0.03)))
+    phase_u, phase_v = (float(p) for p in rng.uniform(0.0, 2.0 * math.pi, size=2))
+    warp = np.sin((2.0 * math.pi / period) * u + phase_u)  # threads running along v
+    weft = np.sin((2.0 * math.pi / period) * v + phase_v)  # threads running along u
     # Over/under weaving: each family is raised on alternate cells of the other's period.
-    over = np.sin(math.pi * v / period + phase_v / 2.0) * np.sin(math.pi * u / period + phase_u / 2.0)
+    over = np.sin((math.pi / period) * v + phase_v / 2.0) * np.sin((math.pi / period) * u + phase_u / 2.0)
     weave = 0.045 * warp * (0.6 + 0.4 * over) + 0.035 * weft * (0.6 - 0.4 * over)
 
-    brushed = _blurred_noise(rng, size, sigma_x=14.0 * scale + 0.5, sigma_y=0.6)  # streaks along x
-    grain = _blurred_noise(rng, size, sigma_x=0.7, sigma_y=0.7)
-    blotch = _blurred_noise(rng, size, sigma_x=20.0 * scale + 1.0, sigma_y=20.0 * scale + 1.0)
+    brushed = _unit_noise(rng, size, size, max(4, size // 24))  # streaks along x
+    grain = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (3, 3), 0.7)
+    blotch = _unit_noise(rng, size, 4, 4)
 
-    gx, gy = rng.normal(0.0, 1.0, size=2)
+    gx, gy = (float(g) for g in rng.normal(0.0, 1.0, size=2))
     norm = math.hypot(gx, gy) + 1e-6
-    ramp = ((xx - size / 2.0) * gx + (yy - size / 2.0) * gy) / (norm * size)  # in [-0.71, 0.71]
-    illumination = rng.uniform(0.04, 0.09) * ramp
+    ramp = (xx - size / 2.0) * (gx / (norm * size)) + (yy - size / 2.0) * (gy / (norm * size))  # in [-0.71, 0.71]
+    illumination = float(rng.uniform(0.04, 0.09)) * ramp
 
-    brightness = 0.5 + rng.normal(0.0, 0.02)
-    grey = brightness + weave + 0.02 * brushed + 0.012 * grain + 0.025 * blotch + illumination  # (H, W)
-    tint = _TINT * (1.0 + rng.normal(0.0, 0.01, size=3)).astype(np.float32)
+    brightness = 0.5 + float(rng.normal(0.0, 0.02))
+    grey = brightness + weave + 0.02 * brushed + 0.03 * grain + 0.015 * blotch + illumination  # (H, W)
+    tint = (_TINT * (1.0 + rng.normal(0.0, 0.01, size=3))).astype(np.float32)
     rgb = grey[..., None] * tint  # (H, W, 3)
     return np.clip(rgb, 0.12, 0.88).astype(np.float32)
 
@@ -190,7 +204,7 @@ def _random_point(rng: np.random.Generator, size: int, margin: float) -> np.ndar
 
 
 def _bezier(rng: np.random.Generator, size: int, min_len: float, max_len: float) -> np.ndarray:
-    """Points of a random quadratic bezier curve, as (N, 1, 2) int32 for cv2.polylines."""
+    """Points of a random quadratic bezier curve starting inside the image, as (N, 1, 2) int32 x, y for cv2.polylines."""
     start = _random_point(rng, size, 0.08)
     angle = rng.uniform(0.0, 2.0 * math.pi)
     length = rng.uniform(min_len, max_len) * size
@@ -199,8 +213,7 @@ def _bezier(rng: np.random.Generator, size: int, min_len: float, max_len: float)
     ctrl = (start + end) / 2.0 + bow * np.array([-math.sin(angle), math.cos(angle)])
     t = np.linspace(0.0, 1.0, 40)[:, None]
     pts = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl + t**2 * end  # (40, 2) x, y
-    pts = np.clip(pts, 0, size - 1)
-    return np.round(pts).astype(np.int32)[:, None, :]
+    return np.round(pts).astype(np.int32)[:, None, :]  # cv2 clips what leaves the image
 
 
 def _scratch(clean: np.ndarray, rng: np.random.Generator, thin: bool = False) -> np.ndarray:
@@ -212,7 +225,7 @@ def _scratch(clean: np.ndarray, rng: np.random.Generator, thin: bool = False) ->
         pts = _bezier(rng, size, 0.25 if thin else 0.15, 0.6 if thin else 0.5)
         cv2.polylines(alpha, [pts], isClosed=False, color=1.0, thickness=thickness, lineType=cv2.LINE_8)
     if thin:
-        delta = rng.uniform(0.05, 0.09)
+        delta = rng.uniform(0.06, 0.10)
     else:  # a third of the scratches are low contrast
         delta = rng.uniform(0.10, 0.15) if rng.random() < 1 / 3 else rng.uniform(0.15, 0.30)
     sign = 1.0 if rng.random() < 0.7 else -1.0  # scratches on metal mostly catch the light
@@ -226,17 +239,20 @@ def _hole(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     b = a * rng.uniform(0.6, 1.0)
     angle = rng.uniform(0.0, 180.0)
     c = (int(round(centre[0])), int(round(centre[1])))
-    core = np.zeros(clean.shape[:2], np.float32)  # (H, W)
+    core: np.ndarray = np.zeros(clean.shape[:2], np.float32)  # (H, W)
     cv2.ellipse(core, c, (max(1, round(a)), max(1, round(b))), angle, 0, 360, 1.0, -1, cv2.LINE_8)
     core = cv2.GaussianBlur(core, (0, 0), sigmaX=1.0 + 0.1 * a)
-    rim = np.zeros_like(core)
+    rim: np.ndarray = np.zeros_like(core)
     rim_axes = (max(2, round(a + 2)), max(2, round(b + 2)))
     cv2.ellipse(rim, c, rim_axes, angle, 0, 360, 1.0, 2, cv2.LINE_8)
-    rim = cv2.GaussianBlur(rim, (0, 0), sigmaX=1.2) * (1.0 - core)
-    core = np.where(core >= ALPHA_FLOOR, core, 0.0)[..., None]
-    rim = np.where(rim >= ALPHA_FLOOR, rim, 0.0)[..., None]
-    dark = rng.uniform(0.03, 0.10) * _TINT
-    raised = clean + rng.uniform(0.06, 0.12) * rim  # burr around the hole catches light
+    rim = cv2.GaussianBlur(rim, (0, 0), sigmaX=1.2)
+    core = np.where(core >= ALPHA_FLOOR, core, 0.0)
+    # The rim lies only outside the dark core: where both overlapped, brightening and darkening could cancel and
+    # leave unchanged pixels (holes in the mask) inside the defect.
+    rim = np.where((rim >= ALPHA_FLOOR) & (core == 0.0), rim, 0.0)[..., None]
+    core = core[..., None]
+    dark = rng.uniform(0.02, 0.07) * _TINT
+    raised = clean + rng.uniform(0.10, 0.20) * rim  # burr around the hole catches light
     return raised * (1.0 - core) + dark * core
 
 
@@ -250,18 +266,19 @@ def _crack(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     n_segments = 0
     while branches and n_segments < 400:
         pos, heading, steps, thickness = branches.pop()
-        for _ in range(steps):
+        for remaining in range(steps - 1, -1, -1):
             heading += rng.normal(0.0, 0.35)
-            new = np.clip(pos + step * np.array([math.cos(heading), math.sin(heading)]), 0, size - 1)
+            new = pos + step * np.array([math.cos(heading), math.sin(heading)])
+            if not (0 <= new[0] < size and 0 <= new[1] < size):
+                break  # the branch ran off the image
             p0 = (int(round(pos[0])), int(round(pos[1])))
             p1 = (int(round(new[0])), int(round(new[1])))
             cv2.line(alpha, p0, p1, 1.0, thickness, cv2.LINE_8)
             pos = new
-            steps -= 1
             n_segments += 1
-            if rng.random() < 0.08 and steps > 4:
+            if rng.random() < 0.08 and remaining > 4:  # fork a thinner, shorter side branch
                 side = 1.0 if rng.random() < 0.5 else -1.0
-                branches.append((pos.copy(), heading + side * rng.uniform(0.4, 1.0), steps // 2, 1))
+                branches.append((pos.copy(), heading + side * rng.uniform(0.4, 1.0), remaining // 2, 1))
     # A faint dark halo around the fissure (crushed material) makes it look less drawn.
     halo = 0.35 * cv2.GaussianBlur(alpha, (0, 0), sigmaX=1.0)
     alpha = np.maximum(alpha, np.where(halo >= ALPHA_FLOOR, halo, 0.0))[..., None]
@@ -278,9 +295,10 @@ def _stain(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = centre + rng.normal(0.0, 0.5 * radius, size=2)
         axes = (max(1, round(radius * rng.uniform(0.4, 1.0))), max(1, round(radius * rng.uniform(0.3, 0.8))))
         cv2.ellipse(blob, (int(round(c[0])), int(round(c[1]))), axes, rng.uniform(0, 180), 0, 360, 1.0, -1, cv2.LINE_8)
-    alpha = cv2.GaussianBlur(blob, (0, 0), sigmaX=rng.uniform(0.04, 0.08) * size)
-    alpha /= max(float(alpha.max()), 1e-6)
-    alpha = np.where(alpha >= ALPHA_FLOOR, alpha, 0.0)[..., None]
+    alpha: np.ndarray = cv2.GaussianBlur(blob, (0, 0), sigmaX=rng.uniform(0.2, 0.4) * radius)
+    alpha = alpha / max(float(alpha.max()), 1e-6)
+    # A higher floor than other defects: the blurred tail of a faint stain is invisible yet would inflate the mask.
+    alpha = np.where(alpha >= 2.5 * ALPHA_FLOOR, alpha, 0.0)[..., None]
     # Oil / rust-like colour shift: mostly darker, more so in blue, so it reads as a brownish stain.
     direction = rng.uniform([0.3, 0.5, 0.8], [0.6, 0.8, 1.0]).astype(np.float32)
     direction /= direction.max()
@@ -384,24 +402,34 @@ def is_complete(category_dir: Path, config: SyntheticConfig | None = None) -> bo
 
 def _write_category(folder: Path, config: SyntheticConfig) -> None:
     width = max(3, len(str(max(config.n_train, config.n_test_good, config.n_per_defect) - 1)))
-    jobs = [("train", GOOD_LABEL, config.n_train), ("test", GOOD_LABEL, config.n_test_good)]
-    jobs += [("test", defect, config.n_per_defect) for defect in config.defect_types]
-    for split, label, count in jobs:
-        image_dir = folder / split / label
-        image_dir.mkdir(parents=True, exist_ok=True)
-        mask_dir = folder / "ground_truth" / label
+    folders = [("train", GOOD_LABEL, config.n_train), ("test", GOOD_LABEL, config.n_test_good)]
+    folders += [("test", defect, config.n_per_defect) for defect in config.defect_types]
+    jobs = []
+    for split, label, count in folders:
+        (folder / split / label).mkdir(parents=True, exist_ok=True)
         if label != GOOD_LABEL:
-            mask_dir.mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            stem = f"{index:0{width}d}"
-            image, mask = render_sample(config, split, label, index)
-            _write_png(image_dir / f"{stem}.png", image)
-            if mask is not None:
-                _write_png(mask_dir / f"{stem}_mask.png", mask)
+            (folder / "ground_truth" / label).mkdir(parents=True, exist_ok=True)
+        jobs += [(split, label, index) for index in range(count)]
+
+    def render_and_write(job: tuple[str, str, int]) -> None:
+        split, label, index = job
+        stem = f"{index:0{width}d}"
+        image, mask = render_sample(config, split, label, index)
+        _write_png(folder / split / label / f"{stem}.png", image)
+        if mask is not None:
+            _write_png(folder / "ground_truth" / label / f"{stem}_mask.png", mask)
+
+    # Each image has its own random streams, so threads change nothing in the bytes; cv2 and NumPy release the GIL.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(render_and_write, jobs):  # iterating re-raises the first worker error
+            pass
 
 
 def generate(out_dir: Path, config: SyntheticConfig | None = None) -> Path:
-    """Generate the synthetic category under ``out_dir``, replacing any previous one, atomically.
+    """Generate the synthetic category under ``out_dir`` atomically.
+
+    An incomplete or differently configured category there is replaced; a complete one with the same config (e.g.
+    written meanwhile by a concurrent process) is identical byte for byte, so it is kept.
 
     Args:
         out_dir: dataset root; created if missing.
@@ -420,6 +448,10 @@ def generate(out_dir: Path, config: SyntheticConfig | None = None) -> Path:
         _write_category(tmp, config)
         # The marker goes in last: a folder without it (or with another config) is never taken as complete.
         (tmp / MARKER_NAME).write_text(json.dumps(_marker_payload(config), sort_keys=True, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
         if final.exists():
             if is_complete(final, config):  # another process finished the same generation meanwhile
                 shutil.rmtree(tmp)
@@ -428,7 +460,7 @@ def generate(out_dir: Path, config: SyntheticConfig | None = None) -> Path:
             os.replace(final, stale / SYNTHETIC_CATEGORY)
             shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, final)
-    except BaseException:
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_complete(final, config):  # lost a race to an identical generation: its result is as good
             return final

@@ -1,0 +1,412 @@
+"""``MVTecPatch-v0``: the neural batch sampler's environment (paper §III.A-B, §IV.C-D; DESIGN.md).
+
+The env *is* the training process of the autoencoder and the predictor: each ``step`` moves the sampler's crop,
+feeds the chosen 64x64 patch to the autoencoder's mini-batch, trains the AE and the predictor when the batch is full,
+and returns the paper's composite reward. The detector, the history maps and the global step counter ``j`` live on
+across episodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from models.detector import Detector, DetectorConfig
+from models.structural import sobel_magnitude
+
+from envs.mvtec import Category, load_category_cached
+from envs.split import Split, SplitConfig, make_split
+
+logger = logging.getLogger(__name__)
+
+OBSERVATIONS = ("enriched", "rgb_history")  # paper's 6 channels | Chu & Kitani's RGB + history
+SKIP = 8
+# (dy, dx) per action: N, S, W, E, NW, NE, SW, SE; action 8 is skip
+MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+@dataclass
+class MVTecPatchConfig:
+    """Every knob of the environment; ``gymnasium.make("MVTecPatch-v0", **kwargs)`` takes these names."""
+
+    data_root: str | None = None  # folder holding MVTec AD categories; None: the embedded synthetic category
+    category: str | None = None
+    image_size: int = 256  # paper §IV.B
+    k_shot: int = 5  # labelled anomalies per defect type
+    normal_pool: int = 15  # normal images in the predictor's pool
+    val_fraction: float = 0.2
+    seed: int = 0  # fixes the split and the networks' initialisation; reset(seed=...) fixes the actions' randomness
+    crop_size: int = 128  # the sampler's view
+    patch_size: int = 64  # what the AE trains on
+    move_step: int = 24  # pixels per move
+    episode_length: int = 32  # one AE mini-batch of moves
+    ae_batch_size: int = 32
+    beta_decay_steps: int = 2000  # L in beta = max(beta_min, 1 - j / L)
+    beta_min: float = 0.15
+    alpha_decay_updates: int = 200  # predictor updates over which alpha goes 1.0 -> 0.15
+    predictor_freeze_steps: int = 50  # no predictor update before this env step
+    feedback_start_steps: int = 100  # the sampler gets no RL feedback before this env step
+    pretrain_epochs: int = 10  # AE pre-training (the paper: 100; train.py's "paper" preset)
+    predictor_warmup_updates: int = 100
+    observation: str = "enriched"  # one of OBSERVATIONS
+    ae_reset_every: int = 0  # Chu & Kitani: re-initialise the AE every N updates; 0 = never (paper)
+    profile_stack: int = 1  # Chu & Kitani: predictor input = last K loss profiles; 1 = paper
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
+
+        if self.observation not in OBSERVATIONS:
+            raise bad("observation", f"one of {', '.join(OBSERVATIONS)}")
+        if self.k_shot < 1:
+            raise bad("k_shot", "an integer >= 1")
+        if self.image_size < 16:
+            raise bad("image_size", "an integer >= 16")
+        if not 8 <= self.crop_size <= self.image_size:
+            raise bad("crop_size", f"8 <= crop_size <= image_size ({self.image_size})")
+        if not 4 <= self.patch_size <= self.crop_size:
+            raise bad("patch_size", f"4 <= patch_size <= crop_size ({self.crop_size})")
+        for name in ("move_step", "episode_length", "ae_batch_size", "beta_decay_steps"):
+            if getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        for name in ("predictor_freeze_steps", "feedback_start_steps", "pretrain_epochs", "predictor_warmup_updates",
+                     "ae_reset_every", "alpha_decay_updates"):
+            if getattr(self, name) < 0:
+                raise bad(name, "an integer >= 0")
+        if self.profile_stack < 1:
+            raise bad("profile_stack", "an integer >= 1")
+        if not 0.0 <= self.beta_min <= 1.0:
+            raise bad("beta_min", "a number in [0, 1]")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise bad("device", "'cpu', 'cuda' or 'cuda:N'")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> MVTecPatchConfig:
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown MVTecPatch-v0 kwarg(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**kwargs)
+
+
+class MVTecPatchEnv(gym.Env):
+    """
+    ## Description
+    A neural batch sampler walks a 128x128 crop over the defect-free training images of an MVTec AD category and
+    picks the 64x64 patches an autoencoder learns from. Inside ``step`` the env trains the autoencoder (one Adam
+    step per 32 patches) and the predictor that maps the AE's loss profiles to defect masks (one step per AE
+    update, after ``predictor_freeze_steps``), so a policy that chooses patches well shapes the residual space
+    in which the few labelled defects become separable.
+
+    ## Action Space
+    ``Discrete(9)``: 0 N, 1 S, 2 W, 3 E, 4 NW, 5 NE, 6 SW, 7 SE move the crop centre by ``move_step`` pixels,
+    clamped so the crop stays inside the image; the patch at the new centre joins the AE's mini-batch.
+    8 skip: no patch is taken; the sampler jumps to a new random training image and centre (its way out of an
+    exhausted image).
+
+    ## Observation Space
+    ``Box(0, 1, (C, crop, crop), float32)``, **channel-first** (SB3's layout for non-uint8 image input; the card's
+    128x128x6 content with the channel axis first). ``observation="enriched"`` (paper): C=6 = RGB, fused
+    structural map, history map, previous ARE. ``"rgb_history"`` (Chu & Kitani): C=4 = RGB, history map.
+    History map: ``n / (n + 1)`` for a pixel covered by ``n`` patches so far (0 unvisited, 0.5 once, -> 1).
+    Previous ARE: the current AE's channel-mean residual ``|x - x_hat|`` of the image from the last AE update,
+    divided by the 99th percentile of the pre-trained AE's residuals and clipped to [0, 1].
+
+    ## Rewards
+    ``R = beta (R_clone + R_cover) + (1 - beta) R_pred`` with ``beta = max(beta_min, 1 - j / L)``. Each term is
+    kept in [-1, 1] so that none drowns the others: ``R_clone = clip(mean Sobel(P) / s, 0, 1)`` with ``s`` the
+    99th percentile of the mean Sobel magnitude of random training patches (measured at warm-up);
+    ``R_cover = -mean(H_P)`` over the history map under the patch before it is counted; ``R_pred = -min(l_pred, 1)``,
+    the latest predictor loss. A skip has ``R_clone = R_cover = 0``. ``info`` carries every term.
+
+    ## Starting State
+    A random training image and a random crop centre (from ``self.np_random``). The first ``reset`` also runs the
+    warm-ups (AE pre-training, fused maps, predictor warm-up), so every plugged-in algorithm starts alike.
+
+    ## Episode End
+    After ``episode_length`` steps (default 32, one AE mini-batch), with ``terminated=True`` so that Monte-Carlo
+    returns are not bootstrapped; there is no truncation. The detector and ``global_step`` persist.
+
+    ## Arguments
+    See :class:`MVTecPatchConfig`. ``info["rl_feedback"]`` (and :attr:`rl_feedback`) is False for the first
+    ``feedback_start_steps`` steps, in which the sampler must get no RL feedback.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r} is invalid: expected None or 'rgb_array'")
+        self.config = config = MVTecPatchConfig.from_kwargs(**kwargs)
+        self.render_mode = render_mode
+        self.category, self.split = load_env_data(config)
+        self.detector = build_detector(config, self.category, self.split)
+        train_images = self.category.images[self.split.train]  # uint8 (N, S, S, 3)
+        self.train_images = train_images
+        n, size = len(train_images), config.image_size
+        self.history = np.zeros((n, size, size), dtype=np.uint16)  # patch visits per pixel
+        self.fused = np.zeros((n, size, size), dtype=np.uint8)  # fused structural map, quantised to 1/255
+        self.clone_scale = 1.0
+        self.residual_scale = 1.0
+        self.warmed_up = False
+        self.global_step = 0  # j: env steps since the start of training, across episodes
+        self.patch_buffer: list[np.ndarray] = []  # float32 (3, p, p) patches waiting for the next AE update
+        self.last_pred_loss = float("nan")
+        self.last_ae_loss = float("nan")
+        self._residual_cache: tuple[int, int, np.ndarray] | None = None  # (image, ae_version, residual map)
+
+        n_channels = 6 if config.observation == "enriched" else 4
+        crop = config.crop_size
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(n_channels, crop, crop), dtype=np.float32)
+        self.action_space = spaces.Discrete(9)
+        self.image_index = 0
+        self.center = (size // 2, size // 2)  # (y, x)
+        self.episode_step = 0
+        self.last_patch_corner: tuple[int, int] | None = None
+
+    # ----------------------------------------------------------------------------------------------- warm-up
+    def warm_up(self, progress: bool = False) -> None:
+        """AE pre-training, fused maps and reward scales, predictor warm-up (paper §III.E). Runs once."""
+        if self.warmed_up:
+            return
+        detector, p = self.detector, self.config.patch_size
+        detector.pretrain_ae(progress=progress)
+        residuals = detector.residual_map(self.train_images)  # float32 (N, S, S), the pre-trained AE's MAE map
+        self.residual_scale = float(np.percentile(residuals, 99)) or 1.0
+        self.fused = detector.fused_maps(self.train_images, residuals=residuals)
+        self.fused = np.round(self.fused * 255).astype(np.uint8)
+        patches = detector.random_patches(256).numpy()  # (256, 3, p, p)
+        self.clone_scale = float(np.percentile([sobel_magnitude(x).mean() for x in patches], 99)) or 1.0
+        self.last_pred_loss = detector.warmup_predictor(progress=progress)[-1] if self.config.predictor_warmup_updates else 1.0
+        self.warmed_up = True
+        logger.info("warm-up done: clone scale %.4f, residual scale %.4f, patch %d", self.clone_scale, self.residual_scale, p)
+
+    @property
+    def rl_feedback(self) -> bool:
+        """False during the first ``feedback_start_steps`` steps: their transitions must not train the sampler."""
+        return self.global_step >= self.config.feedback_start_steps
+
+    @property
+    def beta(self) -> float:
+        return max(self.config.beta_min, 1.0 - self.global_step / self.config.beta_decay_steps)
+
+    # ------------------------------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if seed is not None:  # dropout in the AE's updates draws from torch's global generator
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        self.warm_up()
+        self._jump()
+        self.episode_step = 0
+        return self._observation(), self._info(0.0, 0.0)
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is invalid: expected an integer in [0, 8]")
+        action = int(action)
+        j = self.global_step
+        r_clone = r_cover = 0.0
+        if action == SKIP:
+            self._jump()
+            self.last_patch_corner = None
+        else:
+            self.center = self._move(self.center, action)
+            r_clone, r_cover = self._take_patch()
+        if len(self.patch_buffer) >= self.config.ae_batch_size:
+            self._train_detector(j)
+        self.global_step += 1
+        self.episode_step += 1
+        r_pred = -min(self.last_pred_loss, 1.0)
+        beta = max(self.config.beta_min, 1.0 - j / self.config.beta_decay_steps)
+        reward = beta * (r_clone + r_cover) + (1.0 - beta) * r_pred
+        info = self._info(r_clone, r_cover, beta=beta, r_pred=r_pred, step=j)
+        # truncation=False: episodes have a fixed length and end with terminated=True, so returns are not bootstrapped
+        terminated = self.episode_step >= self.config.episode_length
+        return self._observation(), float(reward), terminated, False, info
+
+    def render(self) -> np.ndarray | None:
+        """The current image with the history map (red), the crop (green) and the last patch (yellow), beside the
+        fused map and the current residual map: uint8 (S, 3S, 3)."""
+        if self.render_mode != "rgb_array":
+            return None
+        size, crop, p = self.config.image_size, self.config.crop_size, self.config.patch_size
+        image = self.train_images[self.image_index].astype(np.float32)
+        heat = self._history_map(self.image_index)[..., None] * np.array([255.0, 0.0, 0.0])
+        frame = np.clip(0.6 * image + 0.4 * heat + 0.4 * image * (heat > 0), 0, 255).astype(np.uint8).copy()
+        cy, cx = self.center
+        cv2.rectangle(frame, (cx - crop // 2, cy - crop // 2), (cx + crop // 2 - 1, cy + crop // 2 - 1), (0, 255, 0), 1)
+        if self.last_patch_corner is not None:
+            y, x = self.last_patch_corner
+            cv2.rectangle(frame, (x, y), (x + p - 1, y + p - 1), (255, 220, 0), 1)
+        fused = cv2.applyColorMap(self.fused[self.image_index], cv2.COLORMAP_VIRIDIS)[..., ::-1]
+        residual = np.round(self._residual(self.image_index) * 255).astype(np.uint8)
+        residual = cv2.applyColorMap(residual, cv2.COLORMAP_INFERNO)[..., ::-1]
+        return np.concatenate([frame, fused, residual], axis=1).reshape(size, 3 * size, 3)
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _jump(self) -> None:
+        """A new random training image and crop centre (reset and skip)."""
+        half, size = self.config.crop_size // 2, self.config.image_size
+        self.image_index = int(self.np_random.integers(len(self.train_images)))
+        self.center = (int(self.np_random.integers(half, size - half + 1)), int(self.np_random.integers(half, size - half + 1)))
+
+    def _move(self, center: tuple[int, int], action: int) -> tuple[int, int]:
+        """Move the centre by ``move_step`` in the action's direction, clamped so the crop stays inside."""
+        half, size, step = self.config.crop_size // 2, self.config.image_size, self.config.move_step
+        dy, dx = MOVES[action]
+        return (int(np.clip(center[0] + dy * step, half, size - half)), int(np.clip(center[1] + dx * step, half, size - half)))
+
+    def _take_patch(self) -> tuple[float, float]:
+        """Cut the patch at the centre, score it, count it in the history map and queue it for the AE."""
+        p = self.config.patch_size
+        y, x = self.center[0] - p // 2, self.center[1] - p // 2
+        self.last_patch_corner = (y, x)
+        patch = self.train_images[self.image_index, y : y + p, x : x + p].transpose(2, 0, 1).astype(np.float32) / 255.0
+        r_clone = min(float(sobel_magnitude(patch).mean()) / self.clone_scale, 1.0)
+        history = self.history[self.image_index, y : y + p, x : x + p]
+        r_cover = -float((history / (history + 1.0)).mean())
+        history += 1
+        self.patch_buffer.append(patch)
+        return r_clone, r_cover
+
+    def _train_detector(self, j: int) -> None:
+        batch = torch.from_numpy(np.stack(self.patch_buffer))  # (B, 3, p, p)
+        self.patch_buffer.clear()
+        self.last_ae_loss = self.detector.ae_update(batch)
+        if j >= self.config.predictor_freeze_steps:
+            self.last_pred_loss = self.detector.predictor_update()
+
+    def _history_map(self, index: int) -> np.ndarray:
+        counts = self.history[index].astype(np.float32)
+        return counts / (counts + 1.0)
+
+    def _residual(self, index: int) -> np.ndarray:
+        """The current AE's residual map of one training image, scaled to [0, 1]; cached per AE version."""
+        version = self.detector.ae_version
+        if self._residual_cache is None or self._residual_cache[:2] != (index, version):
+            residual = self.detector.residual_map(self.train_images[index : index + 1])[0]
+            self._residual_cache = (index, version, np.clip(residual / self.residual_scale, 0.0, 1.0))
+        return self._residual_cache[2]
+
+    def _observation(self) -> np.ndarray:
+        half = self.config.crop_size // 2
+        cy, cx = self.center
+        window = (slice(cy - half, cy + half), slice(cx - half, cx + half))
+        i = self.image_index
+        rgb = self.train_images[i][window].transpose(2, 0, 1).astype(np.float32) / 255.0  # (3, crop, crop)
+        history = self._history_map(i)[window][None]
+        if self.config.observation == "rgb_history":
+            return np.concatenate([rgb, history]).astype(np.float32)
+        fused = self.fused[i][window][None].astype(np.float32) / 255.0
+        residual = self._residual(i)[window][None]
+        return np.concatenate([rgb, fused, history, residual]).astype(np.float32)  # (6, crop, crop)
+
+    def _info(self, r_clone: float, r_cover: float, beta: float | None = None, r_pred: float | None = None,
+              step: int | None = None) -> dict[str, Any]:
+        return {
+            "r_clone": r_clone,
+            "r_cover": r_cover,
+            "r_pred": -min(self.last_pred_loss, 1.0) if r_pred is None else r_pred,
+            "beta": self.beta if beta is None else beta,
+            "alpha": self.detector.alpha,
+            "ae_loss": self.last_ae_loss,
+            "pred_loss": self.last_pred_loss,
+            "global_step": self.global_step if step is None else step,
+            "episode_step": self.episode_step,
+            "image_index": self.image_index,
+            "center": self.center,
+            "patch": self.last_patch_corner,
+            "rl_feedback": (self.global_step if step is None else step) >= self.config.feedback_start_steps,
+        }
+
+    # -------------------------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the training process needs to resume: detector, history, scales, counters, AE buffer."""
+        return {
+            "config": asdict(self.config),
+            "detector": self.detector.state_dict(),
+            "history": torch.from_numpy(self.history.astype(np.int32)),
+            "fused": torch.from_numpy(self.fused),
+            "clone_scale": self.clone_scale,
+            "residual_scale": self.residual_scale,
+            "global_step": self.global_step,
+            "last_pred_loss": self.last_pred_loss,
+            "last_ae_loss": self.last_ae_loss,
+            "patch_buffer": torch.from_numpy(np.stack(self.patch_buffer)) if self.patch_buffer else torch.zeros(0),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.detector.load_state_dict(state["detector"])
+        self.history = state["history"].numpy().astype(np.uint16)
+        self.fused = state["fused"].numpy().copy()
+        self.clone_scale, self.residual_scale = float(state["clone_scale"]), float(state["residual_scale"])
+        self.global_step = int(state["global_step"])
+        self.last_pred_loss, self.last_ae_loss = float(state["last_pred_loss"]), float(state["last_ae_loss"])
+        buffer = state["patch_buffer"]
+        self.patch_buffer = [b.numpy() for b in buffer] if buffer.ndim == 4 else []
+        self._residual_cache = None
+        self.warmed_up = True
+
+    def save_state(self, path: str | Path) -> None:
+        """Write :meth:`state_dict` atomically (temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+
+    def load_state(self, path: str | Path) -> None:
+        """Read a file written by :meth:`save_state`; a corrupt or foreign file raises a one-line ValueError."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location=self.config.device, weights_only=True)
+            expected = {"detector", "history", "fused", "global_step"}
+            if not isinstance(state, dict) or not expected <= set(state):
+                raise ValueError("missing keys")
+            self.load_state_dict(state)
+        except FileNotFoundError:
+            raise ValueError(f"env state '{path}' not found (expected a file written by MVTecPatchEnv.save_state)") from None
+        except Exception as error:  # noqa: BLE001 - any failure here means the file is not a usable state
+            raise ValueError(f"env state '{path}' is corrupt or not an MVTecPatch-v0 state ({type(error).__name__})") from None
+
+
+def load_env_data(config: MVTecPatchConfig) -> tuple[Category, Split]:
+    """The category (embedded synthetic without ``data_root``) and its split for an env config."""
+    if config.data_root is None:
+        from envs.synthetic import SYNTHETIC_CATEGORY, default_root
+
+        if config.category not in (None, SYNTHETIC_CATEGORY):
+            raise ValueError(f"category={config.category!r} needs data_root (without it '{SYNTHETIC_CATEGORY}' is used)")
+        root, name = default_root(), SYNTHETIC_CATEGORY
+    else:
+        if config.category is None:
+            raise ValueError("data_root is set but category is not: expected the name of a category folder under data_root")
+        root, name = Path(config.data_root), config.category
+    category = load_category_cached(root, name, config.image_size)
+    split = make_split(category, SplitConfig(config.k_shot, config.normal_pool, config.val_fraction, config.seed))
+    return category, split
+
+
+def build_detector(config: MVTecPatchConfig, category: Category, split: Split) -> Detector:
+    """The detector an env config trains: the AE on ``train/good``, the predictor on the labelled anomalies plus the
+    normal pool. evaluate.py rebuilds it the same way from a run's config before loading the weights."""
+    pool = np.concatenate([split.labelled, split.normal_pool])
+    detector_config = DetectorConfig(
+        patch_size=config.patch_size,
+        ae_batch_size=config.ae_batch_size,
+        alpha_decay_updates=config.alpha_decay_updates,
+        pretrain_epochs=config.pretrain_epochs,
+        predictor_warmup_updates=config.predictor_warmup_updates,
+        ae_reset_every=config.ae_reset_every,
+        profile_stack=config.profile_stack,
+        device=config.device,
+    )
+    return Detector(detector_config, category.images[split.train], category.images[pool], category.masks[pool], seed=config.seed)

@@ -1,0 +1,206 @@
+"""Evaluate a training run on its test split: the paper's pixel metrics, F1 at the validation threshold, figures.
+
+    python evaluate.py --run logs/reinforce/MVTecPatch-v0_1                    # the full method
+    python evaluate.py --run RUN --method ae                                   # the AE-only baseline, same AE
+    python evaluate.py --run RUN --data-root DATA --category grid              # another folder, same protocol
+    python evaluate.py --run RUN --images DIR --out maps/                      # maps for unlabelled images
+
+Everything is rebuilt from the run's ``config.yml`` (no hyperparameter is repeated here). Writes to ``--out`` (default:
+the run folder; ``<run>/ae_baseline`` for ``--method ae``): ``metrics.json``, a row in ``metrics.csv``, ``predictions.png``
+(image | prediction | ground truth, like the paper's Fig. 2), ``roc.png`` and ``pr.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from envs.mvtec import DatasetError
+from models.metrics import compute_metrics, f1_at_threshold, roc_pr_curves
+
+__all__ = ["compute_metrics", "evaluate_images", "evaluate_run", "predict_maps", "main"]
+
+logger = logging.getLogger("evaluate")
+
+METHODS = ("detector", "ae")  # the full method | the AE-only residual baseline
+
+
+def predict_maps(detector: Any, images: np.ndarray, method: str) -> np.ndarray:
+    """Anomaly maps float32 (N, H, W) for uint8 (N, H, W, 3) images: predictor probabilities or the AE residual."""
+    if method == "detector":
+        return detector.anomaly_map(images)
+    if method == "ae":
+        return detector.residual_map(images)
+    raise ValueError(f"unknown method {method!r} (valid: {', '.join(METHODS)})")
+
+
+def evaluate_images(detector: Any, images: np.ndarray, masks: np.ndarray, method: str) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of ``compute_metrics`` and the maps for a labelled set of images."""
+    maps = predict_maps(detector, images, method)
+    return compute_metrics(maps, masks), maps
+
+
+def load_run(run_dir: Path, data_root: str | None = None, category: str | None = None) -> tuple[dict, Any, Any, Any]:
+    """The run's config, the category and split it (or ``data_root``/``category``) gives, and the best detector."""
+    from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_env_data
+
+    config_path = run_dir / "config.yml"
+    if not config_path.is_file():
+        raise ValueError(f"'{run_dir}' is not a run folder (expected config.yml written by train.py)")
+    config = yaml.safe_load(config_path.read_text())
+    env_kwargs = dict(config["env_kwargs"])
+    if data_root is not None or category is not None:
+        if data_root is None or category is None:
+            raise ValueError("--data-root and --category go together (a folder and a category under it)")
+        env_kwargs.update(data_root=str(Path(data_root).resolve()), category=category)
+    env_config = MVTecPatchConfig.from_kwargs(**env_kwargs)
+    data, split = load_env_data(env_config)
+    detector = build_detector(env_config, data, split)
+    weights = run_dir / "best_detector.pt"
+    if not weights.is_file():
+        weights = run_dir / "detector.pt"
+    if not weights.is_file():
+        raise ValueError(f"'{run_dir}' has no detector weights (expected best_detector.pt or detector.pt: is training done?)")
+    detector.load(weights)
+    return config, data, split, detector
+
+
+def _heat(x: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.applyColorMap(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
+
+
+def save_prediction_grid(path: Path, images: np.ndarray, maps: np.ndarray, masks: np.ndarray, rows: int = 6) -> None:
+    """Fig. 2 of the paper: one row per image, columns image | prediction | ground truth (uint8 PNG)."""
+    import cv2
+
+    defective = [i for i in range(len(images)) if masks[i].any()]
+    order = (defective + [i for i in range(len(images)) if i not in defective])[:rows]
+    scale = max(float(maps.max()), 1e-6) if maps.max() > 1 else 1.0
+    gap = np.full((images.shape[1], 4, 3), 255, np.uint8)
+    lines = [np.concatenate([images[i], gap, _heat(maps[i] / scale), gap, np.repeat(masks[i][..., None] * 255, 3, 2).astype(np.uint8)],
+                            axis=1) for i in order]
+    grid = np.concatenate([np.concatenate([line, np.full((4, line.shape[1], 3), 255, np.uint8)]) for line in lines])
+    cv2.imwrite(str(path), grid[..., ::-1])
+
+
+def save_curves(out: Path, maps: np.ndarray, masks: np.ndarray, metrics: dict[str, float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = roc_pr_curves(maps, masks)
+    for name, (x, y, xlabel, ylabel, label) in {
+        "roc": (curves["fpr"], curves["tpr"], "false positive rate", "true positive rate", f"AUROC {metrics['pixel_auroc']:.3f}"),
+        "pr": (curves["recall"], curves["precision"], "recall", "precision", f"AP {metrics['pixel_ap']:.3f}"),
+    }.items():
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.plot(x, y, label=label)
+        if name == "roc":
+            ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
+        ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01), title=f"pixel {name.upper()}: {title}")
+        ax.legend(loc="lower right" if name == "roc" else "upper right")
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=110)
+        plt.close(fig)
+
+
+def append_csv_row(path: Path, row: dict[str, Any]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def evaluate_run(run_dir: str | Path, method: str = "detector", out: str | Path | None = None, data_root: str | None = None,
+                 category: str | None = None) -> dict[str, float]:
+    """Test-split metrics of a run (threshold for F1 chosen on the validation split); writes metrics and figures."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} (valid: {', '.join(METHODS)})")
+    run_dir = Path(run_dir)
+    config, data, split, detector = load_run(run_dir, data_root, category)
+    out = Path(out) if out is not None else (run_dir if method == "detector" else run_dir / "ae_baseline")
+    out.mkdir(parents=True, exist_ok=True)
+
+    val_masks = data.masks[split.val]
+    threshold = float("nan")
+    if val_masks.any():
+        threshold = evaluate_images(detector, data.images[split.val], val_masks, method)[0]["f1max_threshold"]
+    test_images, test_masks = data.images[split.test], data.masks[split.test]
+    metrics, maps = evaluate_images(detector, test_images, test_masks, method)
+    metrics["val_threshold"] = threshold
+    metrics["f1_at_val_threshold"] = f1_at_threshold(maps, test_masks, threshold) if np.isfinite(threshold) else float("nan")
+
+    record = {"category": data.name, "method": method, "algo": config.get("algo"), "seed": config.get("seed"),
+              "n_test": int(len(split.test)), **metrics}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    append_csv_row(out / "metrics.csv", record)
+    save_prediction_grid(out / "predictions.png", test_images, maps, test_masks)
+    save_curves(out, maps, test_masks, metrics, f"{data.name} ({method})")
+    logger.info("%s on %s test split (%d images): %s", method, data.name, len(split.test),
+                ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+def predict_folder(run_dir: Path, images_dir: Path, out: Path, method: str) -> int:
+    """Anomaly maps for unlabelled images: ``<stem>_map.png`` (grey, 0-255) and ``<stem>_overlay.png``."""
+    import cv2
+
+    from envs.mvtec import IMAGE_EXTENSIONS, read_image
+
+    config, data, _, detector = load_run(run_dir)
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if images_dir.is_dir() else []
+    if not files:
+        raise ValueError(f"'{images_dir}' has no images (expected a folder of {', '.join(IMAGE_EXTENSIONS)} files)")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        image = read_image(path, data.image_size)[0]
+        amap = predict_maps(detector, image[None], method)[0]
+        cv2.imwrite(str(out / f"{path.stem}_map.png"), np.round(np.clip(amap, 0, 1) * 255).astype(np.uint8))
+        overlay = (0.55 * image + 0.45 * _heat(amap)).astype(np.uint8)
+        cv2.imwrite(str(out / f"{path.stem}_overlay.png"), overlay[..., ::-1])
+    return len(files)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a run folder written by train.py")
+    parser.add_argument("--method", default="detector", choices=METHODS, help="full method or the AE-only baseline")
+    parser.add_argument("--data-root", default=None, help="evaluate on another folder of MVTec AD categories")
+    parser.add_argument("--category", default=None, help="category under --data-root")
+    parser.add_argument("--images", default=None, help="a folder of unlabelled images: write their anomaly maps")
+    parser.add_argument("--out", default=None, help="output folder (default: the run folder)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.images is not None:
+            out = Path(args.out) if args.out else Path(args.run) / "maps"
+            n = predict_folder(Path(args.run), Path(args.images), out, args.method)
+            print(json.dumps({"maps": str(out), "images": n}))
+            return 0
+        metrics = evaluate_run(args.run, args.method, args.out, args.data_root, args.category)
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2))
+        return 0
+    except (DatasetError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
