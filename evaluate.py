@@ -69,7 +69,7 @@ def load_run(run_dir: Path, data_root: str | None = None, category: str | None =
         weights = run_dir / "detector.pt"
     if not weights.is_file():
         raise ValueError(f"'{run_dir}' has no detector weights (expected best_detector.pt or detector.pt: is training done?)")
-    detector.load(weights)
+    detector.load_weights(weights)
     return config, data, split, detector
 
 

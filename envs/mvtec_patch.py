@@ -8,6 +8,7 @@ across episodes.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -130,6 +131,9 @@ class MVTecPatchEnv(gym.Env):
     ## Starting State
     A random training image and a random crop centre (from ``self.np_random``). The first ``reset`` also runs the
     warm-ups (AE pre-training, fused maps, predictor warm-up), so every plugged-in algorithm starts alike.
+    ``reset()`` without a seed continues the training process; ``reset(seed=...)`` also returns it to where it
+    started (the warmed-up state, or the loaded checkpoint): one seed then fixes the whole trajectory, as
+    Gymnasium's determinism contract asks. SB3 seeds only the first reset of a run.
 
     ## Episode End
     After ``episode_length`` steps (default 32, one AE mini-batch), with ``terminated=True`` so that Monte-Carlo
@@ -162,6 +166,7 @@ class MVTecPatchEnv(gym.Env):
         self.last_pred_loss = float("nan")
         self.last_ae_loss = float("nan")
         self._residual_cache: tuple[int, int, np.ndarray] | None = None  # (image, ae_version, residual map)
+        self._restart_point: dict[str, Any] | None = None  # the training state a seeded reset returns to
 
         n_channels = 6 if config.observation == "enriched" else 4
         crop = config.crop_size
@@ -178,15 +183,17 @@ class MVTecPatchEnv(gym.Env):
         if self.warmed_up:
             return
         detector, p = self.detector, self.config.patch_size
-        detector.pretrain_ae(progress=progress)
+        pretrain_losses = detector.pretrain_ae(progress=progress)
+        self.last_ae_loss = pretrain_losses[-1] if pretrain_losses else float("nan")
         residuals = detector.residual_map(self.train_images)  # float32 (N, S, S), the pre-trained AE's MAE map
         self.residual_scale = float(np.percentile(residuals, 99)) or 1.0
-        self.fused = detector.fused_maps(self.train_images, residuals=residuals)
+        self.fused = detector.fused_maps(self.train_images)
         self.fused = np.round(self.fused * 255).astype(np.uint8)
         patches = detector.random_patches(256).numpy()  # (256, 3, p, p)
         self.clone_scale = float(np.percentile([sobel_magnitude(x).mean() for x in patches], 99)) or 1.0
         self.last_pred_loss = detector.warmup_predictor(progress=progress)[-1] if self.config.predictor_warmup_updates else 1.0
         self.warmed_up = True
+        self._restart_point = self._snapshot()
         logger.info("warm-up done: clone scale %.4f, residual scale %.4f, patch %d", self.clone_scale, self.residual_scale, p)
 
     @property
@@ -205,6 +212,8 @@ class MVTecPatchEnv(gym.Env):
             np.random.seed(seed)
             torch.manual_seed(seed)
         self.warm_up()
+        if seed is not None and self._restart_point is not None and self._restart_point["global_step"] != self.global_step:
+            self._restore(self._restart_point)
         self._jump()
         self.episode_step = 0
         return self._observation(), self._info(0.0, 0.0)
@@ -329,6 +338,26 @@ class MVTecPatchEnv(gym.Env):
         }
 
     # -------------------------------------------------------------------------------------- checkpointing
+    def _snapshot(self) -> dict[str, Any]:
+        """A copy of the training state (detector, history, counters, AE buffer) to restart from."""
+        return {
+            "detector": copy.deepcopy(self.detector.state_dict()),
+            "history": self.history.copy() if self.history.any() else None,  # None: all zero (saves N*S*S*2 bytes)
+            "global_step": self.global_step,
+            "last_pred_loss": self.last_pred_loss,
+            "last_ae_loss": self.last_ae_loss,
+            "patch_buffer": [p.copy() for p in self.patch_buffer],
+        }
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.detector.load_state_dict(copy.deepcopy(snapshot["detector"]))
+        history = snapshot["history"]
+        self.history = np.zeros_like(self.history) if history is None else history.copy()
+        self.global_step = snapshot["global_step"]
+        self.last_pred_loss, self.last_ae_loss = snapshot["last_pred_loss"], snapshot["last_ae_loss"]
+        self.patch_buffer = [p.copy() for p in snapshot["patch_buffer"]]
+        self._residual_cache = None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything the training process needs to resume: detector, history, scales, counters, AE buffer."""
         return {
@@ -355,6 +384,7 @@ class MVTecPatchEnv(gym.Env):
         self.patch_buffer = [b.numpy() for b in buffer] if buffer.ndim == 4 else []
         self._residual_cache = None
         self.warmed_up = True
+        self._restart_point = self._snapshot()  # a seeded reset after a resume restarts from the checkpoint
 
     def save_state(self, path: str | Path) -> None:
         """Write :meth:`state_dict` atomically (temporary file, then rename)."""

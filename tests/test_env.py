@@ -54,8 +54,8 @@ def rollout(env: gym.Env, seed: int, actions: list[int]) -> tuple[list[np.ndarra
     return observations, rewards, dones, infos
 
 
-def test_gymnasium_and_sb3_checkers(env: MVTecPatchEnv) -> None:
-    gym_check_env(env, skip_render_check=False)
+def test_gymnasium_and_sb3_checkers(root: Path, env: MVTecPatchEnv) -> None:
+    gym_check_env(gym.make("MVTecPatch-v0", render_mode="rgb_array", **small_kwargs(root)).unwrapped, skip_render_check=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sb3_check_env(env, warn=True)
@@ -129,7 +129,8 @@ def test_history_increments_exactly_over_the_patch(env: MVTecPatchEnv) -> None:
     expected = np.zeros_like(diff)
     expected[env.image_index, y : y + 16, x : x + 16] = 1
     np.testing.assert_array_equal(diff, expected)
-    _, _, _, _, info = env.step(2)  # back west: the same patch again, half-covered history n/(n+1) = 0.5
+    env.center = (32, 32)
+    _, _, _, _, info = env.step(3)  # the same patch again: history n/(n+1) = 0.5 under all of it
     assert info["r_cover"] == pytest.approx(-0.5)
 
 
