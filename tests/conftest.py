@@ -7,6 +7,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> None:
+    """Tiny convolutions run faster on one thread, and two threads on a busy 2-core machine are many times slower."""
+    torch.set_num_threads(1)
 
 
 def write_mvtec_tree(

@@ -146,10 +146,10 @@ def test_missing_root_and_unknown_category(mvtec_root: Path, capsys) -> None:
 
 
 def test_dry_run_prints_split_summary(mvtec_root: Path, capsys) -> None:
-    code = train.main(["--data-root", str(mvtec_root), "--category", "widget", "--image-size", "32", "--dry-run"])
+    code = train.main(["--data-root", str(mvtec_root), "--category", "widget", "--image-size", "128", "--dry-run"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["image_size"] == 32
+    assert summary["image_size"] == 128
     assert summary["counts"]["train"] == 6 and summary["counts"]["labelled"] == 10
     assert summary["per_type"]["labelled"] == {"hole": 5, "scratch": 5}
     total = sum(summary["counts"][k] for k in ("labelled", "val", "test"))
