@@ -87,8 +87,12 @@ def save_prediction_grid(path: Path, images: np.ndarray, maps: np.ndarray, masks
     order = (defective + [i for i in range(len(images)) if i not in defective])[:rows]
     scale = max(float(maps.max()), 1e-6) if maps.max() > 1 else 1.0
     gap = np.full((images.shape[1], 4, 3), 255, np.uint8)
-    lines = [np.concatenate([images[i], gap, _heat(maps[i] / scale), gap, np.repeat(masks[i][..., None] * 255, 3, 2).astype(np.uint8)],
-                            axis=1) for i in order]
+    lines = [
+        np.concatenate(
+            [images[i], gap, _heat(maps[i] / scale), gap, np.repeat(masks[i][..., None] * 255, 3, 2).astype(np.uint8)], axis=1
+        )
+        for i in order
+    ]
     grid = np.concatenate([np.concatenate([line, np.full((4, line.shape[1], 3), 255, np.uint8)]) for line in lines])
     cv2.imwrite(str(path), grid[..., ::-1])
 
@@ -101,7 +105,13 @@ def save_curves(out: Path, maps: np.ndarray, masks: np.ndarray, metrics: dict[st
 
     curves = roc_pr_curves(maps, masks)
     for name, (x, y, xlabel, ylabel, label) in {
-        "roc": (curves["fpr"], curves["tpr"], "false positive rate", "true positive rate", f"AUROC {metrics['pixel_auroc']:.3f}"),
+        "roc": (
+            curves["fpr"],
+            curves["tpr"],
+            "false positive rate",
+            "true positive rate",
+            f"AUROC {metrics['pixel_auroc']:.3f}",
+        ),
         "pr": (curves["recall"], curves["precision"], "recall", "precision", f"AP {metrics['pixel_ap']:.3f}"),
     }.items():
         fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -124,8 +134,13 @@ def append_csv_row(path: Path, row: dict[str, Any]) -> None:
         writer.writerow(row)
 
 
-def evaluate_run(run_dir: str | Path, method: str = "detector", out: str | Path | None = None, data_root: str | None = None,
-                 category: str | None = None) -> dict[str, float]:
+def evaluate_run(
+    run_dir: str | Path,
+    method: str = "detector",
+    out: str | Path | None = None,
+    data_root: str | None = None,
+    category: str | None = None,
+) -> dict[str, float]:
     """Test-split metrics of a run (threshold for F1 chosen on the validation split); writes metrics and figures."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} (valid: {', '.join(METHODS)})")
@@ -143,14 +158,25 @@ def evaluate_run(run_dir: str | Path, method: str = "detector", out: str | Path 
     metrics["val_threshold"] = threshold
     metrics["f1_at_val_threshold"] = f1_at_threshold(maps, test_masks, threshold) if np.isfinite(threshold) else float("nan")
 
-    record = {"category": data.name, "method": method, "algo": config.get("algo"), "seed": config.get("seed"),
-              "n_test": int(len(split.test)), **metrics}
+    record = {
+        "category": data.name,
+        "method": method,
+        "algo": config.get("algo"),
+        "seed": config.get("seed"),
+        "n_test": int(len(split.test)),
+        **metrics,
+    }
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     append_csv_row(out / "metrics.csv", record)
     save_prediction_grid(out / "predictions.png", test_images, maps, test_masks)
     save_curves(out, maps, test_masks, metrics, f"{data.name} ({method})")
-    logger.info("%s on %s test split (%d images): %s", method, data.name, len(split.test),
-                ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    logger.info(
+        "%s on %s test split (%d images): %s",
+        method,
+        data.name,
+        len(split.test),
+        ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+    )
     return metrics
 
 

@@ -73,8 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-freq", type=int, default=None, help="env steps between checkpoints (0: none)")
     parser.add_argument("-i", "--trained-agent", default=None, help="a run folder to continue from its last checkpoint")
     parser.add_argument("--device", default="cpu", help="torch device for the agent and the detector: cpu, cuda, cuda:N")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="show progress bars (default: on in a terminal)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: on in a terminal)",
+    )
     parser.add_argument("--data-root", default=None, help="folder holding MVTec AD categories (default: embedded synthetic)")
     parser.add_argument("--category", default=None, help="category folder name under --data-root")
     parser.add_argument("--image-size", type=int, default=None, help="working image size (default 256)")
@@ -109,8 +113,12 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     hyperparams = load_preset(args.algo, args.env, args.preset)
     hyperparams.update(parse_pairs(args.hyperparams, "--hyperparams"))
     env_kwargs = dict(hyperparams.pop("env_kwargs", None) or {})
-    for key, value in (("data_root", args.data_root), ("category", args.category), ("image_size", args.image_size),
-                       ("k_shot", args.k_shot)):
+    for key, value in (
+        ("data_root", args.data_root),
+        ("category", args.category),
+        ("image_size", args.image_size),
+        ("k_shot", args.k_shot),
+    ):
         if value is not None:
             env_kwargs[key] = value
     env_kwargs.update(parse_pairs(args.env_kwargs, "--env-kwargs"))
@@ -125,9 +133,16 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if int(run.get("n_timesteps", 0)) < 1:
         raise ValueError("n_timesteps must be >= 1 (set -n/--n-timesteps or n_timesteps in the preset)")
     return {
-        "env": args.env, "algo": args.algo, "preset": args.preset, "seed": args.seed, "device": args.device,
-        "n_timesteps": int(run["n_timesteps"]), "eval_freq": int(run.get("eval_freq", 0)),
-        "save_freq": int(run.get("save_freq", 0)), "env_kwargs": env_kwargs, "hyperparams": hyperparams,
+        "env": args.env,
+        "algo": args.algo,
+        "preset": args.preset,
+        "seed": args.seed,
+        "device": args.device,
+        "n_timesteps": int(run["n_timesteps"]),
+        "eval_freq": int(run.get("eval_freq", 0)),
+        "save_freq": int(run.get("save_freq", 0)),
+        "env_kwargs": env_kwargs,
+        "hyperparams": hyperparams,
     }
 
 
@@ -149,8 +164,15 @@ def dry_run(config: dict[str, Any]) -> dict:
     return split.summary(category)
 
 
-def train(config: dict[str, Any], run_dir: Path, *, resume: bool, progress: bool, tensorboard_log: str | None,
-          evaluate_at_end: bool = True) -> dict[str, Any]:
+def train(
+    config: dict[str, Any],
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    tensorboard_log: str | None,
+    evaluate_at_end: bool = True,
+) -> dict[str, Any]:
     """Build env, agent and callbacks, learn, save; returns the test metrics (or {} without the final evaluation)."""
     import gymnasium as gym
     from stable_baselines3.common.callbacks import CallbackList
@@ -167,11 +189,12 @@ def train(config: dict[str, Any], run_dir: Path, *, resume: bool, progress: bool
         latest_checkpoint,
         write_checkpoint,
     )
+    from envs.mvtec_patch import MVTecPatchEnv
     from envs.split import split_json
 
     set_random_seed(config["seed"])
     env = gym.make(config["env"], **config["env_kwargs"])
-    base = env.unwrapped
+    base: MVTecPatchEnv = env.unwrapped  # type: ignore[assignment]
     (run_dir / "split.json").write_text(split_json(base.split, base.category))
     checkpoints = run_dir / "checkpoints"
     checkpoint = latest_checkpoint(checkpoints) if resume else None
@@ -189,21 +212,37 @@ def train(config: dict[str, Any], run_dir: Path, *, resume: bool, progress: bool
         start = time.perf_counter()
         base.warm_up(progress=progress)
         logger.info("warm-up took %.1f s", time.perf_counter() - start)
-        agent = make_agent(config["algo"], monitored, seed=config["seed"], tensorboard_log=tensorboard_log,
-                           device=config["device"], verbose=0, **config["hyperparams"])
+        agent = make_agent(
+            config["algo"],
+            monitored,
+            seed=config["seed"],
+            tensorboard_log=tensorboard_log,
+            device=config["device"],
+            verbose=0,
+            **config["hyperparams"],
+        )
 
     val_images, val_masks = base.category.images[base.split.val], base.category.masks[base.split.val]
     callbacks = [RewardTermsCallback(), CheckpointCallback(base, checkpoints, config["save_freq"])]
     validation = ValidationCallback(
-        base, lambda detector: evaluate.evaluate_images(detector, val_images, val_masks, "detector")[:2],
-        val_images, val_masks, config["eval_freq"], best_path=run_dir / "best_detector.pt",
+        base,
+        lambda detector: evaluate.evaluate_images(detector, val_images, val_masks, "detector")[:2],
+        val_images,
+        val_masks,
+        config["eval_freq"],
+        best_path=run_dir / "best_detector.pt",
     )
     if config["eval_freq"] > 0 and val_masks.any():
         callbacks.append(validation)
     remaining = config["n_timesteps"] - (agent.num_timesteps if checkpoint is not None else 0)
     try:
-        agent.learn(total_timesteps=max(remaining, 0), callback=CallbackList(callbacks), progress_bar=progress,
-                    tb_log_name=config["algo"], reset_num_timesteps=checkpoint is None)
+        agent.learn(
+            total_timesteps=max(remaining, 0),
+            callback=CallbackList(callbacks),
+            progress_bar=progress,
+            tb_log_name=config["algo"],
+            reset_num_timesteps=checkpoint is None,
+        )
     except KeyboardInterrupt:
         write_checkpoint(agent, base, checkpoints)
         logger.warning("interrupted: checkpoint written to %s; continue with -i %s", checkpoints, run_dir)
@@ -245,8 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("run folder %s\n%s", run_dir, yaml.safe_dump(config, sort_keys=False))
         progress = sys.stderr.isatty() if args.progress is None else args.progress
         tensorboard_log = args.tensorboard_log or str(run_dir / "tensorboard")
-        metrics = train(config, run_dir, resume=resume, progress=progress, tensorboard_log=tensorboard_log,
-                        evaluate_at_end=not args.no_evaluate)
+        metrics = train(
+            config,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            tensorboard_log=tensorboard_log,
+            evaluate_at_end=not args.no_evaluate,
+        )
         if metrics:
             print(json.dumps({"run": str(run_dir), **{k: round(v, 4) for k, v in metrics.items()}}, indent=2))
         return 0

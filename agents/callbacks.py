@@ -69,8 +69,17 @@ class ValidationCallback(BaseCallback):
         eval_freq: env steps between evaluations; best_path: where the best detector goes (None: not saved).
     """
 
-    def __init__(self, env: Any, evaluate: Callable[[Any], tuple[dict[str, float], np.ndarray]], images: np.ndarray,
-                 masks: np.ndarray, eval_freq: int, best_path: Path | None = None, n_figure: int = 4, verbose: int = 0) -> None:
+    def __init__(
+        self,
+        env: Any,
+        evaluate: Callable[[Any], tuple[dict[str, float], np.ndarray]],
+        images: np.ndarray,
+        masks: np.ndarray,
+        eval_freq: int,
+        best_path: Path | None = None,
+        n_figure: int = 4,
+        verbose: int = 0,
+    ) -> None:
         super().__init__(verbose)
         self.env, self.evaluate, self.images, self.masks = env, evaluate, images, masks
         self.eval_freq, self.best_path, self.n_figure = eval_freq, best_path, n_figure
@@ -104,12 +113,15 @@ class ValidationCallback(BaseCallback):
         shown = [i for i in range(len(self.images)) if self.masks[i].any()][: self.n_figure] or [0]
         profiles = detector.residual_map(self.images[shown])
         scale = max(float(np.percentile(profiles, 99.5)), 1e-6)
-        rows = [[self.images[i], _heat(p / scale), _heat(maps[i]), _heat(self.masks[i].astype(np.float32))]
-                for i, p in zip(shown, profiles)]
+        rows = [
+            [self.images[i], _heat(p / scale), _heat(maps[i]), _heat(self.masks[i].astype(np.float32))]
+            for i, p in zip(shown, profiles)
+        ]
         self.logger.record("eval/image_profile_prediction_truth", Image(_tile(rows), "HWC"), exclude=NOT_TEXT)
         history = self.env.history[: self.n_figure].astype(np.float32)
-        self.logger.record("sampler/history_maps", Image(_tile([[_heat(h / (h + 1.0)) for h in history]]), "HWC"),
-                           exclude=NOT_TEXT)
+        self.logger.record(
+            "sampler/history_maps", Image(_tile([[_heat(h / (h + 1.0)) for h in history]]), "HWC"), exclude=NOT_TEXT
+        )
 
 
 class CheckpointCallback(BaseCallback):

@@ -46,8 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    env = MVTecPatchEnv(data_root=args.data_root, category=args.category, pretrain_epochs=1, predictor_warmup_updates=5,
-                        predictor_freeze_steps=0)
+    env = MVTecPatchEnv(
+        data_root=args.data_root,
+        category=args.category,
+        pretrain_epochs=1,
+        predictor_warmup_updates=5,
+        predictor_freeze_steps=0,
+    )
     env.reset(seed=args.seed)
     times: dict[str, float] = defaultdict(float)
     detector = env.detector

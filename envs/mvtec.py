@@ -131,7 +131,7 @@ def read_image(path: str | Path, image_size: int) -> tuple[np.ndarray, tuple[int
     if image.dtype == np.uint16:  # 16-bit PNG/TIFF -> 8 bit
         image = (image // 257).astype(np.uint8)
     elif image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        image = np.round(255 * (image - image.min()) / max(float(image.max() - image.min()), 1e-12)).astype(np.uint8)
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     elif image.shape[2] == 4:

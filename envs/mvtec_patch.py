@@ -19,11 +19,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from models.detector import Detector, DetectorConfig
-from models.structural import sobel_magnitude
 
 from envs.mvtec import Category, load_category_cached
 from envs.split import Split, SplitConfig, make_split
+from models.detector import Detector, DetectorConfig
+from models.structural import sobel_magnitude
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,14 @@ class MVTecPatchConfig:
         for name in ("move_step", "episode_length", "ae_batch_size", "beta_decay_steps"):
             if getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
-        for name in ("predictor_freeze_steps", "feedback_start_steps", "pretrain_epochs", "predictor_warmup_updates",
-                     "ae_reset_every", "alpha_decay_updates"):
+        for name in (
+            "predictor_freeze_steps",
+            "feedback_start_steps",
+            "pretrain_epochs",
+            "predictor_warmup_updates",
+            "ae_reset_every",
+            "alpha_decay_updates",
+        ):
             if getattr(self, name) < 0:
                 raise bad(name, "an integer >= 0")
         if self.profile_stack < 1:
@@ -247,26 +253,29 @@ class MVTecPatchEnv(gym.Env):
         fused map and the current residual map: uint8 (S, 3S, 3)."""
         if self.render_mode != "rgb_array":
             return None
-        size, crop, p = self.config.image_size, self.config.crop_size, self.config.patch_size
-        image = self.train_images[self.image_index].astype(np.float32)
-        heat = self._history_map(self.image_index)[..., None] * np.array([255.0, 0.0, 0.0])
-        frame = np.clip(0.6 * image + 0.4 * heat + 0.4 * image * (heat > 0), 0, 255).astype(np.uint8).copy()
+        crop, p = self.config.crop_size, self.config.patch_size
+        image = self.train_images[self.image_index].astype(np.float32)  # (S, S, 3)
+        visited = 0.6 * self._history_map(self.image_index)[..., None]  # (S, S, 1), more red where sampled more
+        frame = np.ascontiguousarray((1 - visited) * image + visited * np.array([255.0, 0.0, 0.0]), dtype=np.uint8)
         cy, cx = self.center
         cv2.rectangle(frame, (cx - crop // 2, cy - crop // 2), (cx + crop // 2 - 1, cy + crop // 2 - 1), (0, 255, 0), 1)
         if self.last_patch_corner is not None:
             y, x = self.last_patch_corner
             cv2.rectangle(frame, (x, y), (x + p - 1, y + p - 1), (255, 220, 0), 1)
-        fused = cv2.applyColorMap(self.fused[self.image_index], cv2.COLORMAP_VIRIDIS)[..., ::-1]
+        fused = np.asarray(cv2.applyColorMap(self.fused[self.image_index], cv2.COLORMAP_VIRIDIS))[..., ::-1]
         residual = np.round(self._residual(self.image_index) * 255).astype(np.uint8)
-        residual = cv2.applyColorMap(residual, cv2.COLORMAP_INFERNO)[..., ::-1]
-        return np.concatenate([frame, fused, residual], axis=1).reshape(size, 3 * size, 3)
+        residual_rgb = np.asarray(cv2.applyColorMap(residual, cv2.COLORMAP_INFERNO))[..., ::-1]
+        return np.concatenate([frame, fused, residual_rgb], axis=1)
 
     # ------------------------------------------------------------------------------------------ internals
     def _jump(self) -> None:
         """A new random training image and crop centre (reset and skip)."""
         half, size = self.config.crop_size // 2, self.config.image_size
         self.image_index = int(self.np_random.integers(len(self.train_images)))
-        self.center = (int(self.np_random.integers(half, size - half + 1)), int(self.np_random.integers(half, size - half + 1)))
+        self.center = (
+            int(self.np_random.integers(half, size - half + 1)),
+            int(self.np_random.integers(half, size - half + 1)),
+        )
 
     def _move(self, center: tuple[int, int], action: int) -> tuple[int, int]:
         """Move the centre by ``move_step`` in the action's direction, clamped so the crop stays inside."""
@@ -319,8 +328,9 @@ class MVTecPatchEnv(gym.Env):
         residual = self._residual(i)[window][None]
         return np.concatenate([rgb, fused, history, residual]).astype(np.float32)  # (6, crop, crop)
 
-    def _info(self, r_clone: float, r_cover: float, beta: float | None = None, r_pred: float | None = None,
-              step: int | None = None) -> dict[str, Any]:
+    def _info(
+        self, r_clone: float, r_cover: float, beta: float | None = None, r_pred: float | None = None, step: int | None = None
+    ) -> dict[str, Any]:
         return {
             "r_clone": r_clone,
             "r_cover": r_cover,
@@ -439,4 +449,6 @@ def build_detector(config: MVTecPatchConfig, category: Category, split: Split) -
         profile_stack=config.profile_stack,
         device=config.device,
     )
-    return Detector(detector_config, category.images[split.train], category.images[pool], category.masks[pool], seed=config.seed)
+    return Detector(
+        detector_config, category.images[split.train], category.images[pool], category.masks[pool], seed=config.seed
+    )

@@ -19,9 +19,22 @@ from tests.conftest import write_mvtec_tree
 def small_kwargs(root: Path, **overrides) -> dict:
     """A config small enough for a full check in seconds: 64 px images, 32 px crops, 16 px patches."""
     kwargs = dict(
-        data_root=str(root), category="widget", image_size=64, crop_size=32, patch_size=16, move_step=6,
-        episode_length=8, ae_batch_size=8, pretrain_epochs=1, predictor_warmup_updates=2, predictor_freeze_steps=12,
-        feedback_start_steps=20, beta_decay_steps=50, alpha_decay_updates=10, k_shot=2, normal_pool=3,
+        data_root=str(root),
+        category="widget",
+        image_size=64,
+        crop_size=32,
+        patch_size=16,
+        move_step=6,
+        episode_length=8,
+        ae_batch_size=8,
+        pretrain_epochs=1,
+        predictor_warmup_updates=2,
+        predictor_freeze_steps=12,
+        feedback_start_steps=20,
+        beta_decay_steps=50,
+        alpha_decay_updates=10,
+        k_shot=2,
+        normal_pool=3,
     )
     kwargs.update(overrides)
     return kwargs
@@ -59,8 +72,13 @@ def test_gymnasium_and_sb3_checkers(root: Path, env: MVTecPatchEnv) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sb3_check_env(env, warn=True)
-    unexpected = [str(w.message) for w in caught if "image" not in str(w.message).lower()
-                  and "bounds" not in str(w.message).lower() and "dtype" not in str(w.message).lower()]
+    unexpected = [
+        str(w.message)
+        for w in caught
+        if "image" not in str(w.message).lower()
+        and "bounds" not in str(w.message).lower()
+        and "dtype" not in str(w.message).lower()
+    ]
     assert not unexpected, unexpected
 
 
@@ -97,13 +115,26 @@ def test_same_seed_same_actions_same_trajectory(root: Path) -> None:
 def test_moves_clamp_at_every_edge(env: MVTecPatchEnv, action: int) -> None:
     env.reset(seed=0)
     half, size, step = 16, 64, 6
-    edges = [(half, half), (half, size - half), (size - half, half), (size - half, size - half), (half, 32), (32, half),
-             (size - half, 32), (32, size - half), (32, 32), (half + 2, size - half - 3)]
+    edges = [
+        (half, half),
+        (half, size - half),
+        (size - half, half),
+        (size - half, size - half),
+        (half, 32),
+        (32, half),
+        (size - half, 32),
+        (32, size - half),
+        (32, 32),
+        (half + 2, size - half - 3),
+    ]
     for center in edges:
         env.center = center
         obs, *_ = env.step(action)
         dy, dx = MOVES[action]
-        expected = (int(np.clip(center[0] + dy * step, half, size - half)), int(np.clip(center[1] + dx * step, half, size - half)))
+        expected = (
+            int(np.clip(center[0] + dy * step, half, size - half)),
+            int(np.clip(center[1] + dx * step, half, size - half)),
+        )
         assert env.center == expected
         assert obs.shape == (6, 32, 32)
         y, x = env.last_patch_corner

@@ -13,9 +13,20 @@ from agents import AGENTS
 from tests.conftest import write_mvtec_tree
 
 SMALL_ENV = [
-    "image_size:64", "crop_size:32", "patch_size:16", "move_step:6", "episode_length:8", "ae_batch_size:8",
-    "pretrain_epochs:1", "predictor_warmup_updates:2", "predictor_freeze_steps:8", "feedback_start_steps:16",
-    "beta_decay_steps:50", "alpha_decay_updates:10", "k_shot:2", "normal_pool:3",
+    "image_size:64",
+    "crop_size:32",
+    "patch_size:16",
+    "move_step:6",
+    "episode_length:8",
+    "ae_batch_size:8",
+    "pretrain_epochs:1",
+    "predictor_warmup_updates:2",
+    "predictor_freeze_steps:8",
+    "feedback_start_steps:16",
+    "beta_decay_steps:50",
+    "alpha_decay_updates:10",
+    "k_shot:2",
+    "normal_pool:3",
 ]
 SMALL_ALGO = {
     "reinforce": ["n_steps:16"],
@@ -35,9 +46,30 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_args(data_root: Path, log_folder: Path, algo: str, steps: int = 32, *extra: str) -> list[str]:
     return [
-        "--algo", algo, "-n", str(steps), "--seed", "1", "-f", str(log_folder), "--data-root", str(data_root),
-        "--category", "widget", "--eval-freq", "16", "--save-freq", "16", "--no-progress", "-v", "0",
-        "--env-kwargs", *SMALL_ENV, "--hyperparams", *SMALL_ALGO[algo], *extra,
+        "--algo",
+        algo,
+        "-n",
+        str(steps),
+        "--seed",
+        "1",
+        "-f",
+        str(log_folder),
+        "--data-root",
+        str(data_root),
+        "--category",
+        "widget",
+        "--eval-freq",
+        "16",
+        "--save-freq",
+        "16",
+        "--no-progress",
+        "-v",
+        "0",
+        "--env-kwargs",
+        *SMALL_ENV,
+        "--hyperparams",
+        *SMALL_ALGO[algo],
+        *extra,
     ]
 
 
@@ -62,8 +94,19 @@ def test_every_algorithm_trains(algo: str, data_root: Path, tmp_path: Path) -> N
 
 
 def test_reinforce_run_writes_everything(reinforce_run: Path) -> None:
-    for name in ("config.yml", "split.json", "agent.zip", "detector.pt", "best_detector.pt", "metrics.json",
-                 "metrics.csv", "predictions.png", "roc.png", "pr.png", "ae_baseline/metrics.json"):
+    for name in (
+        "config.yml",
+        "split.json",
+        "agent.zip",
+        "detector.pt",
+        "best_detector.pt",
+        "metrics.json",
+        "metrics.csv",
+        "predictions.png",
+        "roc.png",
+        "pr.png",
+        "ae_baseline/metrics.json",
+    ):
         assert (reinforce_run / name).is_file(), name
     metrics = json.loads((reinforce_run / "metrics.json").read_text())
     for key in ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "f1_at_val_threshold"):
@@ -84,8 +127,19 @@ def test_tensorboard_has_reward_terms_and_validation(reinforce_run: Path) -> Non
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
         images |= set(acc.Tags()["images"])
-    for tag in ("env/r_clone", "env/r_cover", "env/r_pred", "env/beta", "env/alpha", "env/ae_loss", "eval/pixel_auroc",
-                "eval/pixel_f1max", "eval/pixel_aupro", "rollout/ep_rew_mean", "train/policy_loss"):
+    for tag in (
+        "env/r_clone",
+        "env/r_cover",
+        "env/r_pred",
+        "env/beta",
+        "env/alpha",
+        "env/ae_loss",
+        "eval/pixel_auroc",
+        "eval/pixel_f1max",
+        "eval/pixel_aupro",
+        "rollout/ep_rew_mean",
+        "train/policy_loss",
+    ):
         assert tag in tags, tag
     assert "sampler/history_maps" in images and "eval/image_profile_prediction_truth" in images
 
@@ -113,8 +167,11 @@ def test_bad_input_gives_one_line_errors(reinforce_run: Path, data_root: Path, t
         (train.main, ["--algo", "sac", "--dry-run"], "valid: reinforce"),
         (train.main, ["--env", "CartPole-v1", "--dry-run"], "valid: MVTecPatch-v0"),
         (train.main, ["--preset", "fast", "--dry-run"], "valid: default, paper"),
-        (train.main, ["--env-kwargs", "observation:depth", "--data-root", str(data_root), "--category", "widget",
-                      "--dry-run"], "observation"),
+        (
+            train.main,
+            ["--env-kwargs", "observation:depth", "--data-root", str(data_root), "--category", "widget", "--dry-run"],
+            "observation",
+        ),
         (train.main, ["-i", str(tmp_path)], "not a run folder"),
         (evaluate.main, ["--run", str(tmp_path)], "not a run folder"),
     ]
