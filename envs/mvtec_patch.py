@@ -23,7 +23,7 @@ from gymnasium import spaces
 from envs.mvtec import Category, load_category_cached
 from envs.split import Split, SplitConfig, make_split
 from models.detector import Detector, DetectorConfig
-from models.structural import sobel_magnitude
+from models.structural import fused_structural_map, sobel_magnitude
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +193,9 @@ class MVTecPatchEnv(gym.Env):
         self.last_ae_loss = pretrain_losses[-1] if pretrain_losses else float("nan")
         residuals = detector.residual_map(self.train_images)  # float32 (N, S, S), the pre-trained AE's MAE map
         self.residual_scale = float(np.percentile(residuals, 99)) or 1.0
-        self.fused = detector.fused_maps(self.train_images)
-        self.fused = np.round(self.fused * 255).astype(np.uint8)
+        weights, sigma = detector.config.fused_weights, detector.config.fused_blur_sigma
+        for i, (image, residual) in enumerate(zip(self.train_images, residuals)):  # fixed context: computed once
+            self.fused[i] = np.round(255 * fused_structural_map(image, residual, weights, sigma)).astype(np.uint8)
         patches = detector.random_patches(256).numpy()  # (256, 3, p, p)
         self.clone_scale = float(np.percentile([sobel_magnitude(x).mean() for x in patches], 99)) or 1.0
         self.last_pred_loss = detector.warmup_predictor(progress=progress)[-1] if self.config.predictor_warmup_updates else 1.0

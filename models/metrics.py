@@ -43,7 +43,7 @@ from sklearn.metrics import roc_auc_score
 
 logger = logging.getLogger(__name__)
 
-EXACT_MAX_PIXELS = 20_000_000  # above this many pixels compute_metrics bins scores unless num_bins is given
+EXACT_MAX_PIXELS = 50_000_000  # above this many pixels compute_metrics bins scores unless num_bins is given
 AUTO_NUM_BINS = 10_000  # bins used when binning is switched on automatically
 _BOUND_WARNING = 1e-3  # automatic binning warns when an error bound exceeds this
 

@@ -1,0 +1,109 @@
+"""Speed and memory of the detector core at the paper's sizes, on synthetic data.
+
+Measures, at 256x256 images, 64x64 patches, batch 32 and a pool of 40 images: one AE update, one refresh of
+the pool's loss profiles, one predictor update, one full AE + refresh + predictor cycle (what an env step
+does when its mini-batch is full), inference per image at batch 1 and batched, and the peak RSS.
+
+Targets on 2 CPU cores: full cycle <= 1.2 s, inference <= 30 ms per image at batch 1, peak RSS <= 3 GiB
+for a 300-image category.
+
+    python benchmarks/bench_detector.py [--train-images 300] [--pool 40] [--repeats 10] [--threads 2] [--batch 16]
+
+Run it on an otherwise idle machine: with 2 OpenMP threads, CPU contention from other processes can slow
+small convolutions down many times over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from models.detector import Detector, DetectorConfig  # noqa: E402
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """(median, min) wall time of ``fn`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times), min(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-images", type=int, default=300, help="normal training images")
+    parser.add_argument("--pool", type=int, default=40, help="predictor pool images (half of them get a defect mask)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
+    parser.add_argument("--batch", type=int, default=16, help="images per anomaly_map call in the batched measurement")
+    parser.add_argument("--inference-batch", type=int, default=0, help="images per forward pass (0: the config's default)")
+    parser.add_argument("--no-channels-last", action="store_true", help="use the contiguous memory format")
+    args = parser.parse_args(argv)
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    s = args.size
+    train = rng.integers(0, 256, size=(args.train_images, s, s, 3), dtype=np.uint8)
+    pool = rng.integers(0, 256, size=(args.pool, s, s, 3), dtype=np.uint8)
+    masks = np.zeros((args.pool, s, s), dtype=bool)
+    masks[: args.pool // 2, s // 4 : s // 4 + 20, s // 3 : s // 3 + 30] = True
+    config = DetectorConfig(channels_last=not args.no_channels_last)
+    if args.inference_batch > 0:
+        config.inference_batch_size = args.inference_batch
+    detector = Detector(config, train, pool, masks, seed=0)
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, images {s}x{s}, train {args.train_images}, "
+        f"pool {args.pool}, channels_last {config.channels_last}"
+    )
+    print(
+        f"AE params {sum(p.numel() for p in detector.ae.parameters()):,}, "
+        f"predictor params {sum(p.numel() for p in detector.predictor.parameters()):,}"
+    )
+
+    results: dict[str, tuple[float, float]] = {}
+    patches = detector.random_patches(config.ae_batch_size)
+    results["AE update (batch 32, 64x64)"] = timed(lambda: detector.ae_update(patches), args.repeats)
+
+    def refresh() -> None:
+        detector.ae_version += 1  # pretend the AE changed, so that the refresh recomputes
+        detector.refresh_profiles()
+
+    results[f"profile refresh (pool {args.pool})"] = timed(refresh, args.repeats)
+    results["predictor update (batch 32)"] = timed(detector.predictor_update, args.repeats)
+
+    def cycle() -> None:
+        detector.ae_update(detector.random_patches(config.ae_batch_size))
+        detector.predictor_update()  # refreshes first: the AE changed
+
+    results["full cycle (AE + refresh + predictor)"] = timed(cycle, args.repeats)
+    one = pool[:1]
+    results["inference, batch 1 (per image)"] = timed(lambda: detector.anomaly_map(one), args.repeats)
+    many = np.concatenate([pool] * (args.batch // len(pool) + 1))[: args.batch]
+    med, lo = timed(lambda: detector.anomaly_map(many), max(3, args.repeats // 3))
+    name = f"inference, {args.batch} images in chunks of {config.inference_batch_size} (per image)"
+    results[name] = (med / args.batch, lo / args.batch)
+
+    for name, (med, lo) in results.items():
+        print(f"{name:55s} median {med:8.1f} ms   min {lo:8.1f} ms")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+    print(f"{'peak RSS':55s} {peak:8.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

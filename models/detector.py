@@ -1,0 +1,748 @@
+"""The detector: autoencoder + predictor training, loss-profile cache, anomaly maps, checkpoints.
+
+One object owns the two networks of the paper (§III.C-E), their optimisers and every schedule, so that the
+Gymnasium env only decides *which* patches the autoencoder sees, and ``evaluate.py`` and the AE-only
+baseline use the same code without any env.
+
+Training data:
+
+* ``train_images``: normal images; the AE trains on 64x64 patches of them (chosen by the sampler, or by
+  :meth:`Detector.random_patches`).
+* the *pool*: ``pool_images`` + ``pool_masks``; the few labelled anomalies with their masks plus a fixed
+  set of normal images with empty masks (the caller composes it). The predictor trains on crops of the
+  pool's loss profiles, which are cached and recomputed only when the AE has changed.
+
+One training cycle (what the env does once its mini-batch of patches is full, and what
+:meth:`Detector.fit_random` does with uniform random patches, the "no-RL" control):
+
+    detector.ae_update(patches)      # one Adam step of the AE on MSE
+    detector.predictor_update()      # refresh the pool's profiles if the AE changed, one predictor step
+
+Variants (DESIGN.md "Variants"): ``ae_reset_every`` re-initialises the AE and its optimiser every N updates
+(Chu & Kitani) instead of relying on dropout (the paper); ``profile_stack = K`` feeds the predictor the last
+K loss profiles stacked (Chu & Kitani) instead of the current one (the paper, K = 1).
+
+Reproducibility: every random choice (patch and crop positions, network initialisation, dropout) derives
+from one private ``torch.Generator`` seeded with ``seed``; its state is in :meth:`Detector.state_dict`, so a
+saved and reloaded detector continues exactly as the original would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.autoencoder import Autoencoder, AutoencoderConfig
+from models.predictor import Predictor, PredictorConfig, weighted_bce
+from models.structural import DEFAULT_FUSED_WEIGHTS, fused_structural_map
+
+__all__ = ["DetectorConfig", "Detector", "ae_baseline_maps", "CHECKPOINT_FORMAT"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "rl-batch-sampler/detector"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class DetectorConfig:
+    """Hyperparameters of :class:`Detector` (paper §IV.C where it gives them).
+
+    Args:
+        patch_size: side of the AE's training patches (the paper: 64).
+        ae_batch_size: patches per AE update (the paper: 32); used by pre-training and :meth:`Detector.fit_random`.
+        lr: Adam learning rate of the AE (the paper: 1e-3).
+        pred_lr: Adam learning rate of the predictor; None: same as ``lr``.
+        pred_batch_size: crops per predictor update (the paper: 32).
+        pred_crop_size: side of the predictor's training crops. The predictor is fully convolutional with a
+            31-pixel receptive field, so 64x64 crops teach it the same function as whole images at 1/16 of the cost.
+        pred_positive_fraction: probability that a crop is centred (with jitter) on a random defect pixel of a
+            labelled anomaly; the other crops are uniform over the pool. Without it, tiny defects (a few dozen
+            pixels in a 256x256 image) would almost never fall in a 64x64 crop.
+        alpha_start, alpha_end: weight of normal pixels in the weighted BCE (eq. 8), decayed linearly from
+            ``alpha_start`` to the floor ``alpha_end`` (the paper: 1.0 -> 0.15).
+        alpha_decay_updates: predictor updates (warm-up included) over which alpha decays; 0: constant
+            ``alpha_start``.
+        pretrain_epochs: epochs of AE pre-training (the paper: 100).
+        pretrain_patches_per_epoch: random normal patches that make one pre-training epoch; None: one patch
+            per training image (so an epoch sees each image once on average).
+        predictor_warmup_updates: predictor updates of the warm-up on the pre-trained AE's profiles (§III.E).
+        ae_reset_every: re-initialise the AE and its optimiser every N AE updates (Chu & Kitani); 0: never (the paper).
+        profile_stack: K, the number of most recent loss profiles stacked as predictor input (Chu & Kitani);
+            1: the current profile only (the paper).
+        fused_weights: (w_mae, w_var, w_grad) of the fused structural map (the paper: 0.7, 0.1, 0.2).
+        fused_blur_sigma: Gaussian sigma of the local variance in the fused map.
+        inference_batch_size: images per forward pass for profiles and maps (bounds memory).
+        channels_last: run the convolutions in channels-last memory format (oneDNN's fast path on CPU).
+        ae: the autoencoder's config.
+        predictor: the predictor's config; its ``in_channels`` is set to ``3 * profile_stack`` here.
+        device: torch device for the networks and the cached profiles ("cpu", "cuda", "cuda:1", ...).
+    """
+
+    patch_size: int = 64
+    ae_batch_size: int = 32
+    lr: float = 1e-3
+    pred_lr: float | None = None
+    pred_batch_size: int = 32
+    pred_crop_size: int = 64
+    pred_positive_fraction: float = 0.25  # best of 0.2 / 0.25 / 0.5 on magnetic_tile; see the docstring
+    alpha_start: float = 1.0
+    alpha_end: float = 0.15
+    alpha_decay_updates: int = 2000
+    pretrain_epochs: int = 100
+    pretrain_patches_per_epoch: int | None = None
+    predictor_warmup_updates: int = 200
+    ae_reset_every: int = 0
+    profile_stack: int = 1
+    fused_weights: tuple[float, float, float] = DEFAULT_FUSED_WEIGHTS
+    fused_blur_sigma: float = 2.0
+    inference_batch_size: int = 4  # larger batches are slower per image on CPU (activations leave the cache)
+    channels_last: bool = True
+    ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ae, dict):
+            self.ae = AutoencoderConfig(**self.ae)
+        if isinstance(self.predictor, dict):
+            self.predictor = PredictorConfig(**self.predictor)
+        self.fused_weights = tuple(float(w) for w in self.fused_weights)  # type: ignore[assignment]
+        positive = ["patch_size", "ae_batch_size", "pred_batch_size", "pred_crop_size", "profile_stack"]
+        for name in [*positive, "inference_batch_size"]:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("alpha_decay_updates", "pretrain_epochs", "predictor_warmup_updates", "ae_reset_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.pretrain_patches_per_epoch is not None and self.pretrain_patches_per_epoch < 1:
+            raise ValueError(
+                f"pretrain_patches_per_epoch must be None (one per image) or >= 1, got {self.pretrain_patches_per_epoch}"
+            )
+        if self.lr <= 0 or (self.pred_lr is not None and self.pred_lr <= 0):
+            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, pred_lr={self.pred_lr}")
+        if not 0.0 <= self.pred_positive_fraction <= 1.0:
+            raise ValueError(f"pred_positive_fraction must be in [0, 1], got {self.pred_positive_fraction}")
+        if self.alpha_start < 0 or self.alpha_end < 0:
+            raise ValueError(f"alpha_start and alpha_end must be >= 0, got {self.alpha_start}, {self.alpha_end}")
+        if len(self.fused_weights) != 3:
+            raise ValueError(f"fused_weights must be (w_mae, w_var, w_grad), got {self.fused_weights}")
+        if self.patch_size % self.ae.stride:
+            raise ValueError(f"patch_size {self.patch_size} must be a multiple of the AE's total stride {self.ae.stride}")
+        if self.ae.in_channels != 3:
+            raise ValueError(f"ae.in_channels must be 3 (RGB images), got {self.ae.in_channels}")
+        # The predictor reads K stacked 3-channel profiles
+        self.predictor = replace(self.predictor, in_channels=self.ae.in_channels * self.profile_stack)
+        try:
+            torch.device(self.device)
+        except RuntimeError as e:
+            raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:0', got {self.device!r}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (lists for tuples): safe for ``torch.load(weights_only=True)`` and YAML."""
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, (tuple, list)):
+                return [plain(x) for x in v]
+            return v
+
+        return plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError listing the valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = set(d) - valid
+        if unknown:
+            raise ValueError(f"unknown DetectorConfig keys {sorted(unknown)}; valid keys: {sorted(valid)}")
+        return cls(**d)
+
+
+def _images_to_uint8_chw(images: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    """uint8 (N, H, W, 3) numpy -> uint8 (N, 3, H, W) torch (a copy, contiguous)."""
+    if isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a numpy uint8 array (N, H, W, 3)")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{name} must be a uint8 array of shape (N, H, W, 3), got {images.dtype} {images.shape}")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+
+
+class Detector:
+    """Autoencoder + predictor with their optimisers, schedules and the pool's loss-profile cache.
+
+    Args:
+        config: hyperparameters.
+        train_images: normal training images, uint8 (N, H, W, 3) RGB at the working size; None for an
+            inference-only detector (e.g. one rebuilt from a checkpoint for evaluation).
+        pool_images: the predictor's training images (labelled anomalies + normal pool), uint8 (M, H, W, 3).
+        pool_masks: their defect masks, bool (M, H, W) (all False for normal images).
+        seed: seeds the private generator behind every random choice of this object.
+
+    Attributes:
+        ae, predictor: the networks. ae_optimizer, predictor_optimizer: their Adam optimisers.
+        ae_updates, predictor_updates: optimiser steps taken so far (warm-ups included).
+        ae_version: bumped whenever the AE's weights change (update, reset, load); the profile cache
+            compares it to decide whether to recompute.
+        last_ae_loss, last_pred_loss: the latest training losses (None before the first update).
+    """
+
+    def __init__(
+        self,
+        config: DetectorConfig | None = None,
+        train_images: np.ndarray | None = None,
+        pool_images: np.ndarray | None = None,
+        pool_masks: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.config = config = config or DetectorConfig()
+        self.device = torch.device(config.device)
+        self._memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self._gen = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+
+        # Data stays uint8 (4x smaller than float32) and is converted lazily, patch by patch
+        self._train: torch.Tensor | None = None  # (N, 3, H, W) uint8
+        if train_images is not None:
+            self._train = _images_to_uint8_chw(train_images, "train_images")
+            self._check_size(self._train, "train_images")
+        self._pool: torch.Tensor | None = None  # (M, 3, H, W) uint8
+        self._pool_masks: torch.Tensor | None = None  # (M, H, W) bool
+        self._positives: list[tuple[int, torch.Tensor]] = []  # (pool index, flat indices of its defect pixels)
+        if (pool_images is None) != (pool_masks is None):
+            raise ValueError("pool_images and pool_masks must be given together")
+        if pool_images is not None and pool_masks is not None:
+            self._pool = _images_to_uint8_chw(pool_images, "pool_images")
+            self._check_size(self._pool, "pool_images")
+            expected = (pool_images.shape[0], *pool_images.shape[1:3])
+            if pool_masks.shape != expected:
+                raise ValueError(f"pool_masks must have shape {expected}, got {pool_masks.shape}")
+            self._pool_masks = torch.from_numpy(np.ascontiguousarray(pool_masks.astype(bool)))
+            for i in range(len(self._pool_masks)):
+                flat = torch.nonzero(self._pool_masks[i].flatten()).flatten()
+                if len(flat):
+                    self._positives.append((i, flat))
+
+        self.ae = self._new_ae()
+        self.predictor = self._new_predictor()
+        self.ae_optimizer = torch.optim.Adam(self.ae.parameters(), lr=config.lr)
+        self.predictor_optimizer = torch.optim.Adam(self.predictor.parameters(), lr=config.pred_lr or config.lr)
+
+        self.ae_updates = 0
+        self.ae_version = 0
+        self.predictor_updates = 0
+        self.last_ae_loss: float | None = None
+        self.last_pred_loss: float | None = None
+        self._profiles: torch.Tensor | None = None  # (M, 3K, H, W) float32, oldest profile first
+        self._profiles_version = -1  # ae_version the newest cached profile was computed with
+
+    # ------------------------------------------------------------------ construction helpers
+    def _check_size(self, images: torch.Tensor, name: str) -> None:
+        H, W = images.shape[-2:]
+        s, p = self.config.ae.stride, self.config.patch_size
+        if H % s or W % s or H < p or W < p:
+            raise ValueError(f"{name}: height and width must be multiples of {s} and >= patch_size {p}, got {H}x{W}")
+
+    @contextlib.contextmanager
+    def _private_rng(self) -> Iterator[None]:
+        """Run a block on torch's global RNG seeded from the private generator, then restore the global state.
+
+        Weight initialisation and dropout draw from the global RNG; forking it keeps them reproducible and
+        leaves the caller's RNG untouched.
+        """
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._gen))
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    def _new_ae(self) -> Autoencoder:
+        with self._private_rng():
+            ae = Autoencoder(self.config.ae)
+        return ae.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]
+
+    def _new_predictor(self) -> Predictor:
+        with self._private_rng():
+            predictor = Predictor(self.config.predictor)
+        return predictor.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]
+
+    def _to_float(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) numpy, or (N, 3, H, W) uint8/float torch -> float32 (N, 3, H, W) in [0, 1] on device."""
+        if isinstance(images, np.ndarray):
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+                raise ValueError(f"numpy images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+            x = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, H, W)
+        elif isinstance(images, torch.Tensor):
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError(f"torch images must be (N, 3, H, W), got {tuple(images.shape)}")
+            x = images
+        else:
+            raise TypeError(f"images must be a numpy array or a torch tensor, got {type(images).__name__}")
+        x = x.to(self.device)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return x.contiguous(memory_format=self._memory_format)
+
+    def _require(self, what: str) -> torch.Tensor:
+        data = self._train if what == "train" else self._pool
+        if data is None or len(data) == 0:
+            raise RuntimeError(f"this Detector was built without {what} images; pass them to the constructor")
+        return data
+
+    # ------------------------------------------------------------------ autoencoder
+    def random_patches(self, n: int) -> torch.Tensor:
+        """Uniform random patches of the training images (the private generator chooses image and position).
+
+        Args:
+            n: number of patches.
+
+        Returns:
+            float32 (n, 3, p, p) in [0, 1], p = ``config.patch_size``, on the CPU.
+        """
+        train = self._require("train")
+        N, _, H, W = train.shape
+        p = self.config.patch_size
+        idx = torch.randint(0, N, (n,), generator=self._gen)
+        ys = torch.randint(0, H - p + 1, (n,), generator=self._gen)
+        xs = torch.randint(0, W - p + 1, (n,), generator=self._gen)
+        patches = torch.stack([train[i, :, y : y + p, x : x + p] for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist())])
+        return patches.float() / 255.0  # (n, 3, p, p)
+
+    def reset_ae(self) -> None:
+        """Re-initialise the AE and a fresh Adam optimiser (Chu & Kitani's periodic reset)."""
+        self.ae = self._new_ae()
+        self.ae_optimizer = torch.optim.Adam(self.ae.parameters(), lr=self.config.lr)
+        self.ae_version += 1
+        logger.debug("AE re-initialised after %d updates", self.ae_updates)
+
+    def ae_update(self, patches: torch.Tensor) -> float:
+        """One Adam step of the AE on the MSE of ``patches`` (eq. 7).
+
+        When ``config.ae_reset_every = N > 0``, the AE and its optimiser are re-initialised once N, 2N, ...
+        updates are done, just before the next one (so update N + 1 is the first on fresh weights).
+
+        Args:
+            patches: float32 (B, 3, p, p) in [0, 1] (any p that is a multiple of the AE's stride).
+
+        Returns:
+            The MSE before the step.
+        """
+        if patches.ndim != 4 or patches.shape[1] != 3:
+            raise ValueError(f"patches must be (B, 3, p, p), got {tuple(patches.shape)}")
+        N = self.config.ae_reset_every
+        if N and self.ae_updates and self.ae_updates % N == 0:
+            self.reset_ae()
+        x = patches.to(self.device, torch.float32).contiguous(memory_format=self._memory_format)
+        # Train mode: BatchNorm uses batch statistics, dropout is on (drawing from the private RNG)
+        self.ae.train()
+        with self._private_rng():
+            loss = torch.mean((self.ae(x) - x) ** 2)
+            self.ae_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.ae_optimizer.step()
+        self.ae_updates += 1
+        self.ae_version += 1
+        self.last_ae_loss = float(loss.detach())
+        return self.last_ae_loss
+
+    def loss_profiles(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Loss profiles ``|x - AE(x)|`` (eq. 1) with the current AE in eval mode.
+
+        Args:
+            images: uint8 (N, H, W, 3) numpy, or (N, 3, H, W) torch (uint8, or float in [0, 1]).
+
+        Returns:
+            float32 (N, 3, H, W) on the detector's device.
+        """
+        self.ae.eval()  # running BatchNorm statistics, no dropout: a profile does not depend on its batch
+        out = []
+        bs = self.config.inference_batch_size
+        with torch.inference_mode():
+            for i in range(0, len(images), bs):
+                x = self._to_float(images[i : i + bs])  # (b, 3, H, W)
+                out.append((x - self.ae(x)).abs())
+        if not out:
+            H, W = images.shape[1:3] if isinstance(images, np.ndarray) else images.shape[-2:]
+            return torch.zeros(0, 3, H, W, device=self.device)
+        return torch.cat(out).contiguous()  # (N, 3, H, W)
+
+    def residual_map(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """AE-only anomaly map (the classic unsupervised residual baseline): channel-mean loss profile.
+
+        Args:
+            images: as for :meth:`loss_profiles`.
+
+        Returns:
+            float32 (N, H, W), not normalised (residuals of images in [0, 1]).
+        """
+        return self.loss_profiles(images).mean(dim=1).cpu().numpy()
+
+    def fused_maps(self, images: np.ndarray) -> np.ndarray:
+        """Fused structural maps (paper eqs. 9-12) computed with the *current* AE.
+
+        The env calls this once right after AE pre-training and caches the result, which makes ``Z_mae``
+        the pre-trained AE's residual as the paper asks.
+
+        Args:
+            images: uint8 (N, H, W, 3).
+
+        Returns:
+            float32 (N, H, W) in [0, 1].
+        """
+        if len(images) == 0:
+            return np.zeros((0, *images.shape[1:3]), np.float32)
+        mae = self.residual_map(images)  # (N, H, W)
+        w, sigma = self.config.fused_weights, self.config.fused_blur_sigma
+        return np.stack([fused_structural_map(img, m, weights=w, blur_sigma=sigma) for img, m in zip(images, mae)])
+
+    def pretrain_ae(self, epochs: int | None = None, progress: bool = False) -> list[float]:
+        """AE pre-training on uniform random normal patches (§III.E, first warm-up).
+
+        Args:
+            epochs: number of epochs; None: ``config.pretrain_epochs``. An epoch is
+                ``config.pretrain_patches_per_epoch`` patches (default: one per training image) in
+                mini-batches of ``config.ae_batch_size``.
+            progress: show a tqdm bar.
+
+        Returns:
+            The mean training loss of each epoch.
+        """
+        epochs = self.config.pretrain_epochs if epochs is None else epochs
+        n_patches = self.config.pretrain_patches_per_epoch or len(self._require("train"))
+        n_batches = max(1, math.ceil(n_patches / self.config.ae_batch_size))
+        history: list[float] = []
+        bar = tqdm(range(epochs), desc="AE pre-training", disable=not progress)
+        for _ in bar:
+            losses = [self.ae_update(self.random_patches(self.config.ae_batch_size)) for _ in range(n_batches)]
+            history.append(float(np.mean(losses)))
+            bar.set_postfix(loss=f"{history[-1]:.5f}")
+        if history:
+            logger.info("AE pre-training: %d epochs x %d updates, final loss %.5f", epochs, n_batches, history[-1])
+        return history
+
+    # ------------------------------------------------------------------ predictor
+    @property
+    def alpha(self) -> float:
+        """Current weight of normal pixels in the weighted BCE: linear decay over predictor updates."""
+        c = self.config
+        if c.alpha_decay_updates <= 0:
+            return float(c.alpha_start)
+        t = min(1.0, self.predictor_updates / c.alpha_decay_updates)
+        return float(c.alpha_start + t * (c.alpha_end - c.alpha_start))
+
+    @property
+    def pool_profiles(self) -> torch.Tensor | None:
+        """The cached pool profiles (M, 3K, H, W), oldest first, as of the last refresh (None before it)."""
+        return self._profiles
+
+    def refresh_profiles(self) -> bool:
+        """Recompute the pool's loss profiles if the AE changed since the last refresh.
+
+        With ``profile_stack = K > 1`` the cache holds the last K profiles (oldest first); a refresh drops
+        the oldest and appends the new one. The first refresh fills all K slots with the current profile.
+
+        Returns:
+            Whether it recomputed.
+        """
+        pool = self._require("pool")
+        if self._profiles is not None and self._profiles_version == self.ae_version:
+            return False
+        new = self.loss_profiles(pool)  # (M, 3, H, W)
+        K = self.config.profile_stack
+        if K == 1 or self._profiles is None:
+            self._profiles = new.repeat(1, K, 1, 1) if K > 1 else new.clone()  # clone: a normal tensor, not an inference one
+        else:
+            self._profiles = torch.cat([self._profiles[:, 3:], new], dim=1)  # (M, 3K, H, W)
+        self._profiles_version = self.ae_version
+        return True
+
+    def _sample_crops(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n predictor training crops: (n, 3K, c, c) profiles and (n, 1, c, c) float masks."""
+        assert self._profiles is not None and self._pool_masks is not None
+        M, _, H, W = self._profiles.shape
+        c = min(self.config.pred_crop_size, H, W)
+        g = self._gen
+        xs_, ys_ = [], []
+        for _ in range(n):
+            if self._positives and float(torch.rand((), generator=g)) < self.config.pred_positive_fraction:
+                # Centre (with jitter up to a quarter crop) on a random defect pixel of a random anomaly
+                j = int(torch.randint(0, len(self._positives), (), generator=g))
+                i, flat = self._positives[j]
+                pix = int(flat[int(torch.randint(0, len(flat), (), generator=g))])
+                jy, jx = (torch.randint(-(c // 4), c // 4 + 1, (2,), generator=g)).tolist()
+                y0 = min(max(pix // W + jy - c // 2, 0), H - c)
+                x0 = min(max(pix % W + jx - c // 2, 0), W - c)
+            else:
+                i = int(torch.randint(0, M, (), generator=g))
+                y0 = int(torch.randint(0, H - c + 1, (), generator=g))
+                x0 = int(torch.randint(0, W - c + 1, (), generator=g))
+            xs_.append(self._profiles[i, :, y0 : y0 + c, x0 : x0 + c])
+            ys_.append(self._pool_masks[i, y0 : y0 + c, x0 : x0 + c])
+        x = torch.stack(xs_).contiguous(memory_format=self._memory_format)  # (n, 3K, c, c)
+        y = torch.stack(ys_).unsqueeze(1).to(self.device, torch.float32)  # (n, 1, c, c)
+        return x, y
+
+    def predictor_update(self) -> float:
+        """One Adam step of the predictor on the weighted BCE (eq. 8) of random pool crops.
+
+        Refreshes the pool's profiles first if the AE changed. ``alpha`` is taken before the step and then
+        follows the incremented ``predictor_updates``.
+
+        Returns:
+            The loss before the step.
+        """
+        self.refresh_profiles()
+        x, y = self._sample_crops(self.config.pred_batch_size)
+        self.predictor.train()
+        loss = weighted_bce(self.predictor(x), y, self.alpha)
+        self.predictor_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.predictor_optimizer.step()
+        self.predictor_updates += 1
+        self.last_pred_loss = float(loss.detach())
+        return self.last_pred_loss
+
+    def warmup_predictor(self, updates: int | None = None, progress: bool = False) -> list[float]:
+        """Predictor warm-up on the current (pre-trained) AE's profiles (§III.E, second warm-up).
+
+        Args:
+            updates: number of predictor updates; None: ``config.predictor_warmup_updates``.
+            progress: show a tqdm bar.
+
+        Returns:
+            The loss of each update.
+        """
+        updates = self.config.predictor_warmup_updates if updates is None else updates
+        losses = []
+        bar = tqdm(range(updates), desc="predictor warm-up", disable=not progress)
+        for _ in bar:
+            losses.append(self.predictor_update())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", alpha=f"{self.alpha:.3f}")
+        return losses
+
+    def anomaly_map(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Per-pixel defect probabilities: image -> AE -> loss profile -> predictor (all in eval mode).
+
+        With ``profile_stack = K > 1`` the current profile is repeated K times at inference: a single image
+        has no history of profiles, and a converged AE's recent profiles are close to the current one.
+
+        Args:
+            images: uint8 (N, H, W, 3) numpy (or (N, 3, H, W) torch, as for :meth:`loss_profiles`).
+
+        Returns:
+            float32 (N, H, W) in [0, 1], at the input resolution.
+        """
+        self.ae.eval()
+        self.predictor.eval()
+        K = self.config.profile_stack
+        out = []
+        bs = self.config.inference_batch_size
+        with torch.inference_mode():
+            for i in range(0, len(images), bs):
+                x = self._to_float(images[i : i + bs])  # (b, 3, H, W)
+                prof = (x - self.ae(x)).abs()  # (b, 3, H, W)
+                if K > 1:
+                    prof = prof.repeat(1, K, 1, 1)  # (b, 3K, H, W)
+                out.append(self.predictor(prof)[:, 0].cpu())  # (b, H, W)
+        if not out:
+            H, W = images.shape[1:3] if isinstance(images, np.ndarray) else images.shape[-2:]
+            return np.zeros((0, H, W), np.float32)
+        return torch.cat(out).numpy()
+
+    # ------------------------------------------------------------------ the no-RL control
+    def fit_random(
+        self, ae_updates: int, progress: bool = False, predictor_updates_per_ae_update: int = 1
+    ) -> dict[str, list[float]]:
+        """The "no-RL" detector: AE updates on uniform random patches, each followed by predictor updates.
+
+        This is the control the env's uniform random sampler should match.
+
+        Args:
+            ae_updates: number of AE updates (mini-batches of ``config.ae_batch_size`` patches).
+            progress: show a tqdm bar.
+            predictor_updates_per_ae_update: predictor updates after each AE update (the profiles are
+                refreshed once, before the first).
+
+        Returns:
+            ``{"ae_loss": [...], "pred_loss": [...], "alpha": [...]}``, one entry per AE update
+            (pred_loss and alpha: the last predictor update's).
+        """
+        hist: dict[str, list[float]] = {"ae_loss": [], "pred_loss": [], "alpha": []}
+        bar = tqdm(range(ae_updates), desc="fit (random patches)", disable=not progress)
+        for _ in bar:
+            hist["ae_loss"].append(self.ae_update(self.random_patches(self.config.ae_batch_size)))
+            hist["alpha"].append(self.alpha)
+            for _ in range(predictor_updates_per_ae_update):
+                self.predictor_update()
+            hist["pred_loss"].append(float("nan") if self.last_pred_loss is None else self.last_pred_loss)
+            bar.set_postfix(ae=f"{hist['ae_loss'][-1]:.5f}", pred=f"{hist['pred_loss'][-1]:.4f}")
+        return hist
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume training and to evaluate, as tensors, primitives, dicts and lists.
+
+        The pool's profile stack is included only for ``profile_stack > 1`` (older profiles cannot be
+        recomputed); with K = 1 the profile is recomputed from the AE on the next refresh. Like
+        ``nn.Module.state_dict``, the network tensors alias the live weights: deep-copy to snapshot in memory.
+        """
+        stack = self._profiles.cpu() if self.config.profile_stack > 1 and self._profiles is not None else None
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "seed": self.seed,
+            "ae": self.ae.state_dict(),
+            "predictor": self.predictor.state_dict(),
+            "ae_optimizer": self.ae_optimizer.state_dict(),
+            "predictor_optimizer": self.predictor_optimizer.state_dict(),
+            "counters": {
+                "ae_updates": self.ae_updates,
+                "ae_version": self.ae_version,
+                "predictor_updates": self.predictor_updates,
+                "last_ae_loss": self.last_ae_loss,
+                "last_pred_loss": self.last_pred_loss,
+                "profiles_fresh": self._profiles is not None and self._profiles_version == self.ae_version,
+            },
+            "rng": self._gen.get_state(),
+            "profile_stack": stack,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. The networks' configs must match this detector's.
+
+        Raises:
+            ValueError: the state is not a detector state or its networks do not fit this config.
+        """
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a detector state (expected a dict with format={CHECKPOINT_FORMAT!r})")
+        missing = {"config", "ae", "predictor", "ae_optimizer", "predictor_optimizer", "counters", "rng"} - set(state)
+        if missing:
+            raise ValueError(f"detector state lacks {sorted(missing)}")
+        saved = DetectorConfig.from_dict(state["config"])
+        for name in ("ae", "predictor", "profile_stack"):
+            ours, theirs = getattr(self.config, name), getattr(saved, name)
+            if ours != theirs:
+                raise ValueError(f"saved {name} config {theirs} does not match this detector's {ours}")
+        try:
+            self.ae.load_state_dict(state["ae"])
+            self.predictor.load_state_dict(state["predictor"])
+            self.ae_optimizer.load_state_dict(state["ae_optimizer"])
+            self.predictor_optimizer.load_state_dict(state["predictor_optimizer"])
+            self._gen.set_state(state["rng"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"detector state does not fit this detector: {e}") from e
+        self.ae.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]
+        self.predictor.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]
+        c = state["counters"]
+        self.ae_updates = int(c["ae_updates"])
+        self.ae_version = int(c["ae_version"])
+        self.predictor_updates = int(c["predictor_updates"])
+        self.last_ae_loss = c["last_ae_loss"]
+        self.last_pred_loss = c["last_pred_loss"]
+        self.seed = int(state.get("seed", self.seed))
+        stack = state.get("profile_stack")
+        if stack is not None and self._pool is not None and stack.shape[0] == len(self._pool):
+            self._profiles = stack.to(self.device)
+            self._profiles_version = self.ae_version if c.get("profiles_fresh") else -1
+        else:
+            self._profiles, self._profiles_version = None, -1
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to ``path`` atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.state_dict(), f)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+
+    @staticmethod
+    def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Load a checkpoint written by :meth:`save` with ``torch.load(weights_only=True)``.
+
+        Raises:
+            ValueError: the file is missing, unreadable, corrupt or not a detector checkpoint (names the path).
+        """
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
+            raise ValueError(f"{path}: not a readable detector checkpoint (expected a saved Detector state): {e}") from e
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a detector checkpoint (expected a dict with format={CHECKPOINT_FORMAT!r})")
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: detector checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+        return state
+
+    def load_weights(self, path: str | os.PathLike[str]) -> None:
+        """Restore this detector from a file written by :meth:`save`.
+
+        Raises:
+            ValueError: the file is corrupt or does not fit this detector (the message names the path).
+        """
+        state = self.read_checkpoint(path)
+        try:
+            self.load_state_dict(state)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        train_images: np.ndarray | None = None,
+        pool_images: np.ndarray | None = None,
+        pool_masks: np.ndarray | None = None,
+        device: str | None = None,
+    ) -> Detector:
+        """Rebuild a detector from its checkpoint alone (the config is saved with the weights).
+
+        Without data it is inference-only: :meth:`anomaly_map`, :meth:`residual_map`, :meth:`fused_maps`.
+
+        Args:
+            path: a file written by :meth:`save`.
+            train_images, pool_images, pool_masks: the data, to resume training; None for inference.
+            device: override the saved device (e.g. "cpu" for a checkpoint trained on a GPU).
+        """
+        state = cls.read_checkpoint(path)
+        try:
+            config = DetectorConfig.from_dict(state["config"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: invalid saved config: {e}") from e
+        if device is not None:
+            config = replace(config, device=device)
+        detector = cls(config, train_images, pool_images, pool_masks, seed=int(state.get("seed", 0)))
+        try:
+            detector.load_state_dict(state)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+        return detector
+
+
+def ae_baseline_maps(detector: Detector, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """AE-only baseline anomaly maps: the channel-mean reconstruction residual (no predictor).
+
+    Args:
+        detector: a detector whose AE is trained (e.g. after :meth:`Detector.pretrain_ae`).
+        images: uint8 (N, H, W, 3).
+
+    Returns:
+        float32 (N, H, W), larger = more anomalous.
+    """
+    return detector.residual_map(images)

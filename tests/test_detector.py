@@ -1,0 +1,337 @@
+"""Tests of the Detector: training steps, profile cache, schedules, variants, checkpoints, reproducibility."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from models.autoencoder import AutoencoderConfig
+from models.detector import Detector, DetectorConfig, ae_baseline_maps
+from models.predictor import PredictorConfig
+
+SIZE = 32
+Data = tuple[np.ndarray, np.ndarray, np.ndarray]  # train images, pool images, pool masks
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and OpenMP threads on a busy machine can be 100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**overrides: object) -> DetectorConfig:
+    """A detector that runs in milliseconds on 32x32 images."""
+    base = DetectorConfig(
+        patch_size=16,
+        ae_batch_size=4,
+        pred_batch_size=4,
+        pred_crop_size=16,
+        alpha_decay_updates=10,
+        pretrain_epochs=2,
+        predictor_warmup_updates=3,
+        inference_batch_size=3,
+        ae=AutoencoderConfig(widths=(8, 16), latent_channels=4),
+        predictor=PredictorConfig(width=4),
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def make_data(seed: int = 0, n_train: int = 10, n_pool: int = 6) -> Data:
+    """Noise textures; the first half of the pool carries a bright 6x6 defect with its mask."""
+    rng = np.random.default_rng(seed)
+    train = rng.integers(60, 120, size=(n_train, SIZE, SIZE, 3), dtype=np.uint8)
+    pool = rng.integers(60, 120, size=(n_pool, SIZE, SIZE, 3), dtype=np.uint8)
+    masks = np.zeros((n_pool, SIZE, SIZE), dtype=bool)
+    for i in range(n_pool // 2):
+        y, x = rng.integers(0, SIZE - 6, size=2)
+        masks[i, y : y + 6, x : x + 6] = True
+        pool[i][masks[i]] = 250
+    return train, pool, masks
+
+
+@pytest.fixture
+def data() -> Data:
+    return make_data()
+
+
+@pytest.fixture
+def detector(data: Data) -> Detector:
+    return Detector(tiny_config(), *data, seed=3)
+
+
+# ---------------------------------------------------------------------- autoencoder side
+def test_random_patches_shape_range_and_seed(data: Data) -> None:
+    a, b, c = (Detector(tiny_config(), *data, seed=s) for s in (1, 1, 2))
+    pa, pb, pc = a.random_patches(5), b.random_patches(5), c.random_patches(5)
+    assert pa.shape == (5, 3, 16, 16) and pa.dtype == torch.float32
+    assert 60 / 255 - 1e-6 <= pa.min() and pa.max() <= 120 / 255 + 1e-6
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_ae_update_lowers_the_loss_on_a_fixed_batch(detector: Detector) -> None:
+    batch = detector.random_patches(4)
+    losses = [detector.ae_update(batch) for _ in range(30)]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+    assert detector.ae_updates == 30 and detector.ae_version == 30
+    assert detector.last_ae_loss == losses[-1]
+
+
+def test_loss_profiles_are_the_eval_mode_residual(detector: Detector, data: Data) -> None:
+    _, pool, _ = data
+    detector.ae_update(detector.random_patches(4))
+    prof = detector.loss_profiles(pool)
+    assert prof.shape == (len(pool), 3, SIZE, SIZE) and prof.dtype == torch.float32 and (prof >= 0).all()
+    x = torch.from_numpy(pool).permute(0, 3, 1, 2).float() / 255
+    detector.ae.eval()
+    with torch.no_grad():
+        expected = (x - detector.ae(x)).abs()
+    assert torch.allclose(prof, expected, atol=1e-6)
+    # torch inputs (uint8 or float, channel-first) give the same profiles
+    assert torch.allclose(detector.loss_profiles(x), prof, atol=1e-6)
+    assert torch.allclose(detector.loss_profiles(torch.from_numpy(pool).permute(0, 3, 1, 2)), prof, atol=1e-6)
+    res = detector.residual_map(pool)
+    assert res.shape == (len(pool), SIZE, SIZE) and res.dtype == np.float32
+    assert np.allclose(res, prof.mean(1).numpy(), atol=1e-6)
+    assert np.array_equal(ae_baseline_maps(detector, pool), res)
+
+
+def test_pretrain_ae_counts_epochs_and_updates(data: Data) -> None:
+    det = Detector(tiny_config(pretrain_patches_per_epoch=10), *data)
+    history = det.pretrain_ae(epochs=3)
+    assert len(history) == 3 and all(np.isfinite(history))
+    assert det.ae_updates == 3 * 3  # ceil(10 patches / batch 4) updates per epoch
+    det2 = Detector(tiny_config(), *data)  # default: one patch per training image (10) -> 3 updates
+    assert len(det2.pretrain_ae()) == 2 and det2.ae_updates == 2 * 3
+
+
+# ---------------------------------------------------------------------- profile cache and predictor
+def test_refresh_profiles_recomputes_only_after_an_ae_change(detector: Detector) -> None:
+    assert detector.pool_profiles is None
+    assert detector.refresh_profiles() is True
+    first = detector.pool_profiles
+    assert first is not None and first.shape == (6, 3, SIZE, SIZE)
+    assert detector.refresh_profiles() is False
+    detector.predictor_update()  # uses the cache, does not touch the AE
+    assert detector.refresh_profiles() is False and detector.pool_profiles is first
+    detector.ae_update(detector.random_patches(4))
+    assert detector.refresh_profiles() is True
+    assert not torch.equal(detector.pool_profiles, first)
+    assert detector.refresh_profiles() is False
+
+
+def test_predictor_update_refreshes_and_counts(detector: Detector) -> None:
+    loss = detector.predictor_update()
+    assert np.isfinite(loss) and loss == detector.last_pred_loss
+    assert detector.predictor_updates == 1 and detector.pool_profiles is not None
+    detector.ae_update(detector.random_patches(4))
+    version = detector.ae_version
+    detector.predictor_update()
+    assert detector.refresh_profiles() is False  # the update refreshed for the new AE version
+    assert detector.ae_version == version
+
+
+@pytest.mark.parametrize(
+    "decay,updates,expected", [(10, 0, 1.0), (10, 5, 0.575), (10, 10, 0.15), (10, 25, 0.15), (0, 0, 1.0), (0, 500, 1.0)]
+)
+def test_alpha_schedule(data: Data, decay: int, updates: int, expected: float) -> None:
+    det = Detector(tiny_config(alpha_decay_updates=decay), *data)
+    det.predictor_updates = updates
+    assert det.alpha == pytest.approx(expected)
+
+
+def test_alpha_follows_real_predictor_updates(detector: Detector) -> None:
+    detector.warmup_predictor(updates=4)
+    assert detector.predictor_updates == 4
+    assert detector.alpha == pytest.approx(1.0 - 0.4 * 0.85)
+
+
+def test_positive_crops_contain_defects(data: Data) -> None:
+    det = Detector(tiny_config(pred_positive_fraction=1.0, pred_crop_size=8), *data)
+    det.refresh_profiles()
+    _, y = det._sample_crops(40)
+    assert y.shape == (40, 1, 8, 8)
+    assert (y.flatten(1).sum(1) > 0).all()  # every crop holds defect pixels (jitter < half the 6-px defect + crop)
+    det0 = Detector(tiny_config(pred_positive_fraction=0.0, pred_crop_size=8), *data)
+    det0.refresh_profiles()
+    _, y0 = det0._sample_crops(40)
+    assert (y0.flatten(1).sum(1) == 0).any()  # uniform crops often miss a 6x6 defect
+
+
+def test_anomaly_map_shape_range_and_batch_independence(detector: Detector, data: Data) -> None:
+    _, pool, _ = data
+    detector.fit_random(3)
+    maps = detector.anomaly_map(pool)
+    assert maps.shape == (6, SIZE, SIZE) and maps.dtype == np.float32
+    assert (maps >= 0).all() and (maps <= 1).all()
+    assert np.allclose(detector.anomaly_map(pool[2:3])[0], maps[2], atol=1e-5)
+    assert detector.anomaly_map(pool[:0]).shape == (0, SIZE, SIZE)
+
+
+def test_fused_maps(detector: Detector, data: Data) -> None:
+    train, _, _ = data
+    z = detector.fused_maps(train[:4])
+    assert z.shape == (4, SIZE, SIZE) and z.dtype == np.float32
+    assert np.allclose(z.min(axis=(1, 2)), 0.0, atol=1e-6) and np.allclose(z.max(axis=(1, 2)), 1.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- variants
+def test_ae_reset_every_reinitialises(data: Data) -> None:
+    det = Detector(tiny_config(ae_reset_every=3), *data)
+    batch = det.random_patches(4)
+    for _ in range(3):
+        det.ae_update(batch)
+    ae_before, opt_before = det.ae, det.ae_optimizer
+    trained = [p.detach().clone() for p in det.ae.parameters()]
+    det.ae_update(batch)  # the 4th update starts from fresh weights and a fresh optimiser
+    assert det.ae is not ae_before and det.ae_optimizer is not opt_before
+    steps = {int(s["step"]) for s in det.ae_optimizer.state.values()}
+    assert steps == {1}
+    moved = sum(float((p.detach() - q).abs().sum()) for p, q in zip(det.ae.parameters(), trained))
+    assert moved > 1.0  # far from the trained weights: not merely one more Adam step
+    for _ in range(2):
+        det.ae_update(batch)
+    ae_mid = det.ae
+    det.ae_update(batch)  # update 7 -> reset again
+    assert det.ae is not ae_mid and det.ae_updates == 7
+    no_reset = Detector(tiny_config(), *data)
+    ae0 = no_reset.ae
+    for _ in range(7):
+        no_reset.ae_update(batch)
+    assert no_reset.ae is ae0
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_profile_stack(data: Data, K: int) -> None:
+    _, pool, _ = data
+    det = Detector(tiny_config(profile_stack=K), *data)
+    first_conv = det.predictor.body[0]
+    assert first_conv.in_channels == 3 * K and det.config.predictor.in_channels == 3 * K
+    det.refresh_profiles()
+    assert det.pool_profiles is not None
+    stack0 = det.pool_profiles.clone()
+    assert stack0.shape == (6, 3 * K, SIZE, SIZE)
+    for k in range(1, K):  # the first refresh fills every slot with the current profile
+        assert torch.equal(stack0[:, 3 * k : 3 * k + 3], stack0[:, :3])
+    det.ae_update(det.random_patches(4))
+    det.refresh_profiles()
+    stack1 = det.pool_profiles
+    assert stack1 is not None
+    assert torch.allclose(stack1[:, -3:], det.loss_profiles(pool))
+    if K > 1:
+        assert torch.equal(stack1[:, :-3], stack0[:, 3:])  # rolled: oldest dropped
+    assert np.isfinite(det.predictor_update())
+    assert det.anomaly_map(pool).shape == (6, SIZE, SIZE)
+
+
+# ---------------------------------------------------------------------- checkpoints and reproducibility
+@pytest.mark.parametrize("K", [1, 2])
+def test_save_load_resumes_exactly(tmp_path: Path, data: Data, K: int) -> None:
+    _, pool, _ = data
+    det = Detector(tiny_config(profile_stack=K), *data, seed=5)
+    det.pretrain_ae(epochs=1)
+    det.fit_random(3)
+    det.ae_update(det.random_patches(4))  # leave the cache stale: the reloaded one must refresh the same way
+    path = tmp_path / "ckpt" / "detector.pt"
+    det.save(path)
+    assert path.exists() and not list(path.parent.glob("*.tmp"))
+
+    other = Detector(tiny_config(profile_stack=K), *data, seed=99)
+    other.load_weights(path)
+    assert np.array_equal(other.anomaly_map(pool), det.anomaly_map(pool))
+    assert other.predictor_update() == det.predictor_update()  # same crops (RNG), optimiser state and alpha
+    assert other.ae_update(other.random_patches(4)) == det.ae_update(det.random_patches(4))  # same dropout
+    assert other.predictor_update() == det.predictor_update()
+    assert (other.ae_updates, other.predictor_updates) == (det.ae_updates, det.predictor_updates)
+
+    # inference-only rebuild from the file alone
+    rebuilt = Detector.from_checkpoint(path)
+    loaded = Detector(tiny_config(profile_stack=K), *data)
+    loaded.load_weights(path)
+    assert np.array_equal(rebuilt.anomaly_map(pool), loaded.anomaly_map(pool))
+    with pytest.raises(RuntimeError, match="without train images"):
+        rebuilt.random_patches(2)
+
+
+def test_checkpoint_is_weights_only_loadable(tmp_path: Path, detector: Detector) -> None:
+    detector.save(tmp_path / "d.pt")
+    state = torch.load(tmp_path / "d.pt", weights_only=True)
+    assert state["config"]["patch_size"] == 16 and isinstance(state["rng"], torch.Tensor)
+
+
+def test_corrupt_or_wrong_checkpoint_raises_value_error(tmp_path: Path, detector: Detector) -> None:
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pt"):
+        detector.load_weights(garbage)
+    good = tmp_path / "good.pt"
+    detector.save(good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError, match="truncated.pt"):
+        detector.load_weights(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": torch.zeros(3)}, foreign)
+    with pytest.raises(ValueError, match="foreign.pt.*not a detector checkpoint"):
+        Detector.from_checkpoint(foreign)
+    with pytest.raises(ValueError, match="missing.pt"):
+        detector.load_weights(tmp_path / "missing.pt")
+    bigger = Detector(tiny_config(ae=AutoencoderConfig(widths=(8, 32), latent_channels=4)), *make_data())
+    with pytest.raises(ValueError, match="good.pt.*ae config"):
+        bigger.load_weights(good)
+
+
+def test_same_seed_same_training_and_global_rng_untouched(data: Data) -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = Detector(tiny_config(), *data, seed=7).fit_random(4)
+    assert torch.equal(torch.rand(3), expected_next)  # init and dropout drew from the private generator
+    b = Detector(tiny_config(), *data, seed=7).fit_random(4)
+    c = Detector(tiny_config(), *data, seed=8).fit_random(4)
+    assert a == b and a != c
+
+
+# ---------------------------------------------------------------------- validation
+def test_config_validation_and_round_trip() -> None:
+    with pytest.raises(ValueError, match="pred_positive_fraction"):
+        DetectorConfig(pred_positive_fraction=1.5)
+    with pytest.raises(ValueError, match="multiple of the AE's total stride"):
+        DetectorConfig(patch_size=60)
+    with pytest.raises(ValueError, match="profile_stack"):
+        DetectorConfig(profile_stack=0)
+    with pytest.raises(ValueError, match="valid keys"):
+        DetectorConfig.from_dict({"patch_sise": 64})
+    cfg = tiny_config(profile_stack=2, fused_weights=(0.5, 0.25, 0.25))
+    assert DetectorConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_bad_data_raises(data: Data) -> None:
+    train, pool, masks = data
+    with pytest.raises(ValueError, match="pool_masks must have shape"):
+        Detector(tiny_config(), train, pool, masks[:, :-1])
+    with pytest.raises(ValueError, match="multiples of 4"):
+        Detector(tiny_config(), train[:, :30, :30], pool, masks)
+    with pytest.raises(ValueError, match="uint8"):
+        Detector(tiny_config(), train.astype(np.float32), pool, masks)
+    with pytest.raises(ValueError, match="given together"):
+        Detector(tiny_config(), train, pool, None)
+
+
+def test_predictor_learns_to_find_bright_defects() -> None:
+    """End to end on a toy problem: the trained detector ranks defect pixels above normal ones."""
+    train, pool, masks = make_data(seed=1, n_train=20, n_pool=8)
+    det = Detector(tiny_config(pred_batch_size=8, alpha_decay_updates=0, lr=3e-3), train, pool, masks, seed=0)
+    det.pretrain_ae(epochs=10)
+    det.warmup_predictor(updates=60)
+    _, test, test_masks = make_data(seed=2, n_pool=8)
+    maps = det.anomaly_map(test)
+    assert roc_auc_score(test_masks.ravel(), maps.ravel()) > 0.9

@@ -1,0 +1,205 @@
+"""Tests of the detector's networks and helpers: autoencoder, predictor, weighted BCE, structural maps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.autoencoder import Autoencoder, AutoencoderConfig
+from models.predictor import Predictor, PredictorConfig, weighted_bce
+from models.structural import fused_structural_map, gradient_magnitude, local_variance, sobel_magnitude
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and OpenMP threads on a busy machine can be 100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _all_params_get_grad(module: torch.nn.Module) -> None:
+    for name, p in module.named_parameters():
+        assert p.grad is not None, f"no gradient reached {name}"
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"zero gradient at {name}"
+
+
+# ---------------------------------------------------------------------- autoencoder
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 32, 48), (3, 3, 256, 256)])
+def test_autoencoder_shapes_and_range(shape: tuple[int, int, int, int]) -> None:
+    ae = Autoencoder(AutoencoderConfig(widths=(8, 16, 32), latent_channels=8)).eval()
+    x = torch.rand(shape)
+    y = ae(x)
+    assert y.shape == shape and y.dtype == torch.float32
+    assert (y > 0).all() and (y < 1).all()  # sigmoid output
+
+
+@pytest.mark.parametrize("widths", [(8,), (8, 16), (8, 16, 32)])
+def test_autoencoder_gradient_reaches_every_parameter(widths: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(widths=widths, latent_channels=4, dropout=0.0)).train()
+    x = torch.rand(4, 3, 32, 32)
+    F.mse_loss(ae(x), x).backward()
+    _all_params_get_grad(ae)
+
+
+def test_autoencoder_architecture_matches_the_paper() -> None:
+    ae = Autoencoder(AutoencoderConfig())
+    mods = list(ae.modules())
+    bns = [m for m in mods if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.affine for m in bns)
+    assert all(m.negative_slope == 0.2 for m in mods if isinstance(m, torch.nn.LeakyReLU))
+    drops = [m for m in mods if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == 1 and drops[0].p == 0.3
+    # dropout is the first thing the bottleneck does
+    assert isinstance(ae.bottleneck[0], torch.nn.Dropout)
+
+
+@pytest.mark.parametrize("hw", [(60, 64), (64, 36), (17, 17)])
+def test_autoencoder_rejects_sizes_not_multiple_of_stride(hw: tuple[int, int]) -> None:
+    ae = Autoencoder(AutoencoderConfig(widths=(8, 16, 32)))
+    with pytest.raises(ValueError, match="multiples of the total stride 8"):
+        ae(torch.rand(1, 3, *hw))
+
+
+def test_autoencoder_eval_mode_is_deterministic_and_batch_independent() -> None:
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(widths=(8, 16), latent_channels=4))
+    x = torch.rand(4, 3, 32, 32)
+    ae.train()
+    ae(x)  # moves the BatchNorm running stats away from their init
+    ae.eval()
+    full = ae(x)
+    one = ae(x[:1])
+    assert torch.allclose(full[:1], one, atol=1e-6)
+    assert torch.equal(ae(x), full)
+
+
+def test_autoencoder_config_validation() -> None:
+    with pytest.raises(ValueError, match="dropout"):
+        AutoencoderConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="widths"):
+        AutoencoderConfig(widths=())
+    assert AutoencoderConfig(widths=(4, 4, 4, 4)).stride == 16
+
+
+# ---------------------------------------------------------------------- predictor
+@pytest.mark.parametrize("in_channels,hw", [(3, (64, 64)), (6, (37, 50)), (9, (16, 16))])
+def test_predictor_shapes_and_gradients(in_channels: int, hw: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    pred = Predictor(PredictorConfig(in_channels=in_channels, width=8))
+    x = torch.rand(2, in_channels, *hw)
+    y = pred(x)
+    assert y.shape == (2, 1, *hw) and y.dtype == torch.float32
+    assert ((y > 0) & (y < 1)).all()
+    weighted_bce(y, (torch.rand_like(y) > 0.8).float(), alpha=0.5).backward()
+    _all_params_get_grad(pred)
+
+
+def test_predictor_uses_the_papers_dilations() -> None:
+    pred = Predictor(PredictorConfig())
+    convs = [m for m in pred.body if isinstance(m, torch.nn.Conv2d)]
+    assert [c.dilation for c in convs] == [(1, 1), (2, 2), (4, 4), (8, 8)]
+    assert all(c.kernel_size == (3, 3) and c.padding == c.dilation for c in convs)
+    assert pred.head.kernel_size == (1, 1) and pred.head.out_channels == 1
+    assert PredictorConfig().receptive_field == 31
+
+
+def test_predictor_rejects_wrong_channels() -> None:
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        Predictor(PredictorConfig(in_channels=3))(torch.rand(1, 6, 8, 8))
+
+
+# ---------------------------------------------------------------------- weighted BCE (eq. 8)
+_P = torch.tensor([[0.9, 0.2], [0.6, 0.1]])
+_Y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+
+
+# By hand: y=1 pixels give ln 0.9 + ln 0.1 = -2.4079456; y=0 pixels give ln 0.8 + ln 0.4 = -1.1394343.
+# alpha=1: (2.4079456 + 1.1394343) / 4 = 0.8868450; alpha=0.15: (2.4079456 + 0.15 * 1.1394343) / 4 = 0.6447152
+@pytest.mark.parametrize("alpha,expected", [(1.0, 0.8868450), (0.15, 0.6447152)])
+def test_weighted_bce_matches_hand_computation(alpha: float, expected: float) -> None:
+    assert weighted_bce(_P, _Y, alpha).item() == pytest.approx(expected, abs=1e-6)
+    # batch and channel dims are averaged over like pixels
+    assert weighted_bce(_P.expand(3, 1, 2, 2), _Y.expand(3, 1, 2, 2), alpha).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_weighted_bce_alpha_one_is_torch_bce() -> None:
+    p = torch.rand(2, 1, 8, 8) * 0.98 + 0.01
+    y = (torch.rand(2, 1, 8, 8) > 0.7).float()
+    assert weighted_bce(p, y, 1.0).item() == pytest.approx(F.binary_cross_entropy(p, y).item(), rel=1e-5)
+    w = torch.where(y > 0, 1.0, 0.15)  # alpha weights only the normal pixels
+    assert weighted_bce(p, y, 0.15).item() == pytest.approx(F.binary_cross_entropy(p, y, weight=w).item(), rel=1e-5)
+
+
+def test_weighted_bce_is_finite_at_saturated_predictions() -> None:
+    p = torch.tensor([0.0, 1.0, 0.0, 1.0], requires_grad=True)
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    loss = weighted_bce(p, y, 0.5)
+    loss.backward()
+    assert p.grad is not None and torch.isfinite(loss) and torch.isfinite(p.grad).all()
+    with pytest.raises(ValueError, match="same shape"):
+        weighted_bce(p, y[:2], 0.5)
+
+
+# ---------------------------------------------------------------------- structural maps
+def _textured_image(seed: int = 0, size: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(80, 120, size=(size, size, 3), dtype=np.uint8)
+    img[10:20, 5:40] = 250  # an edge-rich bright bar
+    return img
+
+
+def test_fused_map_range_and_extremes() -> None:
+    img = _textured_image()
+    mae = np.random.default_rng(1).random((48, 48)).astype(np.float32) * 0.05
+    for normalize in (True, False):
+        z = fused_structural_map(img, mae, normalize_components=normalize)
+        assert z.shape == (48, 48) and z.dtype == np.float32
+        assert z.min() == pytest.approx(0.0, abs=1e-6) and z.max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fused_map_weights_select_components() -> None:
+    img = _textured_image()
+    mae = np.zeros((48, 48), np.float32)
+    mae[30:40, 30:40] = 0.1
+    only_mae = fused_structural_map(img, mae, weights=(1.0, 0.0, 0.0))
+    assert only_mae[35, 35] == pytest.approx(1.0) and only_mae[0, 0] == pytest.approx(0.0)
+    grey = img.mean(axis=2) / 255.0
+    only_grad = fused_structural_map(img, mae, weights=(0.0, 0.0, 1.0))
+    g = gradient_magnitude(grey.astype(np.float32))
+    assert np.corrcoef(only_grad.ravel(), g.ravel())[0, 1] > 0.99
+    # normalised components: the 0.7 weight of a tiny-scale residual still dominates the fusion
+    fused = fused_structural_map(img, mae)
+    assert np.corrcoef(fused.ravel(), only_mae.ravel())[0, 1] > 0.8
+    raw = fused_structural_map(img, mae, normalize_components=False)
+    assert np.corrcoef(raw.ravel(), only_mae.ravel())[0, 1] < np.corrcoef(fused.ravel(), only_mae.ravel())[0, 1]
+
+
+def test_local_variance_and_gradient_on_known_images() -> None:
+    flat = np.full((32, 32), 0.5, np.float32)
+    assert np.allclose(local_variance(flat), 0.0, atol=1e-7)
+    assert np.allclose(gradient_magnitude(flat), 0.0)
+    step = np.zeros((32, 32), np.float32)
+    step[:, 16:] = 1.0
+    g = gradient_magnitude(step)
+    assert g[16, 15] == pytest.approx(4.0) and g[16, 5] == 0.0  # 3x3 Sobel of a unit step: 1 + 2 + 1
+    assert local_variance(step)[16, 16] > 0.1 and local_variance(step)[16, 2] < 1e-3
+
+
+def test_sobel_magnitude_per_channel() -> None:
+    patch = np.zeros((3, 16, 16), np.float32)
+    patch[1, :, 8:] = 1.0  # only channel 1 has an edge
+    s = sobel_magnitude(patch)
+    assert s.shape == (3, 16, 16) and s.dtype == np.float32
+    assert s[0].max() == 0.0 and s[2].max() == 0.0 and s[1].max() == pytest.approx(4.0)
+    u8 = (patch * 255).astype(np.uint8)
+    assert np.allclose(sobel_magnitude(u8), s, atol=1e-5)  # uint8 is read as [0, 255] -> [0, 1]
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        sobel_magnitude(patch[0])
