@@ -54,7 +54,7 @@ class MVTecPatchConfig:
     alpha_decay_updates: int = 200  # predictor updates over which alpha goes 1.0 -> 0.15
     predictor_freeze_steps: int = 50  # no predictor update before this env step
     feedback_start_steps: int = 100  # the sampler gets no RL feedback before this env step
-    pretrain_epochs: int = 10  # AE pre-training (the paper: 100; train.py's "paper" preset)
+    pretrain_epochs: int = 40  # AE pre-training epochs of one patch per training image (the paper: 100, preset "paper")
     predictor_warmup_updates: int = 100
     observation: str = "enriched"  # one of OBSERVATIONS
     ae_reset_every: int = 0  # Chu & Kitani: re-initialise the AE every N updates; 0 = never (paper)
