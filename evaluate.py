@@ -79,12 +79,24 @@ def _heat(x: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
 
 
-def save_prediction_grid(path: Path, images: np.ndarray, maps: np.ndarray, masks: np.ndarray, rows: int = 6) -> None:
-    """Fig. 2 of the paper: one row per image, columns image | prediction | ground truth (uint8 PNG)."""
+def save_prediction_grid(
+    path: Path, images: np.ndarray, maps: np.ndarray, masks: np.ndarray, labels: list[str] | None = None, rows: int = 8
+) -> None:
+    """Fig. 2 of the paper: one row per image, columns image | prediction | ground truth (uint8 PNG).
+
+    Rows go round-robin over the defect types (``labels``), so every type is shown before any repeats."""
     import cv2
 
-    defective = [i for i in range(len(images)) if masks[i].any()]
-    order = (defective + [i for i in range(len(images)) if i not in defective])[:rows]
+    labels = labels if labels is not None else ["defect" if m.any() else "good" for m in masks]
+    by_type: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_type.setdefault(label, []).append(i)
+    queues = [by_type[t] for t in sorted(by_type, key=lambda t: (t == "good", t))]
+    order: list[int] = []
+    while len(order) < min(rows, len(images)):
+        for queue in queues:
+            if queue and len(order) < rows:
+                order.append(queue.pop(0))
     scale = max(float(maps.max()), 1e-6) if maps.max() > 1 else 1.0
     gap = np.full((images.shape[1], 4, 3), 255, np.uint8)
     lines = [
@@ -168,7 +180,8 @@ def evaluate_run(
     }
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     append_csv_row(out / "metrics.csv", record)
-    save_prediction_grid(out / "predictions.png", test_images, maps, test_masks)
+    labels = [data.samples[i].label for i in split.test]
+    save_prediction_grid(out / "predictions.png", test_images, maps, test_masks, labels)
     save_curves(out, maps, test_masks, metrics, f"{data.name} ({method})")
     logger.info(
         "%s on %s test split (%d images): %s",
