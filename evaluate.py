@@ -48,7 +48,9 @@ def evaluate_images(detector: Any, images: np.ndarray, masks: np.ndarray, method
     return compute_metrics(maps, masks), maps
 
 
-def load_run(run_dir: Path, data_root: str | None = None, category: str | None = None) -> tuple[dict, Any, Any, Any]:
+def load_run(
+    run_dir: Path, data_root: str | None = None, category: str | None = None, device: str = "cpu"
+) -> tuple[dict, Any, Any, Any]:
     """The run's config, the category and split it (or ``data_root``/``category``) gives, and the best detector."""
     from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_env_data
 
@@ -56,7 +58,7 @@ def load_run(run_dir: Path, data_root: str | None = None, category: str | None =
     if not config_path.is_file():
         raise ValueError(f"'{run_dir}' is not a run folder (expected config.yml written by train.py)")
     config = yaml.safe_load(config_path.read_text())
-    env_kwargs = dict(config["env_kwargs"])
+    env_kwargs = {**config["env_kwargs"], "device": device}
     if data_root is not None or category is not None:
         if data_root is None or category is None:
             raise ValueError("--data-root and --category go together (a folder and a category under it)")
@@ -152,12 +154,13 @@ def evaluate_run(
     out: str | Path | None = None,
     data_root: str | None = None,
     category: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Test-split metrics of a run (threshold for F1 chosen on the validation split); writes metrics and figures."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} (valid: {', '.join(METHODS)})")
     run_dir = Path(run_dir)
-    config, data, split, detector = load_run(run_dir, data_root, category)
+    config, data, split, detector = load_run(run_dir, data_root, category, device)
     out = Path(out) if out is not None else (run_dir if method == "detector" else run_dir / "ae_baseline")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -193,13 +196,13 @@ def evaluate_run(
     return metrics
 
 
-def predict_folder(run_dir: Path, images_dir: Path, out: Path, method: str) -> int:
+def predict_folder(run_dir: Path, images_dir: Path, out: Path, method: str, device: str = "cpu") -> int:
     """Anomaly maps for unlabelled images: ``<stem>_map.png`` (grey, 0-255) and ``<stem>_overlay.png``."""
     import cv2
 
     from envs.mvtec import IMAGE_EXTENSIONS, read_image
 
-    config, data, _, detector = load_run(run_dir)
+    config, data, _, detector = load_run(run_dir, device=device)
     files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if images_dir.is_dir() else []
     if not files:
         raise ValueError(f"'{images_dir}' has no images (expected a folder of {', '.join(IMAGE_EXTENSIONS)} files)")
@@ -221,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--category", default=None, help="category under --data-root")
     parser.add_argument("--images", default=None, help="a folder of unlabelled images: write their anomaly maps")
     parser.add_argument("--out", default=None, help="output folder (default: the run folder)")
+    parser.add_argument("--device", default="cpu", help="torch device for evaluation: cpu, cuda, cuda:N")
     return parser
 
 
@@ -230,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.images is not None:
             out = Path(args.out) if args.out else Path(args.run) / "maps"
-            n = predict_folder(Path(args.run), Path(args.images), out, args.method)
+            n = predict_folder(Path(args.run), Path(args.images), out, args.method, args.device)
             print(json.dumps({"maps": str(out), "images": n}))
             return 0
-        metrics = evaluate_run(args.run, args.method, args.out, args.data_root, args.category)
+        metrics = evaluate_run(args.run, args.method, args.out, args.data_root, args.category, args.device)
         print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2))
         return 0
     except (DatasetError, ValueError) as error:

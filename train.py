@@ -30,7 +30,7 @@ from envs.mvtec import DatasetError
 
 logger = logging.getLogger("train")
 
-HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
+HYPERPARAMS_DIR = Path(__file__).resolve().parent / "agents" / "hyperparams"  # package data of agents/
 ENV_IDS = ("MVTecPatch-v0",)
 PRESETS = ("default", "paper")
 # keys of a hyperparameter preset that are not arguments of the algorithm's class
@@ -255,8 +255,8 @@ def train(
     env.close()
     if not evaluate_at_end:
         return {}
-    metrics = evaluate.evaluate_run(run_dir, method="detector")
-    evaluate.evaluate_run(run_dir, method="ae", out=run_dir / "ae_baseline")
+    metrics = evaluate.evaluate_run(run_dir, method="detector", device=config["device"])
+    evaluate.evaluate_run(run_dir, method="ae", out=run_dir / "ae_baseline", device=config["device"])
     return metrics
 
 
@@ -273,6 +273,22 @@ def main(argv: list[str] | None = None) -> int:
             config = yaml.safe_load((run_dir / "config.yml").read_text())
             if args.n_timesteps is not None:
                 config["n_timesteps"] = args.n_timesteps
+            ignored = [
+                flag
+                for flag, value in (
+                    ("--env-kwargs", args.env_kwargs),
+                    ("--hyperparams", args.hyperparams),
+                    ("--eval-freq", args.eval_freq),
+                    ("--save-freq", args.save_freq),
+                    ("--data-root", args.data_root),
+                    ("--category", args.category),
+                    ("--image-size", args.image_size),
+                    ("--k-shot", args.k_shot),
+                )
+                if value is not None
+            ]
+            if ignored:
+                logger.warning("-i continues %s with its saved config.yml: ignoring %s", run_dir, ", ".join(ignored))
         else:
             config = resolve_config(args)
         if args.dry_run:

@@ -18,6 +18,8 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
 
+from agents.random_agent import RandomAgent
+
 logger = logging.getLogger(__name__)
 
 REWARD_TERMS = ("r_clone", "r_cover", "r_pred", "beta", "alpha", "ae_loss", "pred_loss")
@@ -84,8 +86,13 @@ class ValidationCallback(BaseCallback):
         self.env, self.evaluate, self.images, self.masks = env, evaluate, images, masks
         self.eval_freq, self.best_path, self.n_figure = eval_freq, best_path, n_figure
         self.best_f1max = -np.inf
+        if best_path is not None and best_path.with_suffix(".json").is_file():  # a resumed run keeps its best so far
+            self.best_f1max = float(json.loads(best_path.with_suffix(".json").read_text())["pixel_f1max"])
         self.history: list[dict[str, float]] = []
         self._last_eval = 0
+
+    def _on_training_start(self) -> None:
+        self._last_eval = self.num_timesteps  # resumed runs count from their checkpoint
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.num_timesteps - self._last_eval >= self.eval_freq:
@@ -126,28 +133,47 @@ class ValidationCallback(BaseCallback):
 
 class CheckpointCallback(BaseCallback):
     """Every ``save_freq`` env steps write a checkpoint (see :func:`write_checkpoint`); resuming loses at most one
-    interval."""
+    interval. For algorithms that learn after collecting (REINFORCE, PPO, A2C, DQN) the write waits for the start of
+    the next rollout, so the saved agent has already learnt from the steps the saved env state has seen."""
 
     def __init__(self, env: Any, folder: Path, save_freq: int, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.env, self.folder, self.save_freq = env, Path(folder), save_freq
         self._last_save = 0
+        self._pending = False
+
+    def _on_training_start(self) -> None:
+        self._last_save = self.num_timesteps
 
     def _on_step(self) -> bool:
         if self.save_freq > 0 and self.num_timesteps - self._last_save >= self.save_freq:
             self._last_save = self.num_timesteps
-            write_checkpoint(self.model, self.env, self.folder)
-            if self.verbose:
-                logger.info("checkpoint at %d steps in %s", self.num_timesteps, self.folder)
+            self._pending = True
+            if isinstance(self.model, RandomAgent):  # nothing to learn: write now
+                self._write()
         return True
+
+    def _on_rollout_start(self) -> None:
+        if self._pending:
+            self._write()
+
+    def _write(self) -> None:
+        self._pending = False
+        write_checkpoint(self.model, self.env, self.folder)
+        if self.verbose:
+            logger.info("checkpoint at %d steps in %s", self.num_timesteps, self.folder)
 
 
 def write_checkpoint(model: Any, env: Any, folder: Path) -> Path:
-    """Write ``<folder>/step_<N>/{agent.zip, env_state.pt}``, then point ``<folder>/latest.json`` at it (an atomic
-    rename), then delete older checkpoints: an interruption at any moment leaves the previous checkpoint intact."""
+    """Write ``<folder>/step_<N>/{agent.zip, env_state.pt}`` (a new folder), then point ``<folder>/latest.json`` at it
+    (an atomic rename), then delete older checkpoints: an interruption at any moment leaves a complete checkpoint."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step_{int(model.num_timesteps)}"
-    target.mkdir(exist_ok=True)
+    suffix = 0
+    while target.exists():  # never rewrite the folder latest.json may point at
+        suffix += 1
+        target = folder / f"step_{int(model.num_timesteps)}_{suffix}"
+    target.mkdir()
     model.save(target / "agent.zip")
     env.save_state(target / "env_state.pt")
     meta = {"checkpoint": target.name, "num_timesteps": int(model.num_timesteps), "global_step": int(env.global_step)}

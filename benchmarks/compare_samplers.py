@@ -25,8 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_one(algo: str, seed: int, args: argparse.Namespace, extra: list[str]) -> tuple[str, int, Path, float]:
     log_folder = Path(args.log_folder) / f"seed{seed}"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--algo", algo, "--seed", str(seed), "-f", str(log_folder),
-           "--no-progress", "-v", "1"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--algo",
+        algo,
+        "--seed",
+        str(seed),
+        "-f",
+        str(log_folder),
+        "--no-progress",
+        "-v",
+        "1",
+    ]
     if args.data_root:
         cmd += ["--data-root", args.data_root, "--category", args.category]
     cmd += extra
@@ -63,11 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for algo, seed, run, seconds in results:
         detector = json.loads((run / "metrics.json").read_text())
-        table.append({"method": algo, "seed": seed, "run": str(run), "minutes": round(seconds / 60, 1),
-                      **{k: round(detector[k], 4) for k in KEYS}})
+        table.append(
+            {
+                "method": algo,
+                "seed": seed,
+                "run": str(run),
+                "minutes": round(seconds / 60, 1),
+                **{k: round(detector[k], 4) for k in KEYS},
+            }
+        )
         ae = json.loads((run / "ae_baseline" / "metrics.json").read_text())
-        table.append({"method": f"ae-only ({algo} run)", "seed": seed, "run": str(run),
-                      **{k: round(ae[k], 4) for k in KEYS}})
+        table.append({"method": f"ae-only ({algo} run)", "seed": seed, "run": str(run), **{k: round(ae[k], 4) for k in KEYS}})
     text = json.dumps(table, indent=2)
     (Path(args.log_folder) / "comparison.json").write_text(text)
     print(text)

@@ -112,7 +112,7 @@ def make_mvtec_samples(root: str | Path, category: str) -> list[Sample]:
 def _read(path: Path, flags: int) -> np.ndarray:
     """cv2.imread with the checks it leaves out: unreadable, truncated (PNG/JPEG) and empty files."""
     data = np.fromfile(str(path), dtype=np.uint8)  # fromfile + imdecode also handles non-ASCII paths
-    if path.suffix.lower() in (".jpg", ".jpeg") and not bytes(data[-2:]) == b"\xff\xd9":
+    if path.suffix.lower() in (".jpg", ".jpeg") and b"\xff\xd9" not in bytes(data[-1024:]):  # padding may follow EOI
         raise DatasetError(f"cannot read image '{path}': the JPEG file is truncated (no end-of-image marker)")
     image = cv2.imdecode(data, flags) if data.size else None
     if image is None or image.size == 0:
@@ -148,7 +148,9 @@ def read_image(path: str | Path, image_size: int) -> tuple[np.ndarray, tuple[int
 def read_mask(path: str | Path, image_size: int, expected_hw: tuple[int, int], image_path: Path | None = None) -> np.ndarray:
     """Read a 0/255 mask (any value > 0 is a defect), check it matches its image's size, resize (nearest) to bool."""
     path = Path(path)
-    mask = _read(path, cv2.IMREAD_GRAYSCALE)
+    mask = _read(path, cv2.IMREAD_UNCHANGED)  # keeps 16-bit values: a 0/1 mask in 16 bits stays non-zero
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
     if mask.shape != expected_hw:
         (h, w), (eh, ew) = mask.shape, expected_hw
         raise DatasetError(f"mask '{path}' is {w}x{h} but its image '{image_path}' is {ew}x{eh} (expected equal sizes)")

@@ -71,10 +71,10 @@ class MVTecPatchConfig:
             raise bad("k_shot", "an integer >= 1")
         if self.image_size < 16:
             raise bad("image_size", "an integer >= 16")
-        if not 8 <= self.crop_size <= self.image_size:
-            raise bad("crop_size", f"8 <= crop_size <= image_size ({self.image_size})")
-        if not 4 <= self.patch_size <= self.crop_size:
-            raise bad("patch_size", f"4 <= patch_size <= crop_size ({self.crop_size})")
+        if not 8 <= self.crop_size <= self.image_size or self.crop_size % 2:
+            raise bad("crop_size", f"an even number, 8 <= crop_size <= image_size ({self.image_size})")
+        if not 4 <= self.patch_size <= self.crop_size or self.patch_size % 2:
+            raise bad("patch_size", f"an even number, 4 <= patch_size <= crop_size ({self.crop_size})")
         for name in ("move_step", "episode_length", "ae_batch_size", "beta_decay_steps"):
             if getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
@@ -293,7 +293,7 @@ class MVTecPatchEnv(gym.Env):
         r_clone = min(float(sobel_magnitude(patch).mean()) / self.clone_scale, 1.0)
         history = self.history[self.image_index, y : y + p, x : x + p]
         r_cover = -float((history / (history + 1.0)).mean())
-        history += 1
+        np.add(history, 1, out=history, where=history < np.iinfo(history.dtype).max)  # saturating: no wrap to 0
         self.patch_buffer.append(patch)
         return r_clone, r_cover
 
@@ -385,6 +385,10 @@ class MVTecPatchEnv(gym.Env):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("config", {})
+        for key in ("data_root", "category", "image_size", "k_shot", "normal_pool", "val_fraction", "seed", "patch_size"):
+            if key in saved and saved[key] != getattr(self.config, key):
+                raise ValueError(f"state was saved with {key}={saved[key]!r}, this env has {getattr(self.config, key)!r}")
         self.detector.load_state_dict(state["detector"])
         self.history = state["history"].numpy().astype(np.uint16)
         self.fused = state["fused"].numpy().copy()
@@ -412,11 +416,14 @@ class MVTecPatchEnv(gym.Env):
             expected = {"detector", "history", "fused", "global_step"}
             if not isinstance(state, dict) or not expected <= set(state):
                 raise ValueError("missing keys")
-            self.load_state_dict(state)
         except FileNotFoundError:
             raise ValueError(f"env state '{path}' not found (expected a file written by MVTecPatchEnv.save_state)") from None
         except Exception as error:  # noqa: BLE001 - any failure here means the file is not a usable state
             raise ValueError(f"env state '{path}' is corrupt or not an MVTecPatch-v0 state ({type(error).__name__})") from None
+        try:
+            self.load_state_dict(state)
+        except ValueError as error:
+            raise ValueError(f"env state '{path}' does not fit this env: {error}") from None
 
 
 def load_env_data(config: MVTecPatchConfig) -> tuple[Category, Split]:

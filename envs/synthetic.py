@@ -261,8 +261,9 @@ def _crack(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     alpha = np.zeros(clean.shape[:2], np.float32)  # (H, W)
     step = max(2.0, 0.012 * size)
     # Stack of branches: (position, heading, steps left, thickness).
-    branches = [(_random_point(rng, size, 0.15), rng.uniform(0.0, 2.0 * math.pi), int(rng.integers(15, 40)),
-                 int(rng.integers(1, 3)))]
+    branches = [
+        (_random_point(rng, size, 0.15), rng.uniform(0.0, 2.0 * math.pi), int(rng.integers(15, 40)), int(rng.integers(1, 3)))
+    ]
     n_segments = 0
     while branches and n_segments < 400:
         pos, heading, steps, thickness = branches.pop()

@@ -52,6 +52,16 @@ def test_all_zero_mask_is_accepted(tmp_path: Path) -> None:
     assert sum(not m.any() for s, m in zip(cat.samples, cat.masks) if s.label == "hole") == 1
 
 
+def test_sixteen_bit_mask_with_values_one_is_not_empty(tmp_path: Path) -> None:
+    folder = write_mvtec_tree(tmp_path)
+    mask = np.zeros((40, 60), np.uint16)
+    mask[10:20, 10:20] = 1
+    cv2.imwrite(str(folder / "ground_truth/hole/000_mask.png"), mask)
+    cat = load_category(tmp_path, "widget", image_size=60)
+    i = next(i for i, s in enumerate(cat.samples) if s.label == "hole" and s.path.stem == "000")
+    assert cat.masks[i].sum() > 0
+
+
 def test_samples_pair_masks_by_stem(mvtec_root: Path) -> None:
     samples = make_mvtec_samples(mvtec_root, "widget")
     for s in samples:

@@ -87,7 +87,7 @@ def test_make_by_id(root: Path) -> None:
         env = gym.make(env_id, **small_kwargs(root))
         assert env.observation_space.shape == (6, 32, 32)
         assert env.action_space.n == 9
-        assert isinstance(env.unwrapped.detector, object)
+        assert env.unwrapped.detector.config.patch_size == 16
 
 
 def test_observation_layout(env: MVTecPatchEnv, root: Path) -> None:
@@ -194,12 +194,33 @@ def test_bad_kwargs_name_the_kwarg(root: Path) -> None:
         "observation": dict(observation="depth"),
         "patch_size": dict(patch_size=48),
         "crop_size": dict(crop_size=128),
+        "even": dict(crop_size=33),
         "k_shot": dict(k_shot=0),
         "unknown": dict(crop=3),
     }
     for name, override in cases.items():
         with pytest.raises(ValueError, match=name if name != "unknown" else "unknown MVTecPatch-v0 kwarg"):
             MVTecPatchEnv(**small_kwargs(root, **override))
+
+
+def test_seeded_reset_restarts_the_training_process(env: MVTecPatchEnv) -> None:
+    actions = np.random.default_rng(4).integers(0, 9, 40).tolist()
+    first = rollout(env, 9, actions)  # trains the AE and the predictor (AE updates every 8 patches)
+    assert env.detector.ae_updates > 0 and env.history.any()
+    second = rollout(env, 9, actions)  # the same env: a seeded reset returns to the warmed-up state
+    assert first[1] == second[1]
+    for x, y in zip(first[0], second[0]):
+        np.testing.assert_array_equal(x, y)
+    env.reset()  # an unseeded reset continues
+    assert env.global_step == 40
+
+
+def test_state_from_another_config_is_refused(env: MVTecPatchEnv, root: Path, tmp_path: Path) -> None:
+    env.reset(seed=0)
+    env.save_state(tmp_path / "env.pt")
+    other = MVTecPatchEnv(**small_kwargs(root, seed=5))
+    with pytest.raises(ValueError, match="seed=0"):
+        other.load_state(tmp_path / "env.pt")
 
 
 def test_render_and_state_roundtrip(env: MVTecPatchEnv, root: Path, tmp_path: Path) -> None:

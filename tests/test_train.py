@@ -147,9 +147,12 @@ def test_tensorboard_has_reward_terms_and_validation(reinforce_run: Path) -> Non
 def test_resume_continues_from_the_checkpoint(data_root: Path, tmp_path: Path) -> None:
     assert train.main(run_args(data_root, tmp_path, "reinforce", 32, "--no-evaluate")) == 0
     run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
+    best_before = json.loads((run / "best_detector.json").read_text())["pixel_f1max"]
     assert train.main(["-i", str(run), "-n", "64", "--no-progress", "-v", "0", "--no-evaluate"]) == 0
     latest = json.loads((run / "checkpoints" / "latest.json").read_text())
     assert latest["num_timesteps"] == 64 and latest["global_step"] == 64
+    assert len(list((run / "checkpoints").glob("step_*"))) == 1
+    assert json.loads((run / "best_detector.json").read_text())["pixel_f1max"] >= best_before  # the best survives
     assert not (tmp_path / "reinforce" / "MVTecPatch-v0_2").exists()
 
 
