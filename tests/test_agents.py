@@ -1,7 +1,6 @@
 """Tests for the sampler network (models/sampler.py) and the agents package (REINFORCE, random control, registry)."""
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,6 @@ from tests.fake_env import FakeImageEnv
 
 # A narrow trunk keeps every test at a few ms per env step.
 TINY = dict(features_extractor_kwargs=dict(features_dim=16, config=SamplerConfig(channels=(8, 8, 8, 8))))
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Batch-1 convolutions are much faster single-threaded, above all on a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def reinforce(env: gym.Env | None = None, **kwargs: Any) -> Reinforce:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,15 +16,6 @@ from models.predictor import PredictorConfig
 
 SIZE = 32
 Data = tuple[np.ndarray, np.ndarray, np.ndarray]  # train images, pool images, pool masks
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and OpenMP threads on a busy machine can be 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(**overrides: object) -> DetectorConfig:

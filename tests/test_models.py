@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -12,15 +10,6 @@ import torch.nn.functional as F
 from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.predictor import Predictor, PredictorConfig, weighted_bce
 from models.structural import fused_structural_map, gradient_magnitude, local_variance, sobel_magnitude
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and OpenMP threads on a busy machine can be 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _all_params_get_grad(module: torch.nn.Module) -> None:
