@@ -94,6 +94,10 @@ class MVTecPatchConfig:
             raise bad("beta_min", "a number in [0, 1]")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise bad("device", "'cpu', 'cuda' or 'cuda:N'")
+        if self.device.startswith("cuda"):
+            index = int(self.device.partition(":")[2] or 0) if self.device.partition(":")[2].isdigit() else -1
+            if not torch.cuda.is_available() or not 0 <= index < torch.cuda.device_count():
+                raise bad("device", f"'cpu' or an available CUDA device ({torch.cuda.device_count()} on this machine)")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> MVTecPatchConfig:

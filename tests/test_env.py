@@ -195,6 +195,7 @@ def test_bad_kwargs_name_the_kwarg(root: Path) -> None:
         "patch_size": dict(patch_size=48),
         "crop_size": dict(crop_size=128),
         "even": dict(crop_size=33),
+        "device": dict(device="cuda:99"),
         "k_shot": dict(k_shot=0),
         "unknown": dict(crop=3),
     }

@@ -179,13 +179,29 @@ def test_bad_config_lists_choices() -> None:
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--out", str(tmp_path), "--image-size", "64", "--n-train", "2", "--n-test-good", "1", "--n-per-defect", "2",
-            "--defect-types", "scratch", "crack", "--seed", "5"]
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--image-size",
+        "64",
+        "--n-train",
+        "2",
+        "--n-test-good",
+        "1",
+        "--n-per-defect",
+        "2",
+        "--defect-types",
+        "scratch",
+        "crack",
+        "--seed",
+        "5",
+    ]
     assert main(argv) == 0
     folder = tmp_path / SYNTHETIC_CATEGORY
     assert capsys.readouterr().out.strip() == str(folder)
     assert sorted(p.name for p in (folder / "test").iterdir()) == ["crack", "good", "scratch"]
     assert len(list((folder / "ground_truth" / "crack").glob("*_mask.png"))) == 2
-    expected = SyntheticConfig(seed=5, image_size=64, n_train=2, n_test_good=1, n_per_defect=2,
-                               defect_types=("scratch", "crack"))
+    expected = SyntheticConfig(
+        seed=5, image_size=64, n_train=2, n_test_good=1, n_per_defect=2, defect_types=("scratch", "crack")
+    )
     assert is_complete(folder, expected)
