@@ -386,7 +386,9 @@ class Detector:
         Returns:
             float32 (N, H, W), not normalised (residuals of images in [0, 1]).
         """
-        return self.loss_profiles(images).mean(dim=1).cpu().numpy()
+        chunk = 64  # bounds the (chunk, 3, H, W) float32 profiles held at once: a 762-image category would need 600 MB
+        parts = [self.loss_profiles(images[i : i + chunk]).mean(dim=1).cpu().numpy() for i in range(0, len(images), chunk)]
+        return np.concatenate(parts) if parts else self.loss_profiles(images).mean(dim=1).cpu().numpy()
 
     def fused_maps(self, images: np.ndarray) -> np.ndarray:
         """Fused structural maps (paper eqs. 9-12) computed with the *current* AE.
