@@ -32,7 +32,7 @@ logger = logging.getLogger("train")
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "agents" / "hyperparams"  # package data of agents/
 ENV_IDS = ("MVTecPatch-v0",)
-PRESETS = ("default", "paper")
+PRESETS = ("default", "paper", "paper-long")
 # keys of a hyperparameter preset that are not arguments of the algorithm's class
 RUN_KEYS = ("n_timesteps", "env_kwargs", "eval_freq", "save_freq")
 
@@ -53,6 +53,15 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
         if not sep or not key:
             raise ValueError(f"{option} expects key:value pairs, got {pair!r}")
         out[key] = parse_value(value)
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``, nested dicts merged key by key (``detector:{'ae': {'norm': 'none'}}`` changes
+    only the AE's norm of a preset's detector settings)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -89,17 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_preset(algo: str, env_id: str, preset: str) -> dict[str, Any]:
-    """The hyperparameters of ``hyperparams/<algo>.yml`` for ``env_id`` and ``preset``."""
-    path = HYPERPARAMS_DIR / f"{algo}.yml"
+def _preset_table(path: Path, env_id: str, preset: str, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise ValueError(f"no hyperparameter file '{path}' for algo {algo!r}")
+        raise ValueError(f"no hyperparameter file '{path}' for {what}")
     table = yaml.safe_load(path.read_text()) or {}
     if env_id not in table:
         raise ValueError(f"'{path}' has no entry for env {env_id!r} (has: {', '.join(table)})")
     if preset not in table[env_id]:
-        raise ValueError(f"unknown preset {preset!r} for {algo}/{env_id} (valid: {', '.join(table[env_id])})")
-    return copy.deepcopy(table[env_id][preset])
+        raise ValueError(f"unknown preset {preset!r} for {what}/{env_id} (valid: {', '.join(table[env_id])})")
+    return copy.deepcopy(table[env_id][preset] or {})
+
+
+def load_preset(algo: str, env_id: str, preset: str) -> dict[str, Any]:
+    """A preset's hyperparameters: the algorithm's (``hyperparams/<algo>.yml``) with the env's settings
+    (``hyperparams/env.yml``, shared by every algorithm so that ablations differ only in the algorithm) as
+    ``env_kwargs``; an algorithm file's own ``env_kwargs`` override the shared ones key by key."""
+    hyperparams = _preset_table(HYPERPARAMS_DIR / f"{algo}.yml", env_id, preset, f"algo {algo!r}")
+    env_kwargs = _preset_table(HYPERPARAMS_DIR / "env.yml", env_id, preset, "the env")
+    hyperparams["env_kwargs"] = deep_merge(env_kwargs, hyperparams.get("env_kwargs") or {})
+    return hyperparams
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,7 +138,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if value is not None:
             env_kwargs[key] = value
-    env_kwargs.update(parse_pairs(args.env_kwargs, "--env-kwargs"))
+    env_kwargs = deep_merge(env_kwargs, parse_pairs(args.env_kwargs, "--env-kwargs"))
     env_kwargs["seed"] = args.seed
     env_kwargs["device"] = args.device
     if env_kwargs.get("data_root") is not None:

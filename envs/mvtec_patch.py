@@ -59,6 +59,7 @@ class MVTecPatchConfig:
     observation: str = "enriched"  # one of OBSERVATIONS
     ae_reset_every: int = 0  # Chu & Kitani: re-initialise the AE every N updates; 0 = never (paper)
     profile_stack: int = 1  # Chu & Kitani: predictor input = last K loss profiles; 1 = paper
+    detector: dict[str, Any] | None = None  # further DetectorConfig fields (nested "ae" / "predictor" dicts allowed)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -90,6 +91,25 @@ class MVTecPatchConfig:
                 raise bad(name, "an integer >= 0")
         if self.profile_stack < 1:
             raise bad("profile_stack", "an integer >= 1")
+        if self.detector is not None:
+            if not isinstance(self.detector, dict):
+                raise bad("detector", "a dict of DetectorConfig fields")
+            owned = {
+                "patch_size",
+                "ae_batch_size",
+                "alpha_decay_updates",
+                "pretrain_epochs",
+                "predictor_warmup_updates",
+                "ae_reset_every",
+                "profile_stack",
+                "device",
+            } & set(self.detector)
+            if owned:
+                raise bad("detector", f"DetectorConfig fields other than the env's own ({', '.join(sorted(owned))})")
+            valid = {f.name for f in fields(DetectorConfig)}
+            unknown = sorted(set(self.detector) - valid)
+            if unknown:
+                raise bad("detector", f"DetectorConfig fields; unknown: {', '.join(unknown)}")
         if not 0.0 <= self.beta_min <= 1.0:
             raise bad("beta_min", "a number in [0, 1]")
         if self.device != "cpu" and not self.device.startswith("cuda"):
@@ -306,7 +326,8 @@ class MVTecPatchEnv(gym.Env):
         self.patch_buffer.clear()
         self.last_ae_loss = self.detector.ae_update(batch)
         if j >= self.config.predictor_freeze_steps:
-            self.last_pred_loss = self.detector.predictor_update()
+            for _ in range(self.detector.config.predictor_updates_per_ae_update):
+                self.last_pred_loss = self.detector.predictor_update()
 
     def _history_map(self, index: int) -> np.ndarray:
         counts = self.history[index].astype(np.float32)
@@ -460,6 +481,7 @@ def build_detector(config: MVTecPatchConfig, category: Category, split: Split) -
         ae_reset_every=config.ae_reset_every,
         profile_stack=config.profile_stack,
         device=config.device,
+        **copy.deepcopy(config.detector or {}),
     )
     return Detector(
         detector_config, category.images[split.train], category.images[pool], category.masks[pool], seed=config.seed

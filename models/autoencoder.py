@@ -18,7 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["AutoencoderConfig", "Autoencoder"]
+__all__ = ["AutoencoderConfig", "Autoencoder", "NORMS", "PADDING_MODES", "UPSAMPLES"]
+
+NORMS = ("batch", "none")
+PADDING_MODES = ("zeros", "reflect")
+UPSAMPLES = ("transpose", "resize")
 
 
 @dataclass
@@ -32,6 +36,13 @@ class AutoencoderConfig:
         latent_channels: channels of the bottleneck (spatial size H/stride x W/stride).
         dropout: dropout probability applied just before the bottleneck (the paper: 0.3).
         negative_slope: LeakyReLU slope (the paper: 0.2).
+        norm: normalisation after each hidden convolution. "batch" (the paper: BatchNorm2d(affine=False)) uses
+            batch statistics in training, so an update on patches of one image normalises by that image alone;
+            "none" makes the training step independent of how the batch was composed.
+        padding_mode: padding of the encoder and bottleneck convolutions; "reflect" avoids the bright frame that
+            zero padding leaves in the residual along the image border.
+        upsample: "transpose" (4x4 transposed convolutions) or "resize" (nearest x2 then a 3x3 convolution),
+            which has no checkerboard pattern in the residual.
     """
 
     in_channels: int = 3
@@ -39,6 +50,9 @@ class AutoencoderConfig:
     latent_channels: int = 32  # 8x8x32 code for a 64x64x3 patch: ~6x compression, keeps the residual informative
     dropout: float = 0.3
     negative_slope: float = 0.2
+    norm: str = "batch"  # one of NORMS
+    padding_mode: str = "zeros"  # "zeros" | "reflect" (encoder and bottleneck convolutions)
+    upsample: str = "transpose"  # one of UPSAMPLES
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -50,6 +64,12 @@ class AutoencoderConfig:
             raise ValueError(f"latent_channels must be >= 1, got {self.latent_channels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {self.padding_mode!r}")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLES)}, got {self.upsample!r}")
 
     @property
     def stride(self) -> int:
@@ -57,20 +77,33 @@ class AutoencoderConfig:
         return 2 ** len(self.widths)
 
 
-def _down(c_in: int, c_out: int, slope: float) -> nn.Sequential:
+def _norm(c: int, kind: str) -> nn.Module:
+    return nn.BatchNorm2d(c, affine=False) if kind == "batch" else nn.Identity()
+
+
+def _down(c_in: int, c_out: int, cfg: AutoencoderConfig) -> nn.Sequential:
     # 4x4 kernel with stride 2: halves the resolution without the checkerboard of odd kernels
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(c_out, affine=False),
-        nn.LeakyReLU(slope, inplace=True),
+        nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=cfg.norm == "none", padding_mode=cfg.padding_mode),
+        _norm(c_out, cfg.norm),
+        nn.LeakyReLU(cfg.negative_slope, inplace=True),
     )
 
 
-def _up(c_in: int, c_out: int, slope: float) -> nn.Sequential:
+def _upsampler(c_in: int, c_out: int, cfg: AutoencoderConfig, bias: bool) -> list[nn.Module]:
+    if cfg.upsample == "transpose":
+        return [nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=bias)]
+    return [
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=bias, padding_mode=cfg.padding_mode),
+    ]
+
+
+def _up(c_in: int, c_out: int, cfg: AutoencoderConfig) -> nn.Sequential:
     return nn.Sequential(
-        nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(c_out, affine=False),
-        nn.LeakyReLU(slope, inplace=True),
+        *_upsampler(c_in, c_out, cfg, bias=cfg.norm == "none"),
+        _norm(c_out, cfg.norm),
+        nn.LeakyReLU(cfg.negative_slope, inplace=True),
     )
 
 
@@ -84,23 +117,23 @@ class Autoencoder(nn.Module):
     def __init__(self, config: AutoencoderConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or AutoencoderConfig()
-        slope = config.negative_slope
+        slope, pad, bias = config.negative_slope, config.padding_mode, config.norm == "none"
         chans = (config.in_channels, *config.widths)
-        self.encoder = nn.Sequential(*[_down(chans[i], chans[i + 1], slope) for i in range(len(config.widths))])
+        self.encoder = nn.Sequential(*[_down(chans[i], chans[i + 1], config) for i in range(len(config.widths))])
         # Dropout before the bottleneck (paper §III.C): diverse reconstructions, no reset needed
         self.bottleneck = nn.Sequential(
             nn.Dropout(config.dropout),
-            nn.Conv2d(config.widths[-1], config.latent_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(config.latent_channels, affine=False),
+            nn.Conv2d(config.widths[-1], config.latent_channels, kernel_size=3, padding=1, bias=bias, padding_mode=pad),
+            _norm(config.latent_channels, config.norm),
             nn.LeakyReLU(slope, inplace=True),
-            nn.Conv2d(config.latent_channels, config.widths[-1], kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(config.widths[-1], affine=False),
+            nn.Conv2d(config.latent_channels, config.widths[-1], kernel_size=3, padding=1, bias=bias, padding_mode=pad),
+            _norm(config.widths[-1], config.norm),
             nn.LeakyReLU(slope, inplace=True),
         )
         rev = chans[::-1]  # (w_last, ..., w_0, in_channels)
-        ups: list[nn.Module] = [_up(rev[i], rev[i + 1], slope) for i in range(len(config.widths) - 1)]
-        # Last stage: plain transposed conv + sigmoid, so reconstructions live in [0, 1] like the inputs
-        ups.append(nn.ConvTranspose2d(rev[-2], rev[-1], kernel_size=4, stride=2, padding=1))
+        ups: list[nn.Module] = [_up(rev[i], rev[i + 1], config) for i in range(len(config.widths) - 1)]
+        # Last stage: plain upsampling conv + sigmoid, so reconstructions live in [0, 1] like the inputs
+        ups += _upsampler(rev[-2], rev[-1], config, bias=True)
         self.decoder = nn.Sequential(*ups)
 
     @property

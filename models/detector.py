@@ -39,20 +39,24 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
-from models.predictor import Predictor, PredictorConfig, weighted_bce
+from models.predictor import Predictor, PredictorConfig, soft_dice_loss, weighted_bce
 from models.structural import DEFAULT_FUSED_WEIGHTS, fused_structural_map
+from models.synthesis import noise_anomaly, paste_defect
 
-__all__ = ["DetectorConfig", "Detector", "ae_baseline_maps", "CHECKPOINT_FORMAT"]
+__all__ = ["DetectorConfig", "Detector", "ae_baseline_maps", "CHECKPOINT_FORMAT", "PREDICTOR_INPUTS", "PREDICTOR_LOSSES"]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "rl-batch-sampler/detector"
 CHECKPOINT_VERSION = 1
+PREDICTOR_INPUTS = ("profile", "image")  # the loss profile (paper) and the image itself (as DRAEM's discriminator)
+PREDICTOR_LOSSES = ("bce", "bce_dice")
 
 
 @dataclass
@@ -85,8 +89,24 @@ class DetectorConfig:
         fused_blur_sigma: Gaussian sigma of the local variance in the fused map.
         inference_batch_size: images per forward pass for profiles and maps (bounds memory).
         channels_last: run the convolutions in channels-last memory format (oneDNN's fast path on CPU).
+        predictor_inputs: what the predictor reads, a subset of ``PREDICTOR_INPUTS``: ("profile",) is the paper;
+            ("profile", "image") adds the RGB image, so the predictor can tell a residual caused by a defect from
+            one caused by normal but hard-to-reconstruct structure.
+        predictor_updates_per_ae_update: predictor steps per AE update (in the env and in :meth:`fit_random`);
+            the paper's one step per 32 patches gives the predictor only a few hundred steps on a CPU budget.
+        profile_refresh_every: recompute the pool's loss profiles at most every N AE updates (1: after every
+            update). A few AE steps change the residuals little, and the refresh is the costliest part of a cycle.
+        synthetic_pool_size: S extra anomalous images in the predictor's pool, made anew at every profile refresh
+            from training images (:mod:`models.synthesis`); 0: the paper's pool of labelled + normal images only.
+        synthetic_paste_fraction: share of those made by pasting a labelled defect; the rest are noise-mask
+            anomalies with a foreign texture.
+        pred_flip: flip predictor training crops horizontally and vertically at random.
+        pred_loss: "bce" (eq. 8) or "bce_dice" (eq. 8 plus a batch soft-Dice term).
+        map_smoothing_sigma: Gaussian sigma (pixels) applied to anomaly maps at inference; 0: none.
+        ae_lr_after_pretrain: the AE's learning rate once pre-training is done (None: keep ``lr``); a smaller
+            rate keeps the residual space the predictor has learned from drifting.
         ae: the autoencoder's config.
-        predictor: the predictor's config; its ``in_channels`` is set to ``3 * profile_stack`` here.
+        predictor: the predictor's config; its ``in_channels`` is set here from ``predictor_inputs`` and ``profile_stack``.
         device: torch device for the networks and the cached profiles ("cpu", "cuda", "cuda:1", ...).
     """
 
@@ -107,6 +127,15 @@ class DetectorConfig:
     profile_stack: int = 1
     fused_weights: tuple[float, float, float] = DEFAULT_FUSED_WEIGHTS
     fused_blur_sigma: float = 2.0
+    predictor_inputs: tuple[str, ...] = ("profile",)
+    predictor_updates_per_ae_update: int = 1
+    profile_refresh_every: int = 1
+    synthetic_pool_size: int = 0
+    synthetic_paste_fraction: float = 0.5
+    pred_flip: bool = False
+    pred_loss: str = "bce"
+    map_smoothing_sigma: float = 0.0
+    ae_lr_after_pretrain: float | None = None
     inference_batch_size: int = 4  # larger batches are slower per image on CPU (activations leave the cache)
     channels_last: bool = True
     ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -119,7 +148,30 @@ class DetectorConfig:
         if isinstance(self.predictor, dict):
             self.predictor = PredictorConfig(**self.predictor)
         self.fused_weights = tuple(float(w) for w in self.fused_weights)  # type: ignore[assignment]
-        positive = ["patch_size", "ae_batch_size", "pred_batch_size", "pred_crop_size", "profile_stack"]
+        self.predictor_inputs = tuple(self.predictor_inputs)
+        if not self.predictor_inputs or set(self.predictor_inputs) - set(PREDICTOR_INPUTS):
+            raise ValueError(f"predictor_inputs must be a non-empty subset of {PREDICTOR_INPUTS}, got {self.predictor_inputs}")
+        if self.pred_loss not in PREDICTOR_LOSSES:
+            raise ValueError(f"pred_loss must be one of {', '.join(PREDICTOR_LOSSES)}, got {self.pred_loss!r}")
+        if self.synthetic_pool_size < 0:
+            raise ValueError(f"synthetic_pool_size must be >= 0, got {self.synthetic_pool_size}")
+        if self.synthetic_pool_size and self.profile_stack > 1:
+            raise ValueError("synthetic_pool_size > 0 needs profile_stack = 1 (synthetic images change at every refresh)")
+        if not 0.0 <= self.synthetic_paste_fraction <= 1.0:
+            raise ValueError(f"synthetic_paste_fraction must be in [0, 1], got {self.synthetic_paste_fraction}")
+        if self.map_smoothing_sigma < 0:
+            raise ValueError(f"map_smoothing_sigma must be >= 0, got {self.map_smoothing_sigma}")
+        if self.ae_lr_after_pretrain is not None and self.ae_lr_after_pretrain <= 0:
+            raise ValueError(f"ae_lr_after_pretrain must be None or > 0, got {self.ae_lr_after_pretrain}")
+        positive = [
+            "patch_size",
+            "ae_batch_size",
+            "pred_batch_size",
+            "pred_crop_size",
+            "profile_stack",
+            "predictor_updates_per_ae_update",
+            "profile_refresh_every",
+        ]
         for name in [*positive, "inference_batch_size"]:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -142,8 +194,11 @@ class DetectorConfig:
             raise ValueError(f"patch_size {self.patch_size} must be a multiple of the AE's total stride {self.ae.stride}")
         if self.ae.in_channels != 3:
             raise ValueError(f"ae.in_channels must be 3 (RGB images), got {self.ae.in_channels}")
-        # The predictor reads K stacked 3-channel profiles
-        self.predictor = replace(self.predictor, in_channels=self.ae.in_channels * self.profile_stack)
+        # The predictor reads K stacked 3-channel profiles, and the 3-channel image if asked
+        n_in = self.ae.in_channels * (
+            self.profile_stack * ("profile" in self.predictor_inputs) + ("image" in self.predictor_inputs)
+        )
+        self.predictor = replace(self.predictor, in_channels=n_in)
         try:
             torch.device(self.device)
         except RuntimeError as e:
@@ -245,8 +300,12 @@ class Detector:
         self.predictor_updates = 0
         self.last_ae_loss: float | None = None
         self.last_pred_loss: float | None = None
-        self._profiles: torch.Tensor | None = None  # (M, 3K, H, W) float32, oldest profile first
+        self._profiles: torch.Tensor | None = None  # (M + S, 3K, H, W) float32, oldest profile first
         self._profiles_version = -1  # ae_version the newest cached profile was computed with
+        self._profiles_at_update = 0  # ae_updates at the last refresh
+        self._pool_positives = list(self._positives)  # the labelled anomalies': fixed
+        self._pred_images = self._pool  # (M + S, 3, H, W) uint8: pool + synthetic, what the predictor trains on
+        self._pred_masks = self._pool_masks  # (M + S, H, W) bool
 
     # ------------------------------------------------------------------ construction helpers
     def _check_size(self, images: torch.Tensor, name: str) -> None:
@@ -431,6 +490,9 @@ class Detector:
             bar.set_postfix(loss=f"{history[-1]:.5f}")
         if history:
             logger.info("AE pre-training: %d epochs x %d updates, final loss %.5f", epochs, n_batches, history[-1])
+        if self.config.ae_lr_after_pretrain is not None:
+            for group in self.ae_optimizer.param_groups:
+                group["lr"] = self.config.ae_lr_after_pretrain
         return history
 
     # ------------------------------------------------------------------ predictor
@@ -457,25 +519,66 @@ class Detector:
         Returns:
             Whether it recomputed.
         """
-        pool = self._require("pool")
+        self._require("pool")
         if self._profiles is not None and self._profiles_version == self.ae_version:
             return False
-        new = self.loss_profiles(pool)  # (M, 3, H, W)
+        due = self.ae_updates - self._profiles_at_update >= self.config.profile_refresh_every
+        if self._profiles is not None and not due and self._profiles_version >= 0:
+            return False
+        if self.config.synthetic_pool_size:
+            self._make_synthetic()
+        assert self._pred_images is not None
+        new = self.loss_profiles(self._pred_images)  # (M + S, 3, H, W)
         K = self.config.profile_stack
         if K == 1 or self._profiles is None:
             self._profiles = new.repeat(1, K, 1, 1) if K > 1 else new.clone()  # clone: a normal tensor, not an inference one
         else:
             self._profiles = torch.cat([self._profiles[:, 3:], new], dim=1)  # (M, 3K, H, W)
         self._profiles_version = self.ae_version
+        self._profiles_at_update = self.ae_updates
         return True
 
+    def _make_synthetic(self) -> None:
+        """Replace the synthetic part of the predictor's pool with S new anomalous training images."""
+        train, pool, pool_masks = self._require("train"), self._require("pool"), self._pool_masks
+        assert pool_masks is not None
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self._gen)))
+        images, masks = [], []
+        hwc = train.permute(0, 2, 3, 1)  # (N, H, W, 3) view
+        for _ in range(self.config.synthetic_pool_size):
+            target = hwc[int(rng.integers(len(train)))].numpy()
+            if self._pool_positives and rng.random() < self.config.synthetic_paste_fraction:
+                i = self._pool_positives[int(rng.integers(len(self._pool_positives)))][0]
+                image, mask = paste_defect(target, pool[i].permute(1, 2, 0).numpy(), pool_masks[i].numpy(), rng)
+            else:
+                image, mask = noise_anomaly(target, hwc[int(rng.integers(len(train)))].numpy(), rng)
+            images.append(image)
+            masks.append(mask)
+        synth = _images_to_uint8_chw(np.stack(images), "synthetic images")  # (S, 3, H, W)
+        synth_masks = torch.from_numpy(np.stack(masks))  # (S, H, W)
+        self._pred_images = torch.cat([pool, synth])
+        self._pred_masks = torch.cat([pool_masks, synth_masks])
+        M = len(pool)
+        self._positives = list(self._pool_positives)
+        for j in range(len(synth_masks)):
+            flat = torch.nonzero(synth_masks[j].flatten()).flatten()
+            if len(flat):
+                self._positives.append((M + j, flat))
+
+    def _predictor_input(self, profiles: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Stack what the predictor reads: (B, 3K, H, W) profiles and (B, 3, H, W) float images -> (B, C_in, H, W)."""
+        parts = [profiles] if "profile" in self.config.predictor_inputs else []
+        if "image" in self.config.predictor_inputs:
+            parts.append(images)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
     def _sample_crops(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n predictor training crops: (n, 3K, c, c) profiles and (n, 1, c, c) float masks."""
-        assert self._profiles is not None and self._pool_masks is not None
+        """n predictor training crops: (n, C_in, c, c) predictor inputs and (n, 1, c, c) float masks."""
+        assert self._profiles is not None and self._pred_masks is not None and self._pred_images is not None
         M, _, H, W = self._profiles.shape
         c = min(self.config.pred_crop_size, H, W)
         g = self._gen
-        xs_, ys_ = [], []
+        xs_, ims_, ys_ = [], [], []
         for _ in range(n):
             if self._positives and float(torch.rand((), generator=g)) < self.config.pred_positive_fraction:
                 # Centre (with jitter up to a quarter crop) on a random defect pixel of a random anomaly
@@ -490,10 +593,17 @@ class Detector:
                 y0 = int(torch.randint(0, H - c + 1, (), generator=g))
                 x0 = int(torch.randint(0, W - c + 1, (), generator=g))
             xs_.append(self._profiles[i, :, y0 : y0 + c, x0 : x0 + c])
-            ys_.append(self._pool_masks[i, y0 : y0 + c, x0 : x0 + c])
-        x = torch.stack(xs_).contiguous(memory_format=self._memory_format)  # (n, 3K, c, c)
+            ims_.append(self._pred_images[i, :, y0 : y0 + c, x0 : x0 + c])
+            ys_.append(self._pred_masks[i, y0 : y0 + c, x0 : x0 + c])
+        images = self._to_float(torch.stack(ims_))  # (n, 3, c, c)
+        x = self._predictor_input(torch.stack(xs_), images)  # (n, C_in, c, c)
         y = torch.stack(ys_).unsqueeze(1).to(self.device, torch.float32)  # (n, 1, c, c)
-        return x, y
+        if self.config.pred_flip:
+            # Flip each crop with its mask: same choice for x and y, drawn from the private generator
+            for dim in (-1, -2):
+                flip = torch.rand(n, generator=g) < 0.5
+                x[flip], y[flip] = x[flip].flip(dim), y[flip].flip(dim)
+        return x.contiguous(memory_format=self._memory_format), y
 
     def predictor_update(self) -> float:
         """One Adam step of the predictor on the weighted BCE (eq. 8) of random pool crops.
@@ -507,7 +617,10 @@ class Detector:
         self.refresh_profiles()
         x, y = self._sample_crops(self.config.pred_batch_size)
         self.predictor.train()
-        loss = weighted_bce(self.predictor(x), y, self.alpha)
+        prob = self.predictor(x)  # (n, 1, c, c)
+        loss = weighted_bce(prob, y, self.alpha)
+        if self.config.pred_loss == "bce_dice":
+            loss = loss + soft_dice_loss(prob, y)
         self.predictor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.predictor_optimizer.step()
@@ -556,15 +669,19 @@ class Detector:
                 prof = (x - self.ae(x)).abs()  # (b, 3, H, W)
                 if K > 1:
                     prof = prof.repeat(1, K, 1, 1)  # (b, 3K, H, W)
-                out.append(self.predictor(prof)[:, 0].cpu())  # (b, H, W)
+                out.append(self.predictor(self._predictor_input(prof, x))[:, 0].cpu())  # (b, H, W)
         if not out:
             H, W = images.shape[1:3] if isinstance(images, np.ndarray) else images.shape[-2:]
             return np.zeros((0, H, W), np.float32)
-        return torch.cat(out).numpy()
+        maps = torch.cat(out).numpy()  # (N, H, W)
+        sigma = self.config.map_smoothing_sigma
+        if sigma > 0:
+            maps = np.stack([cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) for m in maps])
+        return maps
 
     # ------------------------------------------------------------------ the no-RL control
     def fit_random(
-        self, ae_updates: int, progress: bool = False, predictor_updates_per_ae_update: int = 1
+        self, ae_updates: int, progress: bool = False, predictor_updates_per_ae_update: int | None = None
     ) -> dict[str, list[float]]:
         """The "no-RL" detector: AE updates on uniform random patches, each followed by predictor updates.
 
@@ -574,12 +691,14 @@ class Detector:
             ae_updates: number of AE updates (mini-batches of ``config.ae_batch_size`` patches).
             progress: show a tqdm bar.
             predictor_updates_per_ae_update: predictor updates after each AE update (the profiles are
-                refreshed once, before the first).
+                refreshed once, before the first); None: ``config.predictor_updates_per_ae_update``.
 
         Returns:
             ``{"ae_loss": [...], "pred_loss": [...], "alpha": [...]}``, one entry per AE update
             (pred_loss and alpha: the last predictor update's).
         """
+        if predictor_updates_per_ae_update is None:
+            predictor_updates_per_ae_update = self.config.predictor_updates_per_ae_update
         hist: dict[str, list[float]] = {"ae_loss": [], "pred_loss": [], "alpha": []}
         bar = tqdm(range(ae_updates), desc="fit (random patches)", disable=not progress)
         for _ in bar:

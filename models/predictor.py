@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["PredictorConfig", "Predictor", "weighted_bce"]
+__all__ = ["PredictorConfig", "Predictor", "weighted_bce", "soft_dice_loss"]
 
 
 @dataclass
@@ -32,6 +32,8 @@ class PredictorConfig:
     width: int = 16  # 16 keeps 256x256 inference within ~10 ms on 2 CPU cores
     dilations: tuple[int, ...] = (1, 2, 4, 8)  # receptive field grows, resolution kept
     batch_norm: bool = True
+    downsample: int = 1  # 1: the paper's full-resolution FCN; 2: a stride-2 stem, dilations at half resolution
+    padding_mode: str = "zeros"  # "zeros" (paper) | "reflect": no border stripes in the maps
 
     def __post_init__(self) -> None:
         self.dilations = tuple(int(d) for d in self.dilations)
@@ -41,11 +43,17 @@ class PredictorConfig:
             raise ValueError(f"width must be >= 1, got {self.width}")
         if len(self.dilations) < 1 or any(d < 1 for d in self.dilations):
             raise ValueError(f"dilations must be a non-empty tuple of positive ints, got {self.dilations}")
+        if self.downsample not in (1, 2):
+            raise ValueError(f"downsample must be 1 or 2, got {self.downsample}")
+        if self.padding_mode not in ("zeros", "reflect"):
+            raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {self.padding_mode!r}")
 
     @property
     def receptive_field(self) -> int:
         """Side of the square receptive field in pixels."""
-        return 1 + 2 * sum(self.dilations)
+        if self.downsample == 1:
+            return 1 + 2 * sum(self.dilations)
+        return 3 + 4 * sum(self.dilations)  # stride-2 3x3 stem, then dilated 3x3 layers at half resolution
 
 
 class Predictor(nn.Module):
@@ -60,11 +68,19 @@ class Predictor(nn.Module):
         self.config = config = config or PredictorConfig()
         layers: list[nn.Module] = []
         c = config.in_channels
-        for d in config.dilations:
-            layers.append(nn.Conv2d(c, config.width, kernel_size=3, padding=d, dilation=d, bias=not config.batch_norm))
+        pad, bias = config.padding_mode, not config.batch_norm
+
+        def block(conv: nn.Conv2d) -> None:
+            layers.append(conv)
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(config.width))
             layers.append(nn.ReLU(inplace=True))
+
+        if config.downsample > 1:
+            block(nn.Conv2d(c, config.width, kernel_size=3, stride=config.downsample, padding=1, bias=bias, padding_mode=pad))
+            c = config.width
+        for d in config.dilations:
+            block(nn.Conv2d(c, config.width, kernel_size=3, padding=d, dilation=d, bias=bias, padding_mode=pad))
             c = config.width
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(c, 1, kernel_size=1)
@@ -80,8 +96,16 @@ class Predictor(nn.Module):
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"expected input of shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
-        h = self.body(x)  # (B, width, H, W)
-        return torch.sigmoid(self.head(h))  # (B, 1, H, W)
+        return torch.sigmoid(self.logits(x))  # (B, 1, H, W)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid scores, shape (B, 1, H, W); H and W must be even when ``downsample = 2``."""
+        H, W = x.shape[-2:]
+        h = self.body(x)  # (B, width, H / downsample, W / downsample)
+        z = self.head(h)  # (B, 1, H / downsample, W / downsample)
+        if self.config.downsample > 1:
+            z = nn.functional.interpolate(z, size=(H, W), mode="bilinear", align_corners=False)  # (B, 1, H, W)
+        return z
 
 
 def weighted_bce(pred: torch.Tensor, target: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
@@ -104,3 +128,16 @@ def weighted_bce(pred: torch.Tensor, target: torch.Tensor, alpha: float, eps: fl
     p = pred.clamp(eps, 1.0 - eps)
     y = target.to(p.dtype)
     return -(y * torch.log(p) + alpha * (1.0 - y) * torch.log1p(-p)).mean()
+
+
+def soft_dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """``1 - 2|P∩Y| / (|P| + |Y|)`` over the whole batch (soft, on probabilities).
+
+    Pooled over the batch rather than per image, so crops without any defect pixel do not dominate; it rewards
+    overlap directly, which the per-pixel BCE does not (pixel F1 is a Dice score).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    y = target.to(pred.dtype)
+    inter = (pred * y).sum()
+    return 1.0 - (2.0 * inter + eps) / (pred.sum() + y.sum() + eps)

@@ -325,3 +325,57 @@ def test_predictor_learns_to_find_bright_defects() -> None:
     _, test, test_masks = make_data(seed=2, n_pool=8)
     maps = det.anomaly_map(test)
     assert roc_auc_score(test_masks.ravel(), maps.ravel()) > 0.9
+
+
+# ---------------------------------------------------------------------- options measured for real data (issue 8)
+def test_predictor_reads_the_image_when_asked(data: Data) -> None:
+    det = Detector(tiny_config(predictor_inputs=("profile", "image")), *data, seed=0)
+    assert det.predictor.config.in_channels == 6
+    assert det.config.predictor.in_channels == 6
+    det.predictor_update()
+    assert det.anomaly_map(data[1]).shape == (len(data[1]), SIZE, SIZE)
+    only_image = Detector(tiny_config(predictor_inputs=("image",)), *data, seed=0)
+    assert only_image.predictor.config.in_channels == 3
+    with pytest.raises(ValueError, match="predictor_inputs"):
+        DetectorConfig(predictor_inputs=("profile", "rgb"))
+
+
+def test_map_smoothing_spreads_and_lowers_a_single_spike(data: Data) -> None:
+    raw = Detector(tiny_config(), *data, seed=0)
+    smooth = Detector(tiny_config(map_smoothing_sigma=2.0), *data, seed=0)
+    a, b = raw.anomaly_map(data[1]), smooth.anomaly_map(data[1])
+    assert a.shape == b.shape
+    assert float(b.std()) < float(a.std())  # smoothing removes pixel-level noise
+    assert abs(float(a.mean()) - float(b.mean())) < 0.01  # and keeps the level
+    with pytest.raises(ValueError, match="map_smoothing_sigma"):
+        DetectorConfig(map_smoothing_sigma=-1)
+
+
+def test_profile_refresh_every_skips_refreshes_between_due_updates(data: Data) -> None:
+    det = Detector(tiny_config(profile_refresh_every=3), *data, seed=0)
+    assert det.refresh_profiles() is True  # the first always computes
+    results = []
+    for _ in range(6):
+        det.ae_update(det.random_patches(4))
+        results.append(det.refresh_profiles())
+    assert results == [False, False, True, False, False, True]
+
+
+def test_fit_random_uses_the_configured_predictor_updates(data: Data) -> None:
+    det = Detector(tiny_config(predictor_updates_per_ae_update=3), *data, seed=0)
+    det.fit_random(2)
+    assert det.ae_updates == 2 and det.predictor_updates == 6
+
+
+def test_ae_lr_after_pretrain_applies_once_pretraining_ends(data: Data) -> None:
+    det = Detector(tiny_config(ae_lr_after_pretrain=1e-4), *data, seed=0)
+    assert det.ae_optimizer.param_groups[0]["lr"] == det.config.lr
+    det.pretrain_ae()
+    assert det.ae_optimizer.param_groups[0]["lr"] == 1e-4
+
+
+def test_flip_and_dice_options_train(data: Data) -> None:
+    det = Detector(tiny_config(pred_flip=True, pred_loss="bce_dice"), *data, seed=0)
+    x, y = (det.refresh_profiles(), det._sample_crops(8))[1]
+    assert x.shape[0] == y.shape[0] == 8
+    assert np.isfinite(det.predictor_update())

@@ -192,3 +192,54 @@ def test_sobel_magnitude_per_channel() -> None:
     assert np.allclose(sobel_magnitude(u8), s, atol=1e-5)  # uint8 is read as [0, 255] -> [0, 1]
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         sobel_magnitude(patch[0])
+
+
+# ---------------------------------------------------------------------- options measured for real data (issue 8)
+def test_autoencoder_without_batchnorm_trains_independently_of_the_batch() -> None:
+    """norm="none": an image's training-mode reconstruction does not depend on the other images in its batch."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16)
+    for norm, independent in (("none", True), ("batch", False)):
+        ae = Autoencoder(AutoencoderConfig(widths=(8, 16), latent_channels=4, dropout=0.0, norm=norm)).train()
+        alone = ae(x[:1])
+        together = ae(x)[:1]
+        assert torch.allclose(alone, together, atol=1e-6) is independent
+
+
+def test_reflect_padding_and_resize_upsampling_leave_no_border_or_checkerboard() -> None:
+    """On a flat image, reflect padding + resize upsampling reconstruct a flat image; zeros + transpose do not."""
+    x = torch.full((1, 3, 32, 32), 0.5)
+    torch.manual_seed(1)
+    flat = Autoencoder(AutoencoderConfig(widths=(8, 16), latent_channels=4, padding_mode="reflect", upsample="resize"))
+    torch.manual_seed(1)
+    paper = Autoencoder(AutoencoderConfig(widths=(8, 16), latent_channels=4))
+    assert float(flat.eval()(x).std(dim=(2, 3)).max()) < 1e-5  # spatial spread, per channel
+    assert float(paper.eval()(x).std(dim=(2, 3)).max()) > 1e-4
+
+
+@pytest.mark.parametrize("padding_mode,flat", [("reflect", True), ("zeros", False)])
+def test_predictor_padding_controls_border_stripes(padding_mode: str, flat: bool) -> None:
+    torch.manual_seed(0)
+    p = Predictor(PredictorConfig(in_channels=3, width=4, padding_mode=padding_mode, batch_norm=False)).eval()
+    out = p(torch.full((1, 3, 40, 40), 0.3))
+    assert (float(out.std()) < 1e-6) is flat
+
+
+def test_predictor_downsample_keeps_the_size_and_doubles_the_receptive_field() -> None:
+    cfg = PredictorConfig(in_channels=6, width=8, downsample=2)
+    p = Predictor(cfg)
+    x = torch.rand(2, 6, 48, 64, requires_grad=True)
+    assert p(x).shape == (2, 1, 48, 64)
+    assert cfg.receptive_field > 2 * PredictorConfig().receptive_field - 1
+    p(x)[0, 0, 24, 32].backward()  # the gradient of one output pixel reaches far beyond the paper's 31 px
+    reach = torch.nonzero(x.grad.abs().sum((0, 1)))  # type: ignore[union-attr]
+    assert int(reach[:, 1].max() - reach[:, 1].min()) > 31
+
+
+def test_soft_dice_loss_is_zero_for_a_perfect_prediction_and_one_for_a_disjoint_one() -> None:
+    from models.predictor import soft_dice_loss
+
+    y = torch.zeros(1, 1, 8, 8)
+    y[..., 2:4, 2:4] = 1
+    assert float(soft_dice_loss(y, y)) == pytest.approx(0.0, abs=1e-6)
+    assert float(soft_dice_loss(1 - y, y)) > 0.95

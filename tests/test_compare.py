@@ -1,0 +1,88 @@
+"""benchmarks/compare.py: cells are train.py processes, finished cells are skipped, tables have a row per category."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import write_mvtec_tree
+from tests.test_train import SMALL_ENV
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import compare  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("data")
+    for name in ("widget", "gadget"):
+        write_mvtec_tree(root, name, n_train=6, n_test_good=6, defects={"scratch": 6, "hole": 6}, size_hw=(64, 64))
+    env = {k: yaml.safe_load(v) for k, v in (pair.split(":", 1) for pair in SMALL_ENV)}
+    variants = tmp_path_factory.mktemp("cfg") / "variants.yml"
+    variants.write_text(
+        yaml.safe_dump(
+            {
+                "tiny": {"algo": "random", "n_timesteps": 16, "env_kwargs": env},
+                "tiny_image": {
+                    "algo": "random",
+                    "n_timesteps": 16,
+                    "env_kwargs": {**env, "detector": {"predictor_inputs": ["profile", "image"]}},
+                },
+            }
+        )
+    )
+    out = tmp_path_factory.mktemp("out")
+    return root, variants, out
+
+
+def run(root: Path, variants: Path, out: Path, *methods: str) -> int:
+    return compare.main(
+        ["--data-root", str(root), "--categories", "widget", "gadget", "--methods", *methods]
+        + ["--seeds", "0", "--variants", str(variants), "--out", str(out), "--threads", "1"]
+    )
+
+
+def test_compare_runs_every_cell_once_and_writes_the_tables(grid: tuple[Path, Path, Path], monkeypatch) -> None:
+    root, variants, out = grid
+    assert run(root, variants, out, "tiny", "ae@tiny", "tiny_image") == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [tuple(r[k] for k in ("category", "method")) for r in rows] == [
+        (c, m) for c in ("widget", "gadget") for m in ("tiny", "ae@tiny", "tiny_image")
+    ]
+    assert set(rows[0]) == set(compare.CSV_COLUMNS)
+    assert all(0.0 <= float(r["pixel_auroc"]) <= 1.0 for r in rows)
+    # the AE-only row reads the same training's baseline: 2 categories x 2 trained configurations
+    assert len(list((out / "cells").glob("*/*/seed0/result.json"))) == 4
+    run_config = yaml.safe_load(next((out / "cells" / "widget" / "tiny_image").rglob("config.yml")).read_text())
+    assert run_config["env_kwargs"]["detector"]["predictor_inputs"] == ["profile", "image"]
+    table = (out / "table.md").read_text()
+    assert "### widget" in table and "### gadget" in table
+    f1_table = table.split("### pixel F1max")[1].split("###")[0]
+    assert sum(line.startswith("| widget") or line.startswith("| gadget") for line in f1_table.splitlines()) == 2
+
+    # A rerun trains nothing: every cell is finished
+    def no_training(*args: object, **kwargs: object) -> int:
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(subprocess, "call", no_training)
+    assert run(root, variants, out, "tiny", "ae@tiny", "tiny_image") == 0
+
+
+def test_compare_restarts_an_interrupted_cell(grid: tuple[Path, Path, Path]) -> None:
+    root, variants, out = grid
+    cell = out / "cells" / "widget" / "tiny" / "seed0"
+    (cell / "result.json").unlink()
+    (cell / "stale.txt").write_text("left by an interrupted attempt")
+    assert run(root, variants, out, "tiny") == 0
+    assert (cell / "result.json").is_file() and not (cell / "stale.txt").exists()
+
+
+def test_compare_rejects_an_unknown_method(grid: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root, variants, out = grid
+    assert run(root, variants, out, "nonsense") == 2
+    assert "unknown method 'nonsense'" in capsys.readouterr().err

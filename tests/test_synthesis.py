@@ -1,0 +1,95 @@
+"""Extra positives: pasted defects and noise-mask anomalies keep image and mask aligned, are seeded, and only ever
+use the detector's own training and pool images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.detector import Detector
+from models.synthesis import noise_anomaly, noise_mask, paste_defect
+from tests.test_detector import SIZE, make_data, tiny_config
+
+
+def _source(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    image = rng.integers(0, 50, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[5:9, 10:20] = True
+    mask[6, 21] = True  # an odd, non-rectangular shape
+    image[mask] = rng.integers(200, 256, size=(int(mask.sum()), 3), dtype=np.uint8)
+    return image, mask
+
+
+@pytest.mark.parametrize("same_place", [0.0, 1.0])
+def test_paste_replaces_exactly_the_mask_pixels_with_defect_pixels(same_place: float) -> None:
+    rng = np.random.default_rng(0)
+    source, source_mask = _source(rng)
+    target = np.full((SIZE, SIZE, 3), 100, np.uint8)
+    for seed in range(20):
+        image, mask = paste_defect(target, source, source_mask, np.random.default_rng(seed), same_place=same_place)
+        changed = (image != target).any(axis=-1)
+        assert mask.any()
+        assert np.array_equal(changed, mask)  # every pasted pixel differs from the flat target, and nothing else does
+        assert image[mask].min() >= 200  # they come from the defect, not from the source's background
+        if same_place == 1.0:
+            assert np.array_equal(mask, source_mask) and np.array_equal(image[mask], source[source_mask])
+
+
+def test_paste_rejects_an_empty_defect() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        paste_defect(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), np.random.default_rng())
+
+
+def test_noise_anomaly_changes_only_masked_pixels_and_is_seeded() -> None:
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    texture = rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    a_img, a_mask = noise_anomaly(target, texture, np.random.default_rng(7))
+    b_img, b_mask = noise_anomaly(target, texture, np.random.default_rng(7))
+    c_img, c_mask = noise_anomaly(target, texture, np.random.default_rng(8))
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_mask, b_mask)
+    assert not (np.array_equal(a_img, c_img) and np.array_equal(a_mask, c_mask))
+    assert a_mask.any() and not a_mask.all()
+    assert np.array_equal(a_img[~a_mask], target[~a_mask])
+
+
+def test_noise_mask_is_never_empty() -> None:
+    for seed in range(30):
+        assert noise_mask(16, 24, np.random.default_rng(seed)).any()
+
+
+def test_detector_synthetic_pool_uses_only_its_own_images_and_is_seeded() -> None:
+    """Every synthetic image is a training image with pixels from a pool anomaly or another training image; the
+    validation/test images (never given to the detector) cannot appear: we check the pasted pixels' provenance."""
+    train, pool, masks = make_data(seed=4, n_train=6, n_pool=6)
+    config = tiny_config(synthetic_pool_size=8, synthetic_paste_fraction=1.0)
+    det = Detector(config, train, pool, masks, seed=5)
+    det.refresh_profiles()
+    images, synth_masks = det._pred_images, det._pred_masks
+    assert images is not None and synth_masks is not None
+    assert len(images) == len(pool) + 8
+    anomaly_pixels = {tuple(p) for i in range(len(pool)) if masks[i].any() for p in pool[i][masks[i]]}
+    for k in range(len(pool), len(images)):
+        img = images[k].permute(1, 2, 0).numpy()
+        m = synth_masks[k].numpy()
+        assert m.any()
+        assert any(np.array_equal(img[~m], t[~m]) for t in train)  # the background is a training image
+        assert {tuple(p) for p in img[m]} <= anomaly_pixels  # the defect comes from the pool's labelled anomalies
+    again = Detector(config, train, pool, masks, seed=5)
+    again.refresh_profiles()
+    assert again._pred_images is not None and torch.equal(again._pred_images, images)
+    assert det._profiles is not None and det._profiles.shape[0] == len(images)
+
+
+def test_synthetic_pool_is_renewed_at_each_refresh_and_positives_follow() -> None:
+    train, pool, masks = make_data(seed=4)
+    det = Detector(tiny_config(synthetic_pool_size=4, synthetic_paste_fraction=0.0), train, pool, masks, seed=1)
+    det.refresh_profiles()
+    first = det._pred_images.clone()  # type: ignore[union-attr]
+    det.ae_update(det.random_patches(4))
+    assert det.refresh_profiles() is True
+    assert not torch.equal(first[len(pool) :], det._pred_images[len(pool) :])  # type: ignore[index]
+    indices = {i for i, _ in det._positives}
+    assert indices >= set(range(len(pool), len(pool) + 4))  # every synthetic image contributes positives
+    det.predictor_update()  # crops come from the enlarged pool without error
