@@ -38,7 +38,8 @@ def test_paste_replaces_exactly_the_mask_pixels_with_defect_pixels(same_place: f
 
 def test_paste_rejects_an_empty_defect() -> None:
     with pytest.raises(ValueError, match="empty"):
-        paste_defect(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), np.random.default_rng())
+        blank = np.zeros((8, 8, 3), np.uint8)
+        paste_defect(blank, blank, np.zeros((8, 8), bool), np.random.default_rng())
 
 
 def test_noise_anomaly_changes_only_masked_pixels_and_is_seeded() -> None:
