@@ -25,6 +25,7 @@ import yaml
 
 from envs.mvtec import DatasetError
 from models.metrics import compute_metrics, f1_at_threshold, roc_pr_curves
+from models.runtime import check_device
 
 __all__ = ["compute_metrics", "evaluate_images", "evaluate_run", "predict_maps", "main"]
 
@@ -42,10 +43,16 @@ def predict_maps(detector: Any, images: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"unknown method {method!r} (valid: {', '.join(METHODS)})")
 
 
-def evaluate_images(detector: Any, images: np.ndarray, masks: np.ndarray, method: str) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics of ``compute_metrics`` and the maps for a labelled set of images."""
+def evaluate_images(
+    detector: Any, images: np.ndarray, masks: np.ndarray, method: str, image_labels: Any = None
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of ``compute_metrics`` and the maps for a labelled set of images.
+
+    ``image_labels`` (True: defective, from the image's folder) sets the image-level labels; None: from the masks.
+    """
     maps = predict_maps(detector, images, method)
-    return compute_metrics(maps, masks), maps
+    labels = None if image_labels is None else np.asarray(image_labels, dtype=bool)
+    return compute_metrics(maps, masks, image_labels=labels), maps
 
 
 def load_run(
@@ -165,11 +172,14 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
 
     val_masks = data.masks[split.val]
+    val_labels = [data.samples[i].is_anomalous for i in split.val]
     threshold = float("nan")
     if val_masks.any():
-        threshold = evaluate_images(detector, data.images[split.val], val_masks, method)[0]["f1max_threshold"]
+        threshold = evaluate_images(detector, data.images[split.val], val_masks, method, val_labels)[0]["f1max_threshold"]
     test_images, test_masks = data.images[split.test], data.masks[split.test]
-    metrics, maps = evaluate_images(detector, test_images, test_masks, method)
+    # image labels from the folder (test/good or a defect type), not from the resized mask
+    test_labels = [data.samples[i].is_anomalous for i in split.test]
+    metrics, maps = evaluate_images(detector, test_images, test_masks, method, test_labels)
     metrics["val_threshold"] = threshold
     metrics["f1_at_val_threshold"] = f1_at_threshold(maps, test_masks, threshold) if np.isfinite(threshold) else float("nan")
 
@@ -232,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        check_device(args.device)
         if args.images is not None:
             out = Path(args.out) if args.out else Path(args.run) / "maps"
             n = predict_folder(Path(args.run), Path(args.images), out, args.method, args.device)

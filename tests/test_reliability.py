@@ -1,0 +1,193 @@
+"""Reliability: reproducible seeded runs, resumable GPU runs, device spellings, clean interrupts (issue 11)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import evaluate
+import train
+from tests.conftest import write_mvtec_tree
+from tests.test_train import run_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_mvtec_tree(root, n_train=6, n_test_good=6, defects={"scratch": 6, "hole": 6}, size_hw=(64, 64))
+    return root
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    """The sampler's and the detector's final weights of a run."""
+    with zipfile.ZipFile(run / "agent.zip") as archive:
+        policy = torch.load(io.BytesIO(archive.read("policy.pth")), map_location="cpu", weights_only=True)
+    detector = torch.load(run / "detector.pt", map_location="cpu", weights_only=True)
+    return {
+        **{f"policy.{k}": v for k, v in policy.items()},
+        **{f"ae.{k}": v for k, v in detector["ae"].items()},
+        **{f"predictor.{k}": v for k, v in detector["predictor"].items()},
+    }
+
+
+def test_seeded_runs_in_separate_processes_are_bit_identical(data_root: Path, tmp_path: Path) -> None:
+    """Same command, other process: once with one OpenMP thread, once with two and a competing busy process."""
+    runs = []
+    for omp_threads, busy in ((1, False), (2, True)):
+        env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "MKL_NUM_THREADS": str(omp_threads)}
+        argv = run_args(data_root, tmp_path / f"omp{omp_threads}", "reinforce", 64, "--no-evaluate")
+        load = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            done = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, env=env, capture_output=True, timeout=300)
+        finally:
+            if load is not None:
+                load.kill()
+                load.wait()
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        runs.append(weights(tmp_path / f"omp{omp_threads}" / "reinforce" / "MVTecPatch-v0_1"))
+    first, second = runs
+    assert first.keys() == second.keys()
+    different = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+# --- 1. a GPU run resumes: the env state loads to the CPU, the RNG state stays a CPU ByteTensor ----------------------
+class RecordingGenerator:
+    """Stands in for the detector's torch.Generator and records the states handed to set_state."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.states: list[torch.Tensor] = []
+
+    def set_state(self, state: torch.Tensor) -> torch.Generator:
+        self.states.append(state)
+        return self.generator.set_state(state)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.generator, name)
+
+
+def test_env_state_of_a_gpu_run_loads_on_the_cpu(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from envs.mvtec_patch import MVTecPatchEnv
+    from tests.test_env import small_kwargs
+
+    env = MVTecPatchEnv(**small_kwargs(data_root))
+    env.reset(seed=0)
+    for action in (0, 3, 1, 2) * 3:
+        env.step(action)
+    env.save_state(tmp_path / "env_state.pt")
+    resumed = MVTecPatchEnv(**small_kwargs(data_root))
+    resumed.config.device = "cuda:0"  # the run's config names a GPU; this machine loads what it can
+    recorder = RecordingGenerator(resumed.detector._gen)
+    resumed.detector._gen = recorder  # type: ignore[assignment]
+    requested: list[object] = []
+    real_load = torch.load
+
+    def load(*args: object, **kwargs: object) -> object:
+        requested.append(kwargs.get("map_location"))
+        return real_load(*args, **{**kwargs, "map_location": "cpu"})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "load", load)
+    resumed.load_state(tmp_path / "env_state.pt")
+    assert requested == ["cpu"]
+    assert recorder.states and all(s.device.type == "cpu" and s.dtype == torch.uint8 for s in recorder.states)
+    assert resumed.global_step == env.global_step
+    np.testing.assert_array_equal(resumed.history, env.history)
+
+
+# --- 2. every device spelling torch accepts ---------------------------------------------------------------------------
+def test_device_check_accepts_every_cuda_spelling(monkeypatch: pytest.MonkeyPatch) -> None:
+    from envs.mvtec_patch import MVTecPatchConfig
+    from models.runtime import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for device in ("cpu", "cuda", "cuda:0", "cuda:1"):
+        assert check_device(device) == device
+        assert MVTecPatchConfig(device=device).device == device
+    for device in ("cuda:2", "gpu", "cuda:x", "tpu"):
+        with pytest.raises(ValueError, match="valid here: cpu, cuda, cuda:0, cuda:1"):
+            MVTecPatchConfig(device=device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match=r"device='cuda' .*valid here: cpu"):
+        check_device("cuda")
+    assert train.main(["--device", "cuda", "--dry-run"]) == 2
+    assert evaluate.main(["--run", "nowhere", "--device", "cuda"]) == 2
+
+
+# --- 5, 6, 7. Ctrl-C between steps, -i without a checkpoint, -i with flags it cannot honour ---------------------------
+def test_ctrl_c_stops_between_steps_checkpoints_and_resumes(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envs.mvtec_patch import MVTecPatchEnv
+
+    take_patch = MVTecPatchEnv._take_patch
+
+    def interrupted_take_patch(self: MVTecPatchEnv) -> tuple[float, float]:
+        out = take_patch(self)
+        if self.global_step == 21:  # Ctrl-C in the middle of env.step, after the patch is queued
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(MVTecPatchEnv, "_take_patch", interrupted_take_patch)
+    handler = signal.getsignal(signal.SIGINT)
+    assert train.main(run_args(data_root, tmp_path, "reinforce", 48, "--no-evaluate")) == 130
+    assert signal.getsignal(signal.SIGINT) is handler
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
+    assert err.startswith("error: interrupted at 22 steps") and f"-i {run}" in err
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert latest["num_timesteps"] == latest["global_step"] == 22  # the whole step, no half
+    monkeypatch.setattr(MVTecPatchEnv, "_take_patch", take_patch)
+    assert train.main(["-i", str(run), "--no-progress", "-v", "0", "--no-evaluate"]) == 0
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["num_timesteps"] >= 48  # whole rollouts
+
+
+def test_resume_refuses_what_it_cannot_honour(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
+    run.mkdir(parents=True)
+    (run / "config.yml").write_text(yaml.safe_dump({"n_timesteps": 32, "device": "cpu", "env_kwargs": {"device": "cpu"}}))
+    (run / "best_detector.pt").write_bytes(b"from a dead attempt")
+    cases = [
+        ([], "no complete checkpoint"),
+        (["--algo", "ppo"], "--algo cannot change"),
+        (["--seed", "0"], "--seed cannot change"),
+        (["--preset", "paper"], "--preset cannot change"),
+        (["--save-freq", "8"], "--save-freq cannot change"),
+    ]
+    for flags, expected in cases:
+        assert train.main(["-i", str(run), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and expected in err and "\n" not in err, err
+    assert not (run / "checkpoints").exists()  # nothing started over
+
+
+def test_resume_honours_device_threads_and_a_larger_n(data_root: Path, tmp_path: Path) -> None:
+    assert train.main(run_args(data_root, tmp_path, "reinforce", 32, "--no-evaluate")) == 0
+    run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
+    assert yaml.safe_load((run / "config.yml").read_text())["threads"] == 1
+    assert train.main(["-i", str(run), "-n", "16", "-v", "0"]) == 2  # smaller than done
+    assert (
+        train.main(
+            ["-i", str(run), "-n", "48", "--device", "cpu", "--threads", "2", "--no-progress", "-v", "0", "--no-evaluate"]
+        )
+        == 0
+    )
+    config = yaml.safe_load((run / "config.yml").read_text())
+    assert (config["n_timesteps"], config["device"], config["threads"]) == (48, "cpu", 2)
+    assert torch.get_num_threads() == 1  # restored after training
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["num_timesteps"] >= 48  # whole rollouts
