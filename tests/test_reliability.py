@@ -191,3 +191,69 @@ def test_resume_honours_device_threads_and_a_larger_n(data_root: Path, tmp_path:
     assert (config["n_timesteps"], config["device"], config["threads"]) == (48, "cpu", 2)
     assert torch.get_num_threads() == 1  # restored after training
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["num_timesteps"] >= 48  # whole rollouts
+
+
+# --- 4. thin defects survive the resize; image labels come from the folder ------------------------------------------
+def test_a_thin_scratch_survives_downscaling(tmp_path: Path) -> None:
+    import cv2
+
+    from envs.mvtec import read_mask, resize_mask
+
+    mask = np.zeros((1024, 1024), dtype=np.uint8)
+    mask[501:504, 100:900] = 255  # a 3-px scratch: nearest-neighbour sampling at 256 px reads rows 500 and 504 only
+    cv2.imwrite(str(tmp_path / "000_mask.png"), mask)
+    resized = read_mask(tmp_path / "000_mask.png", 256, (1024, 1024))
+    assert resized.any(axis=1).sum() == 1 and resized.sum() == 200  # one row, as long as the scratch
+    diagonal = np.eye(1024, dtype=bool)  # a 1-px diagonal stays connected
+    assert resize_mask(diagonal, 256).sum() >= 256
+    small = np.zeros((40, 60), dtype=bool)
+    small[3:5, 7:9] = True
+    up = resize_mask(small, 120)  # height upscaled (nearest), width downscaled (area)
+    assert up.shape == (120, 120) and up.any(axis=1).sum() == 6
+    square = np.zeros((32, 32), dtype=bool)
+    square[5:9, 10:11] = True
+    expected = cv2.resize(square.astype(np.uint8), (64, 64), interpolation=cv2.INTER_NEAREST).astype(bool)
+    np.testing.assert_array_equal(resize_mask(square, 64), expected)  # upscaling stays nearest
+
+
+def test_empty_defect_mask_warns_once_and_counts_as_defective(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import cv2
+
+    from envs.mvtec import load_category
+    from models.metrics import compute_metrics
+
+    folder = write_mvtec_tree(tmp_path, defects={"scratch": 3}, size_hw=(32, 32))
+    cv2.imwrite(str(folder / "ground_truth" / "scratch" / "001_mask.png"), np.zeros((32, 32), np.uint8))
+    with caplog.at_level("WARNING", logger="envs.mvtec"):
+        category = load_category(tmp_path, "widget", image_size=32, workers=1)
+    warnings = [r.getMessage() for r in caplog.records if "empty mask" in r.getMessage()]
+    assert len(warnings) == 1 and "scratch/001.png" in warnings[0]
+    test = category.indices("test")
+    labels = np.array([category.samples[i].is_anomalous for i in test])
+    maps = category.masks[test].astype(np.float32)
+    maps[labels & ~category.masks[test].any(axis=(1, 2))] = 2.0  # the empty-mask defect scores highest
+    with_folder_labels = compute_metrics(maps, category.masks[test], image_labels=labels)["image_auroc"]
+    assert with_folder_labels == 1.0 and compute_metrics(maps, category.masks[test])["image_auroc"] < 1.0
+
+
+def test_reinforce_is_exported_under_both_names() -> None:
+    from agents import REINFORCE, Reinforce
+
+    assert REINFORCE is Reinforce
+
+
+def test_prediction_grid_has_column_titles_and_a_colour_scale(tmp_path: Path) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    maps = rng.random((3, 32, 32)).astype(np.float32)
+    evaluate.save_prediction_grid(tmp_path / "p.png", images, maps, maps > 0.9)
+    grid = cv2.imread(str(tmp_path / "p.png"))
+    assert grid is not None
+    columns = [(0, 32), (36, 68), (72, 104)]
+    assert grid.shape[1] > 104 + 10  # a colour bar right of the three columns
+    header = grid[:20]
+    assert all((header[:, a:b] < 128).any() for a, b in columns)  # a title over each column
+    bar = grid[22 : 22 + 32, 108:118]
+    assert len(np.unique(bar.reshape(-1, 3), axis=0)) > 16  # a colour ramp
