@@ -176,8 +176,13 @@ def test_resume_refuses_what_it_cannot_honour(data_root: Path, tmp_path: Path, c
     assert not (run / "checkpoints").exists()  # nothing started over
 
 
-def test_resume_honours_device_threads_and_a_larger_n(data_root: Path, tmp_path: Path) -> None:
-    assert train.main(run_args(data_root, tmp_path, "reinforce", 32, "--no-evaluate")) == 0
+def test_resume_honours_device_threads_and_a_larger_n(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="agents.callbacks"):
+        assert train.main(run_args(data_root, tmp_path, "reinforce", 32, "--no-evaluate")) == 0
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert progress and "/32 (" in progress[-1] and "steps/s, ETA" in progress[-1]  # lines without a progress bar
     run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
     assert yaml.safe_load((run / "config.yml").read_text())["threads"] == 1
     assert train.main(["-i", str(run), "-n", "16", "-v", "0"]) == 2  # smaller than done
