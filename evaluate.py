@@ -44,7 +44,7 @@ def predict_maps(detector: Any, images: np.ndarray, method: str) -> np.ndarray:
 
 
 def evaluate_images(
-    detector: Any, images: np.ndarray, masks: np.ndarray, method: str, image_labels: Any = None
+    detector: Any, images: np.ndarray, masks: np.ndarray, method: str, image_labels: list[bool] | np.ndarray | None = None
 ) -> tuple[dict[str, float], np.ndarray]:
     """Metrics of ``compute_metrics`` and the maps for a labelled set of images.
 

@@ -4,6 +4,9 @@
     python train.py --algo ppo --data-root DATA --category grid   # a real MVTec AD category, another algorithm
     python train.py --preset paper ...                            # the paper's schedule (100 AE pre-training epochs)
     python train.py -i logs/reinforce/MVTecPatch-v0_1             # continue an interrupted run from its last checkpoint
+    python train.py -i RUN -n 20000 --device cuda                 # ... for longer, on another device
+
+A seeded run repeats bit for bit on one machine with the same ``--threads`` (default 1); see README "Reliability".
 
 A run writes ``<log-folder>/<algo>/<env>_<N>/``: ``config.yml`` (everything needed to rebuild it), ``split.json``,
 ``tensorboard/``, ``checkpoints/``, ``agent.zip``, ``detector.pt`` (the last), ``best_detector.pt`` (best validation
