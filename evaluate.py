@@ -25,6 +25,7 @@ import yaml
 
 from envs.mvtec import DatasetError
 from models.metrics import compute_metrics, f1_at_threshold, roc_pr_curves
+from models.runtime import check_device
 
 __all__ = ["compute_metrics", "evaluate_images", "evaluate_run", "predict_maps", "main"]
 
@@ -42,10 +43,16 @@ def predict_maps(detector: Any, images: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"unknown method {method!r} (valid: {', '.join(METHODS)})")
 
 
-def evaluate_images(detector: Any, images: np.ndarray, masks: np.ndarray, method: str) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics of ``compute_metrics`` and the maps for a labelled set of images."""
+def evaluate_images(
+    detector: Any, images: np.ndarray, masks: np.ndarray, method: str, image_labels: list[bool] | np.ndarray | None = None
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of ``compute_metrics`` and the maps for a labelled set of images.
+
+    ``image_labels`` (True: defective, from the image's folder) sets the image-level labels; None: from the masks.
+    """
     maps = predict_maps(detector, images, method)
-    return compute_metrics(maps, masks), maps
+    labels = None if image_labels is None else np.asarray(image_labels, dtype=bool)
+    return compute_metrics(maps, masks, image_labels=labels), maps
 
 
 def load_run(
@@ -81,10 +88,22 @@ def _heat(x: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
 
 
+def _text(canvas: np.ndarray, text: str, x0: int, width: int, y: int) -> None:
+    """Write ``text`` centred in columns [x0, x0 + width) of a white strip, shrunk to fit (black, in place)."""
+    import cv2
+
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.5
+    while scale > 0.2 and cv2.getTextSize(text, font, scale, 1)[0][0] > width - 2:
+        scale -= 0.05
+    (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
+    cv2.putText(canvas, text, (x0 + max((width - tw) // 2, 0), y + th // 2), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
 def save_prediction_grid(
     path: Path, images: np.ndarray, maps: np.ndarray, masks: np.ndarray, labels: list[str] | None = None, rows: int = 8
 ) -> None:
-    """Fig. 2 of the paper: one row per image, columns image | prediction | ground truth (uint8 PNG).
+    """Fig. 2 of the paper: one row per image, columns image | prediction | ground truth (uint8 PNG), with column
+    titles and the prediction's colour scale (inferno, 0 at the bottom).
 
     Rows go round-robin over the defect types (``labels``), so every type is shown before any repeats."""
     import cv2
@@ -100,14 +119,27 @@ def save_prediction_grid(
             if queue and len(order) < rows:
                 order.append(queue.pop(0))
     scale = max(float(maps.max()), 1e-6) if maps.max() > 1 else 1.0
-    gap = np.full((images.shape[1], 4, 3), 255, np.uint8)
+    size, g = images.shape[1], 4
+    gap = np.full((size, g, 3), 255, np.uint8)
     lines = [
         np.concatenate(
             [images[i], gap, _heat(maps[i] / scale), gap, np.repeat(masks[i][..., None] * 255, 3, 2).astype(np.uint8)], axis=1
         )
         for i in order
     ]
-    grid = np.concatenate([np.concatenate([line, np.full((4, line.shape[1], 3), 255, np.uint8)]) for line in lines])
+    grid = np.concatenate([np.concatenate([line, np.full((g, line.shape[1], 3), 255, np.uint8)]) for line in lines])
+    header = np.full((22, grid.shape[1], 3), 255, np.uint8)
+    for column, title in enumerate(("image", "prediction", "ground truth")):
+        _text(header, title, column * (size + g), size, 11)
+    grid = np.concatenate([header, grid])
+    # colour scale: a bar as tall as the first row, labelled with the map values of its ends
+    bar_w, label_w = 10, 44
+    legend = np.full((grid.shape[0], g + bar_w + label_w, 3), 255, np.uint8)
+    ramp = np.linspace(1.0, 0.0, size)[:, None] * np.ones((1, bar_w))  # (size, bar_w), 1 at the top
+    legend[22 : 22 + size, g : g + bar_w] = _heat(ramp)
+    for value, y in ((scale, 22 + 6), (0.0, 22 + size - 6)):
+        _text(legend, f"{value:.3g}", g + bar_w, label_w, y)
+    grid = np.concatenate([grid, legend], axis=1)
     cv2.imwrite(str(path), grid[..., ::-1])
 
 
@@ -165,11 +197,14 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
 
     val_masks = data.masks[split.val]
+    val_labels = [data.samples[i].is_anomalous for i in split.val]
     threshold = float("nan")
     if val_masks.any():
-        threshold = evaluate_images(detector, data.images[split.val], val_masks, method)[0]["f1max_threshold"]
+        threshold = evaluate_images(detector, data.images[split.val], val_masks, method, val_labels)[0]["f1max_threshold"]
     test_images, test_masks = data.images[split.test], data.masks[split.test]
-    metrics, maps = evaluate_images(detector, test_images, test_masks, method)
+    # image labels from the folder (test/good or a defect type), not from the resized mask
+    test_labels = [data.samples[i].is_anomalous for i in split.test]
+    metrics, maps = evaluate_images(detector, test_images, test_masks, method, test_labels)
     metrics["val_threshold"] = threshold
     metrics["f1_at_val_threshold"] = f1_at_threshold(maps, test_masks, threshold) if np.isfinite(threshold) else float("nan")
 
@@ -232,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        check_device(args.device)
         if args.images is not None:
             out = Path(args.out) if args.out else Path(args.run) / "maps"
             n = predict_folder(Path(args.run), Path(args.images), out, args.method, args.device)

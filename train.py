@@ -4,6 +4,9 @@
     python train.py --algo ppo --data-root DATA --category grid   # a real MVTec AD category, another algorithm
     python train.py --preset paper ...                            # the paper's schedule (100 AE pre-training epochs)
     python train.py -i logs/reinforce/MVTecPatch-v0_1             # continue an interrupted run from its last checkpoint
+    python train.py -i RUN -n 20000 --device cuda                 # ... for longer, on another device
+
+A seeded run repeats bit for bit on one machine with the same ``--threads`` (default 1); see README "Reliability".
 
 A run writes ``<log-folder>/<algo>/<env>_<N>/``: ``config.yml`` (everything needed to rebuild it), ``split.json``,
 ``tensorboard/``, ``checkpoints/``, ``agent.zip``, ``detector.pt`` (the last), ``best_detector.pt`` (best validation
@@ -27,6 +30,7 @@ from typing import Any
 import yaml
 
 from envs.mvtec import DatasetError
+from models.runtime import DEFAULT_THREADS, check_device, reproducible
 
 logger = logging.getLogger("train")
 
@@ -69,19 +73,34 @@ def build_parser() -> argparse.ArgumentParser:
     from agents import AGENTS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="MVTecPatch-v0", help=f"environment id (valid: {', '.join(ENV_IDS)})")
-    parser.add_argument("--algo", default="reinforce", help=f"RL algorithm (valid: {', '.join(AGENTS)})")
+    # None defaults (filled in by resolve_config) tell -i which flags the user actually gave
+    parser.add_argument("--env", default=None, help=f"environment id (default and valid: {', '.join(ENV_IDS)})")
+    parser.add_argument("--algo", default=None, help=f"RL algorithm (default reinforce; valid: {', '.join(AGENTS)})")
     parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="env steps to train (default: from the preset)")
-    parser.add_argument("--seed", type=int, default=0, help="one seed for the split, the networks and the actions")
+    parser.add_argument("--seed", type=int, default=None, help="one seed for the split, the networks and the actions (0)")
     parser.add_argument("-f", "--log-folder", default="logs", help="runs go to <log-folder>/<algo>/<env>_<N>/")
     parser.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard folder (default: <run>/tensorboard)")
-    parser.add_argument("--preset", default="default", help=f"hyperparameter preset (valid: {', '.join(PRESETS)})")
+    parser.add_argument("--preset", default=None, help=f"hyperparameter preset (default default; valid: {', '.join(PRESETS)})")
     parser.add_argument("--env-kwargs", nargs="*", metavar="K:V", help="env kwargs, e.g. observation:rgb_history")
     parser.add_argument("--hyperparams", nargs="*", metavar="K:V", help="algorithm kwargs, e.g. learning_rate:3e-4")
     parser.add_argument("--eval-freq", type=int, default=None, help="env steps between validation runs (0: none)")
     parser.add_argument("--save-freq", type=int, default=None, help="env steps between checkpoints (0: none)")
-    parser.add_argument("-i", "--trained-agent", default=None, help="a run folder to continue from its last checkpoint")
-    parser.add_argument("--device", default="cpu", help="torch device for the agent and the detector: cpu, cuda, cuda:N")
+    parser.add_argument(
+        "-i",
+        "--trained-agent",
+        default=None,
+        help="a run folder to continue from its last checkpoint (with its config.yml; -n may grow it, --device and "
+        "--threads may move it to another machine)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device for the agent and the detector: cpu (default), cuda, cuda:N, mps"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"torch CPU threads (default {DEFAULT_THREADS}); a seeded run repeats bit for bit with the same count",
+    )
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -123,6 +142,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """One dict with everything a run needs; saved as config.yml so evaluate.py and resumes need nothing else."""
     from agents import AGENTS
 
+    args = copy.copy(args)
+    args.env, args.algo, args.preset = args.env or ENV_IDS[0], args.algo or "reinforce", args.preset or PRESETS[0]
+    args.seed = 0 if args.seed is None else args.seed
     if args.env not in ENV_IDS:
         raise ValueError(f"unknown env {args.env!r} (valid: {', '.join(ENV_IDS)})")
     if args.algo not in AGENTS:
@@ -139,8 +161,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             env_kwargs[key] = value
     env_kwargs = deep_merge(env_kwargs, parse_pairs(args.env_kwargs, "--env-kwargs"))
+    device = check_device(args.device or "cpu")
     env_kwargs["seed"] = args.seed
-    env_kwargs["device"] = args.device
+    env_kwargs["device"] = device
     if env_kwargs.get("data_root") is not None:
         env_kwargs["data_root"] = str(Path(env_kwargs["data_root"]).resolve())
     run = {key: hyperparams.pop(key) for key in RUN_KEYS if key in hyperparams}
@@ -154,7 +177,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         "algo": args.algo,
         "preset": args.preset,
         "seed": args.seed,
-        "device": args.device,
+        "device": device,
+        "threads": DEFAULT_THREADS if args.threads is None else args.threads,
         "n_timesteps": int(run["n_timesteps"]),
         "eval_freq": int(run.get("eval_freq", 0)),
         "save_freq": int(run.get("save_freq", 0)),
@@ -181,7 +205,86 @@ def dry_run(config: dict[str, Any]) -> dict:
     return split.summary(category)
 
 
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C (SIGINT) between two steps; a checkpoint was written."""
+
+
+# flags that fix what a run computes: -i refuses them, since config.yml already holds their values
+RESUME_REFUSED = (
+    ("--env", "env"),
+    ("--algo", "algo"),
+    ("--seed", "seed"),
+    ("--preset", "preset"),
+    ("--env-kwargs", "env_kwargs"),
+    ("--hyperparams", "hyperparams"),
+    ("--eval-freq", "eval_freq"),
+    ("--save-freq", "save_freq"),
+    ("--data-root", "data_root"),
+    ("--category", "category"),
+    ("--image-size", "image_size"),
+    ("--k-shot", "k_shot"),
+)
+
+
+def resume_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """The saved config of ``run_dir`` with what -i may change: a larger -n, --device, --threads.
+
+    Raises:
+        ValueError: not a run folder, no checkpoint to continue from, a refused flag, or a smaller -n.
+    """
+    from agents.callbacks import latest_checkpoint
+
+    if not (run_dir / "config.yml").is_file():
+        raise ValueError(f"'{run_dir}' is not a run folder (expected config.yml from a previous train.py run)")
+    refused = [flag for flag, name in RESUME_REFUSED if getattr(args, name) is not None]
+    if refused:
+        raise ValueError(
+            f"-i continues '{run_dir}' with its saved config.yml: {', '.join(refused)} cannot change "
+            "(valid with -i: -n, --device, --threads; start a new run for anything else)"
+        )
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None or not (checkpoint / "agent.zip").is_file() or not (checkpoint / "env_state.pt").is_file():
+        raise ValueError(
+            f"'{run_dir}' has no complete checkpoint to continue from (expected checkpoints/latest.json and the folder it "
+            "names): start a new run without -i"
+        )
+    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    if args.n_timesteps is not None:
+        if args.n_timesteps < config["n_timesteps"]:
+            raise ValueError(f"-n {args.n_timesteps} is smaller than the run's n_timesteps {config['n_timesteps']}")
+        config["n_timesteps"] = args.n_timesteps
+    if args.device is not None:
+        config["device"] = config["env_kwargs"]["device"] = args.device
+    config["device"] = config["env_kwargs"]["device"] = check_device(config["device"])
+    if args.threads is not None:
+        config["threads"] = args.threads
+    config.setdefault("threads", DEFAULT_THREADS)
+    return config
+
+
 def train(
+    config: dict[str, Any],
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    tensorboard_log: str | None,
+    evaluate_at_end: bool = True,
+) -> dict[str, Any]:
+    """Train with a fixed thread count and deterministic algorithms (:func:`models.runtime.reproducible`).
+
+    Returns the test metrics (or {} without the final evaluation).
+
+    Raises:
+        Interrupted: Ctrl-C stopped training between two steps; a checkpoint was written.
+    """
+    with reproducible(int(config.get("threads", DEFAULT_THREADS)), config["device"]):
+        return _train(
+            config, run_dir, resume=resume, progress=progress, tensorboard_log=tensorboard_log, evaluate_at_end=evaluate_at_end
+        )
+
+
+def _train(
     config: dict[str, Any],
     run_dir: Path,
     *,
@@ -201,6 +304,8 @@ def train(
     from agents import load_agent, make_agent
     from agents.callbacks import (
         CheckpointCallback,
+        InterruptCallback,
+        ProgressLogCallback,
         RewardTermsCallback,
         ValidationCallback,
         latest_checkpoint,
@@ -215,6 +320,8 @@ def train(
     (run_dir / "split.json").write_text(split_json(base.split, base.category))
     checkpoints = run_dir / "checkpoints"
     checkpoint = latest_checkpoint(checkpoints) if resume else None
+    if resume and checkpoint is None:  # main() checks this first; a library caller gets the same refusal
+        raise ValueError(f"'{run_dir}' has no checkpoint to continue from: start a new run without -i")
     monitored = Monitor(env, str(run_dir / "monitor.csv"), override_existing=not resume)
     if checkpoint is not None:
         base.load_state(checkpoint / "env_state.pt")
@@ -223,8 +330,6 @@ def train(
             agent.tensorboard_log = tensorboard_log
         logger.info("resumed from %s at %d steps", checkpoint, agent.num_timesteps)
     else:
-        if resume:
-            logger.warning("no checkpoint in %s: starting from scratch", checkpoints)
         logger.info("warm-up: AE pre-training, fused maps, predictor warm-up")
         start = time.perf_counter()
         base.warm_up(progress=progress)
@@ -239,11 +344,13 @@ def train(
             **config["hyperparams"],
         )
 
+    val_labels = [base.category.samples[i].is_anomalous for i in base.split.val]
     val_images, val_masks = base.category.images[base.split.val], base.category.masks[base.split.val]
-    callbacks = [RewardTermsCallback(), CheckpointCallback(base, checkpoints, config["save_freq"])]
+    interrupt = InterruptCallback()
+    callbacks = [interrupt, RewardTermsCallback(), CheckpointCallback(base, checkpoints, config["save_freq"])]
     validation = ValidationCallback(
         base,
-        lambda detector: evaluate.evaluate_images(detector, val_images, val_masks, "detector")[:2],
+        lambda detector: evaluate.evaluate_images(detector, val_images, val_masks, "detector", val_labels)[:2],
         val_images,
         val_masks,
         config["eval_freq"],
@@ -251,8 +358,10 @@ def train(
     )
     if config["eval_freq"] > 0 and val_masks.any():
         callbacks.append(validation)
+    if not progress:  # output to a file: a line at a steady cadence instead of a progress bar
+        callbacks.append(ProgressLogCallback(config["n_timesteps"], validation=validation))
     remaining = config["n_timesteps"] - (agent.num_timesteps if checkpoint is not None else 0)
-    try:
+    with interrupt.catch_sigint():
         agent.learn(
             total_timesteps=max(remaining, 0),
             callback=CallbackList(callbacks),
@@ -260,11 +369,10 @@ def train(
             tb_log_name=config["algo"],
             reset_num_timesteps=checkpoint is None,
         )
-    except KeyboardInterrupt:
-        write_checkpoint(agent, base, checkpoints)
-        logger.warning("interrupted: checkpoint written to %s; continue with -i %s", checkpoints, run_dir)
-        raise
     write_checkpoint(agent, base, checkpoints)
+    if interrupt.interrupted:
+        env.close()
+        raise Interrupted(f"interrupted at {agent.num_timesteps} steps: checkpoint written; continue with -i {run_dir}")
     agent.save(run_dir / "agent.zip")
     base.detector.save(run_dir / "detector.pt")
     if config["eval_freq"] > 0 and val_masks.any():
@@ -285,27 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         resume = args.trained_agent is not None
         if resume:
             run_dir = Path(args.trained_agent)
-            if not (run_dir / "config.yml").is_file():
-                raise ValueError(f"'{run_dir}' is not a run folder (expected config.yml from a previous train.py run)")
-            config = yaml.safe_load((run_dir / "config.yml").read_text())
-            if args.n_timesteps is not None:
-                config["n_timesteps"] = args.n_timesteps
-            ignored = [
-                flag
-                for flag, value in (
-                    ("--env-kwargs", args.env_kwargs),
-                    ("--hyperparams", args.hyperparams),
-                    ("--eval-freq", args.eval_freq),
-                    ("--save-freq", args.save_freq),
-                    ("--data-root", args.data_root),
-                    ("--category", args.category),
-                    ("--image-size", args.image_size),
-                    ("--k-shot", args.k_shot),
-                )
-                if value is not None
-            ]
-            if ignored:
-                logger.warning("-i continues %s with its saved config.yml: ignoring %s", run_dir, ", ".join(ignored))
+            config = resume_config(args, run_dir)
         else:
             config = resolve_config(args)
         if args.dry_run:
@@ -313,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not resume:
             run_dir = new_run_dir(args.log_folder, config["algo"], config["env"])
-            (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        # a resume records its new -n, device and threads, so that the next -i continues from them
+        (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         logger.info("run folder %s\n%s", run_dir, yaml.safe_dump(config, sort_keys=False))
         progress = sys.stderr.isatty() if args.progress is None else args.progress
         tensorboard_log = args.tensorboard_log or str(run_dir / "tensorboard")
@@ -328,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         if metrics:
             print(json.dumps({"run": str(run_dir), **{k: round(v, 4) for k, v in metrics.items()}}, indent=2))
         return 0
+    except Interrupted as interrupted:
+        print(f"error: {interrupted}", file=sys.stderr)
+        return 130  # the shell's code for a SIGINT exit
     except (DatasetError, ValueError) as error:
         logger.debug("error details", exc_info=True)
         print(f"error: {error}", file=sys.stderr)

@@ -26,6 +26,9 @@ from models.sampler import policy_kwargs_for
 
 logger = logging.getLogger(__name__)
 
+REINFORCE = Reinforce  # the algorithm's usual spelling; ``Reinforce`` (SB3's A2C/PPO style) stays
+__all__ = ["AGENTS", "AGENT_DEFAULTS", "REINFORCE", "RandomAgent", "Reinforce", "load_agent", "make_agent"]
+
 AGENTS: dict[str, type[BaseAlgorithm]] = {
     "reinforce": Reinforce,
     "ppo": PPO,

@@ -1,4 +1,5 @@
-"""SB3 callbacks shared by every algorithm: reward-term logging, validation metrics and figures, atomic checkpoints.
+"""SB3 callbacks shared by every algorithm: reward-term logging, validation metrics and figures, atomic checkpoints,
+a clean Ctrl-C and progress lines for unattended runs.
 
 They reach the detector through the env object they are given (``MVTecPatchEnv``; the AE and predictor live inside the
 env, so ``model.save()`` alone would lose them: DESIGN.md "Known pitfalls").
@@ -6,11 +7,15 @@ env, so ``model.save()`` alone would lose them: DESIGN.md "Known pitfalls").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +195,96 @@ def latest_checkpoint(folder: Path) -> Path | None:
     if not marker.is_file():
         return None
     return Path(folder) / json.loads(marker.read_text())["checkpoint"]
+
+
+class InterruptCallback(BaseCallback):
+    """Turn Ctrl-C into a clean stop between two env steps.
+
+    Inside :meth:`catch_sigint` a SIGINT only sets a flag; the next ``_on_step`` (after the step that was running has
+    finished) returns False, which ends ``learn`` normally, so a checkpoint written afterwards never holds half a step.
+    A second Ctrl-C while waiting raises KeyboardInterrupt as usual.
+    """
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.interrupted = False
+
+    @contextlib.contextmanager
+    def catch_sigint(self) -> Iterator[None]:
+        """Install the flag-setting SIGINT handler for the block (main thread only), then restore the previous one."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            logger.warning("Ctrl-C: stopping after the current step (press again to abort without a checkpoint)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_step(self) -> bool:
+        return not self.interrupted
+
+
+class ProgressLogCallback(BaseCallback):
+    """A log line every ``every_s`` seconds or ``every_steps`` steps, whichever comes first: steps done / total,
+    steps/s, ETA and the latest validation metrics (what a progress bar shows, for output that goes to a file).
+
+    Args:
+        total: the run's total env steps (a resumed run counts from its checkpoint).
+        validation: the run's ValidationCallback, whose latest metrics are reported (None: none).
+        every_s: seconds between lines.
+        every_steps: steps between lines; None: 5% of ``total``.
+    """
+
+    def __init__(
+        self, total: int, validation: Any = None, every_s: float = 60.0, every_steps: int | None = None, verbose: int = 0
+    ) -> None:
+        super().__init__(verbose)
+        self.total, self.validation, self.every_s = total, validation, every_s
+        self.every_steps = every_steps or max(total // 20, 1)
+        self._start_time = self._last_time = 0.0
+        self._start_steps = self._last_steps = 0
+
+    def _on_training_start(self) -> None:
+        self._start_time = self._last_time = time.perf_counter()
+        self._start_steps = self._last_steps = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        now = time.perf_counter()
+        if now - self._last_time >= self.every_s or self.num_timesteps - self._last_steps >= self.every_steps:
+            self._log(now)
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.num_timesteps != self._last_steps:
+            self._log(time.perf_counter())
+
+    def _log(self, now: float) -> None:
+        self._last_time, self._last_steps = now, self.num_timesteps
+        rate = (self.num_timesteps - self._start_steps) / max(now - self._start_time, 1e-9)
+        eta = max(self.total - self.num_timesteps, 0) / rate if rate > 0 else float("inf")
+        line = f"step {self.num_timesteps}/{self.total} ({100 * self.num_timesteps / max(self.total, 1):.0f}%), "
+        line += f"{rate:.2f} steps/s, ETA {_duration(eta)}"
+        history = getattr(self.validation, "history", None)
+        if history:
+            latest = history[-1]
+            line += f"; validation at {latest['timesteps']}: " + ", ".join(
+                f"{key} {latest[key]:.4f}" for key in ("pixel_auroc", "pixel_f1max", "pixel_aupro") if key in latest
+            )
+        logger.info(line)
+
+
+def _duration(seconds: float) -> str:
+    """``3725`` -> ``1:02:05``."""
+    if not np.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

@@ -23,6 +23,7 @@ from gymnasium import spaces
 from envs.mvtec import Category, load_category_cached
 from envs.split import Split, SplitConfig, make_split
 from models.detector import Detector, DetectorConfig
+from models.runtime import check_device
 from models.structural import fused_structural_map, sobel_magnitude
 
 logger = logging.getLogger(__name__)
@@ -112,12 +113,7 @@ class MVTecPatchConfig:
                 raise bad("detector", f"DetectorConfig fields; unknown: {', '.join(unknown)}")
         if not 0.0 <= self.beta_min <= 1.0:
             raise bad("beta_min", "a number in [0, 1]")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise bad("device", "'cpu', 'cuda' or 'cuda:N'")
-        if self.device.startswith("cuda"):
-            index = int(self.device.partition(":")[2] or 0) if self.device.partition(":")[2].isdigit() else -1
-            if not torch.cuda.is_available() or not 0 <= index < torch.cuda.device_count():
-                raise bad("device", f"'cpu' or an available CUDA device ({torch.cuda.device_count()} on this machine)")
+        check_device(self.device)  # every spelling torch accepts: cpu, cuda, cuda:N, mps
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> MVTecPatchConfig:
@@ -437,7 +433,9 @@ class MVTecPatchEnv(gym.Env):
         """Read a file written by :meth:`save_state`; a corrupt or foreign file raises a one-line ValueError."""
         path = Path(path)
         try:
-            state = torch.load(path, map_location=self.config.device, weights_only=True)
+            # To the CPU: the detector's RNG state must stay a CPU ByteTensor, and load_state_dict moves the networks
+            # and optimiser states to this env's device (which may differ from the one the run was saved on).
+            state = torch.load(path, map_location="cpu", weights_only=True)
             expected = {"detector", "history", "fused", "global_step"}
             if not isinstance(state, dict) or not expected <= set(state):
                 raise ValueError("missing keys")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 import zlib
 from dataclasses import asdict, dataclass
 
@@ -114,8 +113,7 @@ def make_split(category: Category, config: SplitConfig = SplitConfig()) -> Split
                 f"defect type '{defect}' has {len(idx)} images, fewer than k_shot + {MIN_EVAL_PER_TYPE} = "
                 f"{config.k_shot + MIN_EVAL_PER_TYPE}: using {k} labelled image(s) and keeping {len(idx) - k} for evaluation"
             )
-            warnings.warn(message, stacklevel=2)
-            logger.warning(message)
+            logger.warning(message)  # once: the CLI shows log records, and a warnings.warn would repeat it
         labelled += idx[:k].tolist()
         rest = idx[k:]
         n_val = _n_val(len(rest), config.val_fraction)

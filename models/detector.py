@@ -82,7 +82,8 @@ class DetectorConfig:
         pretrain_patches_per_epoch: random normal patches that make one pre-training epoch; None: one patch
             per training image (so an epoch sees each image once on average).
         predictor_warmup_updates: predictor updates of the warm-up on the pre-trained AE's profiles (§III.E).
-        ae_reset_every: re-initialise the AE and its optimiser every N AE updates (Chu & Kitani); 0: never (the paper).
+        ae_reset_every: re-initialise the AE and its optimiser every N AE updates after pre-training (Chu & Kitani
+            reset during training; pre-training's updates do not count); 0: never (the paper).
         profile_stack: K, the number of most recent loss profiles stacked as predictor input (Chu & Kitani);
             1: the current profile only (the paper).
         fused_weights: (w_mae, w_var, w_grad) of the fused structural map (the paper: 0.7, 0.1, 0.2).
@@ -296,6 +297,8 @@ class Detector:
         self.predictor_optimizer = torch.optim.Adam(self.predictor.parameters(), lr=config.pred_lr or config.lr)
 
         self.ae_updates = 0
+        self.ae_train_updates = 0  # AE updates outside pretrain_ae: the ae_reset_every cadence counts these
+        self._pretraining = False
         self.ae_version = 0
         self.predictor_updates = 0
         self.last_ae_loss: float | None = None
@@ -389,7 +392,8 @@ class Detector:
         """One Adam step of the AE on the MSE of ``patches`` (eq. 7).
 
         When ``config.ae_reset_every = N > 0``, the AE and its optimiser are re-initialised once N, 2N, ...
-        updates are done, just before the next one (so update N + 1 is the first on fresh weights).
+        updates after pre-training are done, just before the next one (so training update N + 1 is the first on
+        fresh weights). Never inside :meth:`pretrain_ae`, whose updates do not count.
 
         Args:
             patches: float32 (B, 3, p, p) in [0, 1] (any p that is a multiple of the AE's stride).
@@ -400,7 +404,7 @@ class Detector:
         if patches.ndim != 4 or patches.shape[1] != 3:
             raise ValueError(f"patches must be (B, 3, p, p), got {tuple(patches.shape)}")
         N = self.config.ae_reset_every
-        if N and self.ae_updates and self.ae_updates % N == 0:
+        if N and not self._pretraining and self.ae_train_updates and self.ae_train_updates % N == 0:
             self.reset_ae()
         x = patches.to(self.device, torch.float32).contiguous(memory_format=self._memory_format)
         # Train mode: BatchNorm uses batch statistics, dropout is on (drawing from the private RNG)
@@ -411,6 +415,7 @@ class Detector:
             loss.backward()
             self.ae_optimizer.step()
         self.ae_updates += 1
+        self.ae_train_updates += 0 if self._pretraining else 1
         self.ae_version += 1
         self.last_ae_loss = float(loss.detach())
         return self.last_ae_loss
@@ -484,10 +489,14 @@ class Detector:
         n_batches = max(1, math.ceil(n_patches / self.config.ae_batch_size))
         history: list[float] = []
         bar = tqdm(range(epochs), desc="AE pre-training", disable=not progress)
-        for _ in bar:
-            losses = [self.ae_update(self.random_patches(self.config.ae_batch_size)) for _ in range(n_batches)]
-            history.append(float(np.mean(losses)))
-            bar.set_postfix(loss=f"{history[-1]:.5f}")
+        self._pretraining = True  # no ae_reset_every reset, and not counted for it
+        try:
+            for _ in bar:
+                losses = [self.ae_update(self.random_patches(self.config.ae_batch_size)) for _ in range(n_batches)]
+                history.append(float(np.mean(losses)))
+                bar.set_postfix(loss=f"{history[-1]:.5f}")
+        finally:
+            self._pretraining = False
         if history:
             logger.info("AE pre-training: %d epochs x %d updates, final loss %.5f", epochs, n_batches, history[-1])
         if self.config.ae_lr_after_pretrain is not None:
@@ -730,6 +739,7 @@ class Detector:
             "predictor_optimizer": self.predictor_optimizer.state_dict(),
             "counters": {
                 "ae_updates": self.ae_updates,
+                "ae_train_updates": self.ae_train_updates,
                 "ae_version": self.ae_version,
                 "predictor_updates": self.predictor_updates,
                 "last_ae_loss": self.last_ae_loss,
@@ -768,6 +778,7 @@ class Detector:
         self.predictor.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]
         c = state["counters"]
         self.ae_updates = int(c["ae_updates"])
+        self.ae_train_updates = int(c.get("ae_train_updates", c["ae_updates"]))  # older checkpoints counted all
         self.ae_version = int(c["ae_version"])
         self.predictor_updates = int(c["predictor_updates"])
         self.last_ae_loss = c["last_ae_loss"]

@@ -240,7 +240,12 @@ def _check_max_fpr(max_fpr: float) -> None:
 
 
 def compute_metrics(
-    anomaly_maps: np.ndarray, masks: np.ndarray, *, max_fpr: float = 0.3, num_bins: int | None = None
+    anomaly_maps: np.ndarray,
+    masks: np.ndarray,
+    *,
+    max_fpr: float = 0.3,
+    num_bins: int | None = None,
+    image_labels: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Pooled pixel AUROC / F1max / AP / AUPRO and image AUROC of a split.
 
@@ -252,11 +257,13 @@ def compute_metrics(
         masks: (N, H, W) bool ground truth, True = defect pixel. Must hold at least one defect and one normal pixel.
         max_fpr: AUPRO integrates PRO over FPR in [0, max_fpr] and divides by max_fpr, so it lies in [0, 1].
         num_bins: bin the scores into this many equal-width bins instead of sorting them.
+        image_labels: (N,) bool, True = defective image, for ``image_auroc``; take them from the image's folder (a thin
+            defect can lose every mask pixel on resize). None: an image is defective iff its mask has a defect pixel.
 
     Returns:
         ``pixel_auroc``, ``pixel_f1max``, ``pixel_ap``, ``pixel_aupro``, ``image_auroc`` (image score = max of its map,
-        label = any defect pixel; NaN, with a warning, when all images have the same label) and ``f1max_threshold``
-        (predict defect iff score >= it to reach F1max; the highest such threshold).
+        label = ``image_labels``, or any defect pixel; NaN, with a warning, when all images have the same label) and
+        ``f1max_threshold`` (predict defect iff score >= it to reach F1max; the highest such threshold).
     """
     _check_max_fpr(max_fpr)
     maps, masks = _validate(anomaly_maps, masks)
@@ -269,13 +276,18 @@ def compute_metrics(
         logger.log(level, "binned metrics (%d non-empty bins), bounds on |binned - exact|: %s", lv.pos.size, bounds)
 
     image_scores = maps.reshape(maps.shape[0], -1).max(axis=1)  # (N,)
-    image_labels = masks.reshape(masks.shape[0], -1).any(axis=1)  # (N,)
-    n_defective = int(np.count_nonzero(image_labels))
-    if n_defective in (0, image_labels.size):  # roc_auc_score would raise; the pixel metrics are still valid
-        logger.warning("image_auroc is NaN: all %d images are %s", image_labels.size, "defective" if n_defective else "normal")
+    if image_labels is None:
+        labels = masks.reshape(masks.shape[0], -1).any(axis=1)  # (N,)
+    elif np.shape(image_labels) != (maps.shape[0],):
+        raise ValueError(f"image_labels must have shape ({maps.shape[0]},), got {np.shape(image_labels)}")
+    else:
+        labels = np.asarray(image_labels, dtype=bool)
+    n_defective = int(np.count_nonzero(labels))
+    if n_defective in (0, labels.size):  # roc_auc_score would raise; the pixel metrics are still valid
+        logger.warning("image_auroc is NaN: all %d images are %s", labels.size, "defective" if n_defective else "normal")
         result["image_auroc"] = float("nan")
     else:
-        result["image_auroc"] = float(roc_auc_score(image_labels, image_scores))
+        result["image_auroc"] = float(roc_auc_score(labels, image_scores))
     return {key: result[key] for key in METRIC_KEYS}
 
 

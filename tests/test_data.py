@@ -89,11 +89,15 @@ def test_split_is_deterministic_and_leak_free(mvtec_root: Path) -> None:
         assert any(cat.samples[i].label == defect for i in a.test)
 
 
-def test_split_with_too_few_images_warns_and_keeps_two_for_evaluation(tmp_path: Path) -> None:
+def test_split_with_too_few_images_warns_and_keeps_two_for_evaluation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
+) -> None:
     write_mvtec_tree(tmp_path, defects={"rare": 4, "common": 10})
     cat = load_category(tmp_path, "widget", image_size=16)
-    with pytest.warns(UserWarning, match="'rare' has 4 images"):
+    with caplog.at_level("WARNING", logger="envs.split"):
         split = make_split(cat, SplitConfig(k_shot=5))
+    assert [r.getMessage() for r in caplog.records if "'rare' has 4 images" in r.getMessage()] != []
+    assert len(caplog.records) == 1 and not [w for w in recwarn if "'rare'" in str(w.message)]  # said once
     labels = [cat.samples[i].label for i in split.labelled]
     assert labels.count("rare") == 2 and labels.count("common") == 5
     assert sum(cat.samples[i].label == "rare" for i in split.val) == 1

@@ -379,3 +379,25 @@ def test_flip_and_dice_options_train(data: Data) -> None:
     x, y = (det.refresh_profiles(), det._sample_crops(8))[1]
     assert x.shape[0] == y.shape[0] == 8
     assert np.isfinite(det.predictor_update())
+
+
+def test_ae_reset_every_never_resets_during_pretraining(data: Data, monkeypatch: pytest.MonkeyPatch) -> None:
+    det = Detector(tiny_config(ae_reset_every=2, pretrain_epochs=3, pretrain_patches_per_epoch=8), *data)  # 6 updates
+    resets: list[tuple[bool, int]] = []
+    reset_ae = det.reset_ae
+
+    def recording_reset() -> None:
+        resets.append((det._pretraining, det.ae_updates))
+        reset_ae()
+
+    monkeypatch.setattr(det, "reset_ae", recording_reset)
+    det.pretrain_ae()
+    assert det.ae_updates == 6 and resets == []
+    batch = det.random_patches(4)
+    for _ in range(5):  # training updates 1..5: resets before the 3rd and the 5th
+        det.ae_update(batch)
+    assert resets == [(False, 8), (False, 10)]
+    state = det.state_dict()  # the cadence survives a checkpoint
+    resumed = Detector(tiny_config(ae_reset_every=2), *data)
+    resumed.load_state_dict(state)
+    assert resumed.ae_train_updates == 5
