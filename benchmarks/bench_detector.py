@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from models.detector import Detector, DetectorConfig  # noqa: E402
+from train import load_preset  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float]:
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16, help="images per anomaly_map call in the batched measurement")
     parser.add_argument("--inference-batch", type=int, default=0, help="images per forward pass (0: the config's default)")
     parser.add_argument("--no-channels-last", action="store_true", help="use the contiguous memory format")
+    parser.add_argument("--preset", default="default", help="detector settings of this preset (agents/hyperparams/env.yml)")
     args = parser.parse_args(argv)
 
     if args.threads > 0:
@@ -63,13 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     pool = rng.integers(0, 256, size=(args.pool, s, s, 3), dtype=np.uint8)
     masks = np.zeros((args.pool, s, s), dtype=bool)
     masks[: args.pool // 2, s // 4 : s // 4 + 20, s // 3 : s // 3 + 30] = True
-    config = DetectorConfig(channels_last=not args.no_channels_last)
+    detector_kwargs = load_preset("random", "MVTecPatch-v0", args.preset)["env_kwargs"].get("detector") or {}
+    config = DetectorConfig(channels_last=not args.no_channels_last, **detector_kwargs)
     if args.inference_batch > 0:
         config.inference_batch_size = args.inference_batch
     detector = Detector(config, train, pool, masks, seed=0)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, images {s}x{s}, train {args.train_images}, "
-        f"pool {args.pool}, channels_last {config.channels_last}"
+        f"pool {args.pool}, channels_last {config.channels_last}, preset {args.preset}"
     )
     print(
         f"AE params {sum(p.numel() for p in detector.ae.parameters()):,}, "
@@ -85,13 +88,15 @@ def main(argv: list[str] | None = None) -> None:
         detector.refresh_profiles()
 
     results[f"profile refresh (pool {args.pool})"] = timed(refresh, args.repeats)
-    results["predictor update (batch 32)"] = timed(detector.predictor_update, args.repeats)
+    results[f"predictor update (batch {config.pred_batch_size})"] = timed(detector.predictor_update, args.repeats)
 
     def cycle() -> None:
+        # what the env does per AE mini-batch (the profiles are refreshed every profile_refresh_every cycles)
         detector.ae_update(detector.random_patches(config.ae_batch_size))
-        detector.predictor_update()  # refreshes first: the AE changed
+        for _ in range(config.predictor_updates_per_ae_update):
+            detector.predictor_update()
 
-    results["full cycle (AE + refresh + predictor)"] = timed(cycle, args.repeats)
+    results[f"full cycle (AE + refresh + {config.predictor_updates_per_ae_update} predictor)"] = timed(cycle, args.repeats)
     one = pool[:1]
     results["inference, batch 1 (per image)"] = timed(lambda: detector.anomaly_map(one), args.repeats)
     many = np.concatenate([pool] * (args.batch // len(pool) + 1))[: args.batch]

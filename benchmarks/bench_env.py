@@ -1,9 +1,9 @@
 """Env throughput at the paper's sizes: MVTecPatch-v0 steps/s with random actions, and where the time goes.
 
-    python benchmarks/bench_env.py [--steps 640] [--data-root R --category C] [--threads N]
+    python benchmarks/bench_env.py [--steps 640] [--data-root R --category C] [--threads N] [--preset default|paper]
 
-256x256 images, 128x128 crops, 64x64 patches, AE batch 32 (one AE update, one profile refresh and one predictor
-update every 32 patches). Target: >= 25 steps/s on 2 CPU cores. The warm-up (pre-training etc.) is not timed.
+256x256 images, 128x128 crops, 64x64 patches, AE batch 32 (one AE update every 32 patches, then the preset's
+predictor updates and profile refreshes). Target: >= 25 steps/s on 2 CPU cores. The warm-up (pre-training etc.) is not timed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 import envs  # noqa: F401
 from envs.mvtec_patch import MVTecPatchEnv
+from train import load_preset
 
 
 def timed(store: dict[str, float], name: str, fn: Any) -> Any:
@@ -42,17 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--category", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="default", help="env settings of this preset (agents/hyperparams/env.yml)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    env = MVTecPatchEnv(
-        data_root=args.data_root,
-        category=args.category,
-        pretrain_epochs=1,
-        predictor_warmup_updates=5,
-        predictor_freeze_steps=0,
-    )
+    env_kwargs = load_preset("random", "MVTecPatch-v0", args.preset)["env_kwargs"]
+    # the warm-ups are not timed: shortened; the predictor trains from the first step
+    env_kwargs.update(pretrain_epochs=1, predictor_warmup_updates=5, predictor_freeze_steps=0)
+    env = MVTecPatchEnv(data_root=args.data_root, category=args.category, **env_kwargs)
     env.reset(seed=args.seed)
     times: dict[str, float] = defaultdict(float)
     detector = env.detector
@@ -82,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch_threads": torch.get_num_threads(),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "category": env.category.name,
+        "preset": args.preset,
         "train_images": len(env.train_images),
     }
     print(json.dumps(report, indent=2))

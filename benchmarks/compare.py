@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--data-root needs --categories (category folders under it)")
         if args.data_root is not None:
             args.data_root = str(Path(args.data_root).resolve())
+        args.out = str(Path(args.out).resolve())  # cells run train.py from the project root
         args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.parallel)
         categories = args.categories or ["synthetic"]
         variants = load_variants(args.variants)

@@ -96,6 +96,18 @@ def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     test = compute_metrics(maps, test_y)
     test["f1_at_val_threshold"] = f1_at_threshold(maps, test_y, best[2])
     ae = compute_metrics(detector.residual_map(test_x), test_y)
+    labels = [category.samples[i].label for i in split.test]
+    per_type = {}
+    good = [i for i, label in enumerate(labels) if label == "good"]
+    for label in sorted(set(labels) - {"good"}):
+        idx = good + [i for i, lab in enumerate(labels) if lab == label]
+        if test_y[idx].any():
+            m = compute_metrics(maps[idx], test_y[idx])
+            per_type[label] = (round(m["pixel_auroc"], 3), round(m["pixel_f1max"], 3))
+    if args.figure:
+        from evaluate import save_prediction_grid
+
+        save_prediction_grid(Path(args.figure), test_x, maps, test_y, labels, rows=10)
     keys = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "image_auroc")
     return {
         "category": args.category,
@@ -104,6 +116,7 @@ def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "preset": args.preset if args.preset_env else None,
         "cycles": args.cycles,
         "test": {k: round(test[k], 4) for k in (*keys, "f1_at_val_threshold")},
+        "per_type": per_type,
         "test_final": {k: round(final_test[k], 4) for k in keys[:2]},
         "ae_only": {k: round(ae[k], 4) for k in keys[:2]},
         "val_curve": curve,
@@ -129,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default="logs/detector_quality.jsonl")
     parser.add_argument("--tag", default="")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--figure", default=None, help="save the test split's prediction grid (PNG) here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ saved and reloaded detector continues exactly as the original would have.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -101,9 +102,14 @@ class DetectorConfig:
             from training images (:mod:`models.synthesis`); 0: the paper's pool of labelled + normal images only.
         synthetic_paste_fraction: share of those made by pasting a labelled defect; the rest are noise-mask
             anomalies with a foreign texture.
+        synthetic_refresh_updates: renew the synthetic images at least every N predictor updates (the warm-up
+            has no AE update to trigger a refresh, and should still see thousands of different anomalies).
         pred_flip: flip predictor training crops horizontally and vertically at random.
         pred_loss: "bce" (eq. 8) or "bce_dice" (eq. 8 plus a batch soft-Dice term).
         map_smoothing_sigma: Gaussian sigma (pixels) applied to anomaly maps at inference; 0: none.
+        predictor_ema: decay of an exponential moving average of the predictor's weights, used for the anomaly
+            maps (0: the raw weights, the paper). A few labelled images make single updates noisy; the average
+            removes the update-to-update swings of validation scores.
         ae_lr_after_pretrain: the AE's learning rate once pre-training is done (None: keep ``lr``); a smaller
             rate keeps the residual space the predictor has learned from drifting.
         ae: the autoencoder's config.
@@ -133,9 +139,11 @@ class DetectorConfig:
     profile_refresh_every: int = 1
     synthetic_pool_size: int = 0
     synthetic_paste_fraction: float = 0.5
+    synthetic_refresh_updates: int = 16
     pred_flip: bool = False
     pred_loss: str = "bce"
     map_smoothing_sigma: float = 0.0
+    predictor_ema: float = 0.0
     ae_lr_after_pretrain: float | None = None
     inference_batch_size: int = 4  # larger batches are slower per image on CPU (activations leave the cache)
     channels_last: bool = True
@@ -160,6 +168,8 @@ class DetectorConfig:
             raise ValueError("synthetic_pool_size > 0 needs profile_stack = 1 (synthetic images change at every refresh)")
         if not 0.0 <= self.synthetic_paste_fraction <= 1.0:
             raise ValueError(f"synthetic_paste_fraction must be in [0, 1], got {self.synthetic_paste_fraction}")
+        if not 0.0 <= self.predictor_ema < 1.0:
+            raise ValueError(f"predictor_ema must be in [0, 1), got {self.predictor_ema}")
         if self.map_smoothing_sigma < 0:
             raise ValueError(f"map_smoothing_sigma must be >= 0, got {self.map_smoothing_sigma}")
         if self.ae_lr_after_pretrain is not None and self.ae_lr_after_pretrain <= 0:
@@ -172,6 +182,7 @@ class DetectorConfig:
             "profile_stack",
             "predictor_updates_per_ae_update",
             "profile_refresh_every",
+            "synthetic_refresh_updates",
         ]
         for name in [*positive, "inference_batch_size"]:
             if int(getattr(self, name)) < 1:
@@ -293,6 +304,8 @@ class Detector:
 
         self.ae = self._new_ae()
         self.predictor = self._new_predictor()
+        # The weights' moving average that makes the maps (predictor_ema > 0); a copy, never trained directly
+        self.predictor_average = copy.deepcopy(self.predictor).requires_grad_(False) if config.predictor_ema else None
         self.ae_optimizer = torch.optim.Adam(self.ae.parameters(), lr=config.lr)
         self.predictor_optimizer = torch.optim.Adam(self.predictor.parameters(), lr=config.pred_lr or config.lr)
 
@@ -306,6 +319,7 @@ class Detector:
         self._profiles: torch.Tensor | None = None  # (M + S, 3K, H, W) float32, oldest profile first
         self._profiles_version = -1  # ae_version the newest cached profile was computed with
         self._profiles_at_update = 0  # ae_updates at the last refresh
+        self._synthetic_at_update = 0  # predictor_updates at the last renewal of the synthetic images
         self._pool_positives = list(self._positives)  # the labelled anomalies': fixed
         self._pred_images = self._pool  # (M + S, 3, H, W) uint8: pool + synthetic, what the predictor trains on
         self._pred_masks = self._pool_masks  # (M + S, H, W) bool
@@ -520,20 +534,31 @@ class Detector:
         return self._profiles
 
     def refresh_profiles(self) -> bool:
-        """Recompute the pool's loss profiles if the AE changed since the last refresh.
+        """Recompute the pool's loss profiles if the AE changed since the last refresh (at most every
+        ``profile_refresh_every`` AE updates), and renew the synthetic images every ``synthetic_refresh_updates``
+        predictor updates (then only their profiles are computed if the AE did not change).
 
         With ``profile_stack = K > 1`` the cache holds the last K profiles (oldest first); a refresh drops
         the oldest and appends the new one. The first refresh fills all K slots with the current profile.
 
         Returns:
-            Whether it recomputed.
+            Whether it recomputed the pool's profiles (a renewal of the synthetic images alone returns False).
         """
         self._require("pool")
-        if self._profiles is not None and self._profiles_version == self.ae_version:
-            return False
-        due = self.ae_updates - self._profiles_at_update >= self.config.profile_refresh_every
-        if self._profiles is not None and not due and self._profiles_version >= 0:
-            return False
+        c = self.config
+        ae_changed = self._profiles is None or self._profiles_version != self.ae_version
+        due = self.ae_updates - self._profiles_at_update >= c.profile_refresh_every
+        if ae_changed and (self._profiles is None or due or self._profiles_version < 0):
+            return self._refresh_all()
+        if c.synthetic_pool_size and self.predictor_updates - self._synthetic_at_update >= c.synthetic_refresh_updates:
+            assert self._profiles is not None
+            self._make_synthetic()
+            assert self._pred_images is not None
+            M = len(self._pred_images) - c.synthetic_pool_size
+            self._profiles = torch.cat([self._profiles[:M], self.loss_profiles(self._pred_images[M:])])
+        return False
+
+    def _refresh_all(self) -> bool:
         if self.config.synthetic_pool_size:
             self._make_synthetic()
         assert self._pred_images is not None
@@ -549,6 +574,7 @@ class Detector:
 
     def _make_synthetic(self) -> None:
         """Replace the synthetic part of the predictor's pool with S new anomalous training images."""
+        self._synthetic_at_update = self.predictor_updates
         train, pool, pool_masks = self._require("train"), self._require("pool"), self._pool_masks
         assert pool_masks is not None
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self._gen)))
@@ -633,6 +659,13 @@ class Detector:
         self.predictor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.predictor_optimizer.step()
+        if self.predictor_average is not None:
+            decay = self.config.predictor_ema
+            with torch.no_grad():
+                for avg, new in zip(self.predictor_average.parameters(), self.predictor.parameters()):
+                    avg.lerp_(new, 1.0 - decay)
+                for avg_b, new_b in zip(self.predictor_average.buffers(), self.predictor.buffers()):
+                    avg_b.copy_(new_b)  # BatchNorm statistics: the latest
         self.predictor_updates += 1
         self.last_pred_loss = float(loss.detach())
         return self.last_pred_loss
@@ -668,7 +701,8 @@ class Detector:
             float32 (N, H, W) in [0, 1], at the input resolution.
         """
         self.ae.eval()
-        self.predictor.eval()
+        predictor = self.predictor if self.predictor_average is None else self.predictor_average
+        predictor.eval()
         K = self.config.profile_stack
         out = []
         bs = self.config.inference_batch_size
@@ -678,7 +712,7 @@ class Detector:
                 prof = (x - self.ae(x)).abs()  # (b, 3, H, W)
                 if K > 1:
                     prof = prof.repeat(1, K, 1, 1)  # (b, 3K, H, W)
-                out.append(self.predictor(self._predictor_input(prof, x))[:, 0].cpu())  # (b, H, W)
+                out.append(predictor(self._predictor_input(prof, x))[:, 0].cpu())  # (b, H, W)
         if not out:
             H, W = images.shape[1:3] if isinstance(images, np.ndarray) else images.shape[-2:]
             return np.zeros((0, H, W), np.float32)
@@ -735,6 +769,7 @@ class Detector:
             "seed": self.seed,
             "ae": self.ae.state_dict(),
             "predictor": self.predictor.state_dict(),
+            "predictor_average": None if self.predictor_average is None else self.predictor_average.state_dict(),
             "ae_optimizer": self.ae_optimizer.state_dict(),
             "predictor_optimizer": self.predictor_optimizer.state_dict(),
             "counters": {
@@ -769,6 +804,8 @@ class Detector:
         try:
             self.ae.load_state_dict(state["ae"])
             self.predictor.load_state_dict(state["predictor"])
+            if self.predictor_average is not None:
+                self.predictor_average.load_state_dict(state.get("predictor_average") or state["predictor"])
             self.ae_optimizer.load_state_dict(state["ae_optimizer"])
             self.predictor_optimizer.load_state_dict(state["predictor_optimizer"])
             self._gen.set_state(state["rng"])
@@ -776,6 +813,8 @@ class Detector:
             raise ValueError(f"detector state does not fit this detector: {e}") from e
         self.ae.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]
         self.predictor.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]
+        if self.predictor_average is not None:
+            self.predictor_average.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]
         c = state["counters"]
         self.ae_updates = int(c["ae_updates"])
         self.ae_train_updates = int(c.get("ae_train_updates", c["ae_updates"]))  # older checkpoints counted all

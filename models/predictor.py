@@ -24,16 +24,19 @@ class PredictorConfig:
         in_channels: loss-profile channels (3 per profile; 3*K for a stack of K profiles).
         width: channels of every hidden layer.
         dilations: one 3x3 convolution per rate; receptive field ``1 + 2 * sum(dilations)``.
-        batch_norm: BatchNorm2d after each hidden convolution. Loss profiles are small numbers (a few
+        batch_norm: normalise after each hidden convolution. Loss profiles are small numbers (a few
             hundredths); normalising the first layer's output makes training insensitive to their scale.
+        norm: the normalisation when ``batch_norm`` is on: "batch" (BatchNorm2d, the paper) or "group"
+            (GroupNorm with 8 channels per group: the same in training and eval mode, whatever the batch holds).
     """
 
     in_channels: int = 3
     width: int = 16  # 16 keeps 256x256 inference within ~10 ms on 2 CPU cores
     dilations: tuple[int, ...] = (1, 2, 4, 8)  # receptive field grows, resolution kept
     batch_norm: bool = True
-    downsample: int = 1  # 1: the paper's full-resolution FCN; 2: a stride-2 stem, dilations at half resolution
-    padding_mode: str = "zeros"  # "zeros" (paper) | "reflect": no border stripes in the maps
+    norm: str = "batch"
+    downsample: int = 1  # 1: the paper's full-resolution FCN; 2^L: an encoder-decoder with the dilations at 1/2^L
+    padding_mode: str = "zeros"  # "zeros" (paper) | "reflect" | "replicate": no border stripes in the maps
 
     def __post_init__(self) -> None:
         self.dilations = tuple(int(d) for d in self.dilations)
@@ -43,21 +46,33 @@ class PredictorConfig:
             raise ValueError(f"width must be >= 1, got {self.width}")
         if len(self.dilations) < 1 or any(d < 1 for d in self.dilations):
             raise ValueError(f"dilations must be a non-empty tuple of positive ints, got {self.dilations}")
-        if self.downsample not in (1, 2):
-            raise ValueError(f"downsample must be 1 or 2, got {self.downsample}")
-        if self.padding_mode not in ("zeros", "reflect"):
-            raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {self.padding_mode!r}")
+        if self.downsample not in (1, 2, 4, 8, 16):
+            raise ValueError(f"downsample must be one of 1, 2, 4, 8, 16, got {self.downsample}")
+        if self.norm not in ("batch", "group"):
+            raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
+        if self.padding_mode not in ("zeros", "reflect", "replicate"):
+            raise ValueError(f"padding_mode must be 'zeros', 'reflect' or 'replicate', got {self.padding_mode!r}")
 
     @property
     def receptive_field(self) -> int:
         """Side of the square receptive field in pixels."""
-        if self.downsample == 1:
-            return 1 + 2 * sum(self.dilations)
-        return 3 + 4 * sum(self.dilations)  # stride-2 3x3 stem, then dilated 3x3 layers at half resolution
+        # each stride-2 3x3 convolution at level l adds 2 * 2^(l-1) pixels; a dilated layer at 1/2^L adds 2 * d * 2^L
+        return 1 + 2 * (self.downsample - 1) + 2 * self.downsample * sum(self.dilations)
+
+    @property
+    def levels(self) -> int:
+        """Number of stride-2 encoder levels, log2(downsample)."""
+        return self.downsample.bit_length() - 1
 
 
 class Predictor(nn.Module):
     """FCN of dilated 3x3 convolutions, a 1x1 head and a sigmoid.
+
+    With ``downsample = 2^L > 1`` it is a small encoder-decoder around the same dilated body: L stride-2
+    convolutions, the dilated layers at 1/2^L resolution (a receptive field of hundreds of pixels, so the network can
+    compare a region with the rest of the image), then bilinear upsampling with the encoder's features added back
+    level by level (U-Net skips) up to half resolution, where the 1x1 head predicts; the logits are upsampled to the
+    input size.
 
     Args:
         config: the hyperparameters.
@@ -66,30 +81,41 @@ class Predictor(nn.Module):
     def __init__(self, config: PredictorConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or PredictorConfig()
-        layers: list[nn.Module] = []
-        c = config.in_channels
         pad, bias = config.padding_mode, not config.batch_norm
 
-        def block(conv: nn.Conv2d) -> None:
-            layers.append(conv)
+        def block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+            layers: list[nn.Module] = [
+                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=bias, padding_mode=pad)
+            ]
             if config.batch_norm:
-                layers.append(nn.BatchNorm2d(config.width))
+                layers.append(nn.BatchNorm2d(c_out) if config.norm == "batch" else nn.GroupNorm(max(1, c_out // 8), c_out))
             layers.append(nn.ReLU(inplace=True))
+            return nn.Sequential(*layers)
 
-        if config.downsample > 1:
-            block(nn.Conv2d(c, config.width, kernel_size=3, stride=config.downsample, padding=1, bias=bias, padding_mode=pad))
-            c = config.width
+        self.widths = [config.width * min(2**level, 2) for level in range(config.levels)]  # per encoder level
+        self.down = nn.ModuleList()
+        c = config.in_channels
+        for w in self.widths:
+            self.down.append(block(c, w, stride=2))
+            c = w
+        body: list[nn.Sequential] = []
+        w_body = self.widths[-1] if self.widths else config.width
         for d in config.dilations:
-            block(nn.Conv2d(c, config.width, kernel_size=3, padding=d, dilation=d, bias=bias, padding_mode=pad))
-            c = config.width
-        self.body = nn.Sequential(*layers)
+            body.append(block(c, w_body, dilation=d))
+            c = w_body
+        # the paper's layout (downsample 1) keeps its flat Sequential: body.0.weight, body.1, ...
+        self.body = nn.Sequential(*[m for b in body for m in b]) if not self.widths else nn.Sequential(*body)
+        self.up = nn.ModuleList()
+        for w in reversed(self.widths[:-1]):  # from the second-deepest level up to half resolution
+            self.up.append(block(c + w, w))
+            c = w
         self.head = nn.Conv2d(c, 1, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel defect probabilities.
 
         Args:
-            x: loss profiles, shape (B, in_channels, H, W), any H and W.
+            x: loss profiles, shape (B, in_channels, H, W); H and W multiples of ``downsample``.
 
         Returns:
             Probabilities, shape (B, 1, H, W).
@@ -99,11 +125,19 @@ class Predictor(nn.Module):
         return torch.sigmoid(self.logits(x))  # (B, 1, H, W)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-sigmoid scores, shape (B, 1, H, W); H and W must be even when ``downsample = 2``."""
+        """Pre-sigmoid scores, shape (B, 1, H, W)."""
         H, W = x.shape[-2:]
-        h = self.body(x)  # (B, width, H / downsample, W / downsample)
-        z = self.head(h)  # (B, 1, H / downsample, W / downsample)
-        if self.config.downsample > 1:
+        skips = []
+        h = x
+        for down in self.down:
+            h = down(h)  # (B, w_l, H / 2^l, W / 2^l)
+            skips.append(h)
+        h = self.body(h)  # (B, w_L, H / 2^L, W / 2^L)
+        for up, skip in zip(self.up, reversed(skips[:-1])):
+            h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = up(torch.cat([h, skip], dim=1))  # (B, w_l, H / 2^l, W / 2^l)
+        z = self.head(h)  # (B, 1, H / 2, W / 2) or (B, 1, H, W) for downsample 1
+        if self.down:
             z = nn.functional.interpolate(z, size=(H, W), mode="bilinear", align_corners=False)  # (B, 1, H, W)
         return z
 

@@ -401,3 +401,21 @@ def test_ae_reset_every_never_resets_during_pretraining(data: Data, monkeypatch:
     resumed = Detector(tiny_config(ae_reset_every=2), *data)
     resumed.load_state_dict(state)
     assert resumed.ae_train_updates == 5
+
+
+def test_predictor_average_follows_the_weights_and_makes_the_maps(data: Data, tmp_path: Path) -> None:
+    det = Detector(tiny_config(predictor_ema=0.5), *data, seed=0)
+    assert det.predictor_average is not None
+    before = [p.detach().clone() for p in det.predictor_average.parameters()]
+    det.predictor_update()
+    for avg, old, new in zip(det.predictor_average.parameters(), before, det.predictor.parameters()):
+        assert torch.allclose(avg, 0.5 * old + 0.5 * new.detach())  # one EMA step with decay 0.5
+    maps = det.anomaly_map(data[1])
+    raw = Detector(tiny_config(), *data, seed=0)
+    raw.load_state_dict({**det.state_dict(), "config": raw.config.to_dict()})  # same weights, no average
+    assert not np.allclose(maps, raw.anomaly_map(data[1]))  # the maps come from the average, not the raw weights
+    det.save(tmp_path / "d.pt")
+    again = Detector.from_checkpoint(tmp_path / "d.pt")
+    assert np.array_equal(again.anomaly_map(data[1]), maps)
+    with pytest.raises(ValueError, match="predictor_ema"):
+        DetectorConfig(predictor_ema=1.0)

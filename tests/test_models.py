@@ -217,7 +217,7 @@ def test_reflect_padding_and_resize_upsampling_leave_no_border_or_checkerboard()
     assert float(paper.eval()(x).std(dim=(2, 3)).max()) > 1e-4
 
 
-@pytest.mark.parametrize("padding_mode,flat", [("reflect", True), ("zeros", False)])
+@pytest.mark.parametrize("padding_mode,flat", [("reflect", True), ("replicate", True), ("zeros", False)])
 def test_predictor_padding_controls_border_stripes(padding_mode: str, flat: bool) -> None:
     torch.manual_seed(0)
     p = Predictor(PredictorConfig(in_channels=3, width=4, padding_mode=padding_mode, batch_norm=False)).eval()
@@ -243,3 +243,11 @@ def test_soft_dice_loss_is_zero_for_a_perfect_prediction_and_one_for_a_disjoint_
     y[..., 2:4, 2:4] = 1
     assert float(soft_dice_loss(y, y)) == pytest.approx(0.0, abs=1e-6)
     assert float(soft_dice_loss(1 - y, y)) > 0.95
+
+
+def test_predictor_group_norm_trains_independently_of_the_batch() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16)
+    for norm, independent in (("group", True), ("batch", False)):
+        p = Predictor(PredictorConfig(in_channels=3, width=8, norm=norm, downsample=2)).train()
+        assert torch.allclose(p(x[:1]), p(x)[:1], atol=1e-6) is independent

@@ -94,3 +94,19 @@ def test_synthetic_pool_is_renewed_at_each_refresh_and_positives_follow() -> Non
     indices = {i for i, _ in det._positives}
     assert indices >= set(range(len(pool), len(pool) + 4))  # every synthetic image contributes positives
     det.predictor_update()  # crops come from the enlarged pool without error
+
+
+def test_synthetic_images_are_renewed_during_the_predictor_warm_up() -> None:
+    """No AE update happens in the warm-up: the synthetic images still change every synthetic_refresh_updates."""
+    train, pool, masks = make_data(seed=4)
+    det = Detector(tiny_config(synthetic_pool_size=3, synthetic_refresh_updates=2), train, pool, masks, seed=1)
+    seen = []
+    for _ in range(6):
+        det.predictor_update()
+        seen.append(det._pred_images[len(pool) :].clone())  # type: ignore[index]
+    assert det.ae_updates == 0
+    changes = [not torch.equal(a, b) for a, b in zip(seen, seen[1:])]
+    assert changes == [False, True, False, True, False]
+    assert det._profiles is not None and det._profiles.shape[0] == len(pool) + 3
+    # the profiles of the renewed images are those of the current AE
+    assert torch.allclose(det._profiles[len(pool) :], det.loss_profiles(det._pred_images[len(pool) :]))  # type: ignore[index]
