@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     env._take_patch = timed(times, "patch + reward terms", env._take_patch)  # type: ignore[method-assign]
 
     rng = np.random.default_rng(args.seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         _, _, terminated, _, _ = env.step(int(rng.integers(9)))
         if terminated:
             env.reset()
     total = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start  # CPU seconds of this process: robust to other load when threads == 1
     times["predictor update"] = times.pop("predictor update (incl. refresh)") - times["profile refresh"]
     shares = {k: round(100 * v / total, 1) for k, v in sorted(times.items(), key=lambda kv: -kv[1])}
     other = round(100 - sum(shares.values()), 1)
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         "steps": args.steps,
         "steps_per_s": round(args.steps / total, 1),
         "ms_per_step": round(1000 * total / args.steps, 2),
+        "steps_per_cpu_s": round(args.steps / cpu, 1),
         "ae_updates": detector.ae_updates,
         "time_share_percent": {**shares, "other (env logic, resets)": other},
         "torch_threads": torch.get_num_threads(),

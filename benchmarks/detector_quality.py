@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     ae_hist = detector.pretrain_ae(progress=args.progress)
     t_pre = time.perf_counter() - start
     detector.warmup_predictor(progress=args.progress)
-    best: tuple[float, dict] | None = None
+    best: tuple[float, dict, float] | None = None
     curve = []
     done = 0
     while True:

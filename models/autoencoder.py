@@ -14,6 +14,7 @@ statistics and dropout is off, so a profile does not depend on what else is in t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,6 +78,10 @@ class AutoencoderConfig:
         return 2 ** len(self.widths)
 
 
+def _pad(cfg: AutoencoderConfig) -> Any:
+    return cfg.padding_mode  # a validated str; torch's stubs want a Literal
+
+
 def _norm(c: int, kind: str) -> nn.Module:
     return nn.BatchNorm2d(c, affine=False) if kind == "batch" else nn.Identity()
 
@@ -84,7 +89,7 @@ def _norm(c: int, kind: str) -> nn.Module:
 def _down(c_in: int, c_out: int, cfg: AutoencoderConfig) -> nn.Sequential:
     # 4x4 kernel with stride 2: halves the resolution without the checkerboard of odd kernels
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=cfg.norm == "none", padding_mode=cfg.padding_mode),
+        nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=cfg.norm == "none", padding_mode=_pad(cfg)),
         _norm(c_out, cfg.norm),
         nn.LeakyReLU(cfg.negative_slope, inplace=True),
     )
@@ -95,7 +100,7 @@ def _upsampler(c_in: int, c_out: int, cfg: AutoencoderConfig, bias: bool) -> lis
         return [nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=bias)]
     return [
         nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=bias, padding_mode=cfg.padding_mode),
+        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=bias, padding_mode=_pad(cfg)),
     ]
 
 
@@ -117,7 +122,7 @@ class Autoencoder(nn.Module):
     def __init__(self, config: AutoencoderConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or AutoencoderConfig()
-        slope, pad, bias = config.negative_slope, config.padding_mode, config.norm == "none"
+        slope, pad, bias = config.negative_slope, _pad(config), config.norm == "none"
         chans = (config.in_channels, *config.widths)
         self.encoder = nn.Sequential(*[_down(chans[i], chans[i + 1], config) for i in range(len(config.widths))])
         # Dropout before the bottleneck (paper §III.C): diverse reconstructions, no reset needed

@@ -9,6 +9,7 @@ dilation rates 1, 2, 4, 8 (padding = dilation, so the resolution is kept and the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,8 @@ class Predictor(nn.Module):
     def __init__(self, config: PredictorConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or PredictorConfig()
-        pad, bias = config.padding_mode, not config.batch_norm
+        pad: Any = config.padding_mode  # a validated str; torch's stubs want a Literal
+        bias = not config.batch_norm
 
         def block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
             layers: list[nn.Module] = [
