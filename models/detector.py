@@ -112,6 +112,8 @@ class DetectorConfig:
             removes the update-to-update swings of validation scores.
         ae_lr_after_pretrain: the AE's learning rate once pre-training is done (None: keep ``lr``); a smaller
             rate keeps the residual space the predictor has learned from drifting.
+        ae_grad_clip: clip the AE's gradient to this global norm before each step (0: no clipping). Without
+            BatchNorm a rare large gradient can saturate the sigmoid output for good (seen on the synthetic category).
         ae: the autoencoder's config.
         predictor: the predictor's config; its ``in_channels`` is set here from ``predictor_inputs`` and ``profile_stack``.
         device: torch device for the networks and the cached profiles ("cpu", "cuda", "cuda:1", ...).
@@ -145,6 +147,7 @@ class DetectorConfig:
     map_smoothing_sigma: float = 0.0
     predictor_ema: float = 0.0
     ae_lr_after_pretrain: float | None = None
+    ae_grad_clip: float = 0.0
     inference_batch_size: int = 4  # larger batches are slower per image on CPU (activations leave the cache)
     channels_last: bool = True
     ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -172,6 +175,8 @@ class DetectorConfig:
             raise ValueError(f"predictor_ema must be in [0, 1), got {self.predictor_ema}")
         if self.map_smoothing_sigma < 0:
             raise ValueError(f"map_smoothing_sigma must be >= 0, got {self.map_smoothing_sigma}")
+        if self.ae_grad_clip < 0:
+            raise ValueError(f"ae_grad_clip must be >= 0, got {self.ae_grad_clip}")
         if self.ae_lr_after_pretrain is not None and self.ae_lr_after_pretrain <= 0:
             raise ValueError(f"ae_lr_after_pretrain must be None or > 0, got {self.ae_lr_after_pretrain}")
         positive = [
@@ -427,6 +432,8 @@ class Detector:
             loss = torch.mean((self.ae(x) - x) ** 2)
             self.ae_optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.config.ae_grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.ae.parameters(), self.config.ae_grad_clip)
             self.ae_optimizer.step()
         self.ae_updates += 1
         self.ae_train_updates += 0 if self._pretraining else 1
