@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     results["AE update (batch 32, 64x64)"] = timed(lambda: detector.ae_update(patches), args.repeats)
 
     def refresh() -> None:
-        detector.ae_version += 1  # pretend the AE changed, so that the refresh recomputes
+        detector._profiles_version = -1  # pretend the profiles are stale, so that the refresh recomputes all of them
         detector.refresh_profiles()
 
-    results[f"profile refresh (pool {args.pool})"] = timed(refresh, args.repeats)
+    n_pool = args.pool + config.synthetic_pool_size
+    name = f"profile refresh (pool {n_pool}, incl. {config.synthetic_pool_size} new synthetic)"
+    results[name] = timed(refresh, args.repeats)
     results[f"predictor update (batch {config.pred_batch_size})"] = timed(detector.predictor_update, args.repeats)
 
     def cycle() -> None:
