@@ -15,7 +15,8 @@ Every cell runs ``train.py`` in its own process (``--parallel`` at a time, ``--t
 cells, and an interrupted one (no ``result.json``) starts over, so an interruption loses at most the running cells.
 Cells share nothing but the output folder, so several machines can split a grid by category or seed.
 
-Writes ``OUT/results.csv`` (one row per cell) and ``OUT/table.md``: per category, a row per method with every metric
+Writes ``OUT/results.csv`` (one row per cell; ``seconds`` is wall-clock, ``cpu_seconds`` the cell's own CPU time)
+and ``OUT/table.md``: per category, a row per method with every metric
 as mean ± std over seeds, then the paper's two tables (pixel F1max and pixel AUROC, category x method).
 """
 
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METRICS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "image_auroc", "f1_at_val_threshold")
-CSV_COLUMNS = ("category", "method", "seed", *METRICS, "seconds")
+CSV_COLUMNS = ("category", "method", "seed", *METRICS, "seconds", "cpu_seconds")
 LABELS = {
     "pixel_auroc": "AUROC",
     "pixel_f1max": "F1max",
@@ -112,18 +113,23 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     print(f"[compare] {category} {base} seed {seed}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     with (cell / "train.log").open("w") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, whatever else runs
+        process.returncode = code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
+    cpu_seconds = usage.ru_utime + usage.ru_stime
     if code != 0:
         raise RuntimeError(f"cell {category}/{base}/seed{seed} failed with exit code {code}; see {cell / 'train.log'}")
     runs = sorted((cell / "logs" / spec["algo"]).glob("MVTecPatch-v0_*"))
     if not runs or not (runs[-1] / "metrics.json").is_file():
         raise RuntimeError(f"cell {category}/{base}/seed{seed} wrote no metrics.json; see {cell / 'train.log'}")
-    result = {"run": str(runs[-1]), "seconds": round(seconds, 1), "command": cmd}
+    result = {"run": str(runs[-1]), "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "command": cmd}
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(done)
-    print(f"[compare] {category} {base} seed {seed}: done in {seconds / 60:.1f} min", flush=True)
+    print(
+        f"[compare] {category} {base} seed {seed}: done in {seconds / 60:.1f} min ({cpu_seconds / 60:.1f} CPU min)", flush=True
+    )
     return result
 
 
@@ -136,6 +142,7 @@ def cell_row(category: str, method: str, seed: int, result: dict[str, Any], ae_o
         "seed": seed,
         **{k: float(metrics[k]) for k in METRICS},
         "seconds": result["seconds"],
+        "cpu_seconds": result.get("cpu_seconds", float("nan")),
     }
 
 
@@ -152,14 +159,16 @@ def markdown_tables(rows: list[dict[str, Any]], methods: list[str], categories: 
 
     out: list[str] = []
     for category in categories:
-        out += [f"### {category}", "", "| method | seeds | " + " | ".join(LABELS[k] for k in METRICS) + " | minutes |"]
-        out.append("|---" * (len(METRICS) + 3) + "|")
+        header = " | ".join(LABELS[k] for k in METRICS)
+        out += [f"### {category}", "", f"| method | seeds | {header} | minutes | CPU minutes |"]
+        out.append("|---" * (len(METRICS) + 4) + "|")
         for method in methods:
             rs = cells(category, method)
             if rs:
                 minutes = np.mean([r["seconds"] for r in rs]) / 60
+                cpu = np.mean([r["cpu_seconds"] for r in rs]) / 60
                 stats = " | ".join(mean_std([r[k] for r in rs]) for k in METRICS)
-                out.append(f"| {method} | {len(rs)} | {stats} | {minutes:.1f} |")
+                out.append(f"| {method} | {len(rs)} | {stats} | {minutes:.1f} | {cpu:.1f} |")
         out.append("")
     for key in ("pixel_f1max", "pixel_auroc"):
         out += [f"### pixel {LABELS[key]} (mean ± std over seeds)", "", "| category | " + " | ".join(methods) + " |"]

@@ -69,7 +69,7 @@ def test_compare_runs_every_cell_once_and_writes_the_tables(grid: tuple[Path, Pa
     def no_training(*args: object, **kwargs: object) -> int:
         raise AssertionError("a finished cell was run again")
 
-    monkeypatch.setattr(subprocess, "call", no_training)
+    monkeypatch.setattr(subprocess, "Popen", no_training)
     assert run(root, variants, out, "tiny", "ae@tiny", "tiny_image") == 0
 
 
