@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--parallel", type=int, default=1, help="cells run at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: cores / parallel)")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: tables of the cells already finished")
     args = parser.parse_args(argv)
     try:
         if args.data_root is not None and not args.categories:
@@ -215,10 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for _, base, spec, _ in plan:
                 trainings.setdefault((category, base, seed), spec)
+    results: dict[tuple[str, str, int], dict[str, Any]] = {}
+    failed: list[str] = []
+    if args.table_only:
+        for key in trainings:
+            done = Path(args.out) / "cells" / key[0] / key[1] / f"seed{key[2]}" / "result.json"
+            if done.is_file():
+                results[key] = json.loads(done.read_text())
+        trainings = {}
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = {key: pool.submit(run_cell, key[0], key[1], spec, key[2], args) for key, spec in trainings.items()}
-        results: dict[tuple[str, str, int], dict[str, Any]] = {}
-        failed = []
         for key, future in futures.items():
             try:
                 results[key] = future.result()

@@ -71,6 +71,15 @@ def test_compare_runs_every_cell_once_and_writes_the_tables(grid: tuple[Path, Pa
 
     monkeypatch.setattr(subprocess, "Popen", no_training)
     assert run(root, variants, out, "tiny", "ae@tiny", "tiny_image") == 0
+    # --table-only reports the finished cells and trains nothing, even for a seed that never ran
+    assert (
+        compare.main(
+            ["--data-root", str(root), "--categories", "widget", "--methods", "tiny", "--seeds", "0", "5"]
+            + ["--variants", str(variants), "--out", str(out), "--table-only"]
+        )
+        == 0
+    )
+    assert [r["seed"] for r in csv.DictReader((out / "results.csv").open())] == ["0"]
 
 
 def test_compare_restarts_an_interrupted_cell(grid: tuple[Path, Path, Path]) -> None:
