@@ -166,9 +166,10 @@ def markdown_tables(rows: list[dict[str, Any]], methods: list[str], categories: 
             rs = cells(category, method)
             if rs:
                 minutes = np.mean([r["seconds"] for r in rs]) / 60
-                cpu = np.mean([r["cpu_seconds"] for r in rs]) / 60
+                cpus = [r["cpu_seconds"] for r in rs if np.isfinite(r["cpu_seconds"])]  # absent from older cells
+                cpu = f"{np.mean(cpus) / 60:.1f}" if cpus else "-"
                 stats = " | ".join(mean_std([r[k] for r in rs]) for k in METRICS)
-                out.append(f"| {method} | {len(rs)} | {stats} | {minutes:.1f} | {cpu:.1f} |")
+                out.append(f"| {method} | {len(rs)} | {stats} | {minutes:.1f} | {cpu} |")
         out.append("")
     for key in ("pixel_f1max", "pixel_auroc"):
         out += [f"### pixel {LABELS[key]} (mean ± std over seeds)", "", "| category | " + " | ".join(methods) + " |"]
