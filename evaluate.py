@@ -4,6 +4,7 @@
     python evaluate.py --run RUN --method ae                                   # the AE-only baseline, same AE
     python evaluate.py --run RUN --data-root DATA --category grid              # another folder, same protocol
     python evaluate.py --run RUN --images DIR --out maps/                      # maps for unlabelled images
+    python evaluate.py --run logs/unet/MVTecPatch-v0_1                         # a baseline's run: the same protocol
 
 Everything is rebuilt from the run's ``config.yml`` (no hyperparameter is repeated here). Writes to ``--out`` (default:
 the run folder; ``<run>/ae_baseline`` for ``--method ae``): ``metrics.json``, a row in ``metrics.csv``, ``predictions.png``
@@ -31,7 +32,7 @@ __all__ = ["compute_metrics", "evaluate_images", "evaluate_run", "predict_maps",
 
 logger = logging.getLogger("evaluate")
 
-METHODS = ("detector", "ae")  # the full method | the AE-only residual baseline
+METHODS = ("detector", "ae")  # the run's model (the full method, or a baseline's network) | the AE-only residual
 
 
 def predict_maps(detector: Any, images: np.ndarray, method: str) -> np.ndarray:
@@ -39,6 +40,8 @@ def predict_maps(detector: Any, images: np.ndarray, method: str) -> np.ndarray:
     if method == "detector":
         return detector.anomaly_map(images)
     if method == "ae":
+        if not hasattr(detector, "residual_map"):
+            raise ValueError(f"--method ae needs a run of the method: a {type(detector).__name__} has no autoencoder")
         return detector.residual_map(images)
     raise ValueError(f"unknown method {method!r} (valid: {', '.join(METHODS)})")
 
@@ -58,8 +61,10 @@ def evaluate_images(
 def load_run(
     run_dir: Path, data_root: str | None = None, category: str | None = None, device: str = "cpu"
 ) -> tuple[dict, Any, Any, Any]:
-    """The run's config, the category and split it (or ``data_root``/``category``) gives, and the best detector."""
-    from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_env_data
+    """The run's config, the category and split it (or ``data_root``/``category``) gives, and its best model: the
+    method's detector, or a baseline's trainer (both have ``anomaly_map`` and ``load_weights``)."""
+    from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_data, load_env_data
+    from models.baselines import build_baseline
 
     config_path = run_dir / "config.yml"
     if not config_path.is_file():
@@ -70,9 +75,14 @@ def load_run(
         if data_root is None or category is None:
             raise ValueError("--data-root and --category go together (a folder and a category under it)")
         env_kwargs.update(data_root=str(Path(data_root).resolve()), category=category)
-    env_config = MVTecPatchConfig.from_kwargs(**env_kwargs)
-    data, split = load_env_data(env_config)
-    detector = build_detector(env_config, data, split)
+    method = config.get("method", "sampler")
+    if method == "sampler":
+        env_config = MVTecPatchConfig.from_kwargs(**env_kwargs)
+        data, split = load_env_data(env_config)
+        detector: Any = build_detector(env_config, data, split)
+    else:  # a baseline: the data protocol alone, an inference-only model
+        data, split = load_data(**{k: v for k, v in env_kwargs.items() if k != "device"})
+        detector = build_baseline(method, {**config["hyperparams"], "device": device}, int(config.get("seed", 0)))
     weights = run_dir / "best_detector.pt"
     if not weights.is_file():
         weights = run_dir / "detector.pt"
@@ -210,7 +220,7 @@ def evaluate_run(
 
     record = {
         "category": data.name,
-        "method": method,
+        "method": method if config.get("method", "sampler") == "sampler" else config["method"],
         "algo": config.get("algo"),
         "seed": config.get("seed"),
         "n_test": int(len(split.test)),

@@ -5,6 +5,10 @@
     python train.py --preset paper ...                            # the paper's schedule (100 AE pre-training epochs)
     python train.py -i logs/reinforce/MVTecPatch-v0_1             # continue an interrupted run from its last checkpoint
     python train.py -i RUN -n 20000 --device cuda                 # ... for longer, on another device
+    python train.py --method unet --data-root DATA --category grid  # the paper's baselines: unet, vqvae2
+
+A baseline (``--method unet|vqvae2``) trains on the same split (same seed, same files) without env or agent; its run
+folder has the same layout, so ``evaluate.py --run`` treats it like any other run.
 
 A seeded run repeats bit for bit on one machine with the same ``--threads`` (default 1); see README "Reliability".
 
@@ -37,6 +41,11 @@ logger = logging.getLogger("train")
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "agents" / "hyperparams"  # package data of agents/
 ENV_IDS = ("MVTecPatch-v0",)
 PRESETS = ("default", "paper", "paper-long")
+METHOD = "sampler"  # the paper's method: an RL sampler (--algo) training the AE and predictor inside the env
+# env settings a baseline takes from env.yml's preset (and --env-kwargs): the data protocol, so its split is the method's
+DATA_KEYS = ("data_root", "category", "image_size", "k_shot", "normal_pool", "val_fraction")
+BASELINE_RUN_KEYS = ("n_updates", "eval_freq", "save_freq")
+BASELINE_CHECKPOINT = "checkpoints/trainer.pt"  # a baseline's resumable state (weights, optimiser, generator, counters)
 # keys of a hyperparameter preset that are not arguments of the algorithm's class
 RUN_KEYS = ("n_timesteps", "env_kwargs", "eval_freq", "save_freq")
 
@@ -74,9 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # None defaults (filled in by resolve_config) tell -i which flags the user actually gave
+    from models.baselines import BASELINES
+
+    parser.add_argument(
+        "--method",
+        default=None,
+        help=f"{METHOD} (default: the RL batch sampler, --algo) or a baseline: {', '.join(BASELINES)}",
+    )
     parser.add_argument("--env", default=None, help=f"environment id (default and valid: {', '.join(ENV_IDS)})")
     parser.add_argument("--algo", default=None, help=f"RL algorithm (default reinforce; valid: {', '.join(AGENTS)})")
-    parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="env steps to train (default: from the preset)")
+    parser.add_argument(
+        "-n",
+        "--n-timesteps",
+        type=int,
+        default=None,
+        help="env steps (a baseline: optimiser updates) to train (default: preset)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="one seed for the split, the networks and the actions (0)")
     parser.add_argument("-f", "--log-folder", default="logs", help="runs go to <log-folder>/<algo>/<env>_<N>/")
     parser.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard folder (default: <run>/tensorboard)")
@@ -141,12 +163,20 @@ def load_preset(algo: str, env_id: str, preset: str) -> dict[str, Any]:
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """One dict with everything a run needs; saved as config.yml so evaluate.py and resumes need nothing else."""
     from agents import AGENTS
+    from models.baselines import BASELINES
 
     args = copy.copy(args)
+    method = getattr(args, "method", None) or METHOD
+    if method != METHOD and method not in BASELINES:
+        raise ValueError(f"unknown method {method!r} (valid: {METHOD}, {', '.join(BASELINES)})")
+    if method != METHOD and args.algo is not None:
+        raise ValueError(f"--algo chooses the RL sampler's algorithm; --method {method} trains no agent")
     args.env, args.algo, args.preset = args.env or ENV_IDS[0], args.algo or "reinforce", args.preset or PRESETS[0]
     args.seed = 0 if args.seed is None else args.seed
     if args.env not in ENV_IDS:
         raise ValueError(f"unknown env {args.env!r} (valid: {', '.join(ENV_IDS)})")
+    if method != METHOD:
+        return resolve_baseline_config(args, method)
     if args.algo not in AGENTS:
         raise ValueError(f"unknown algo {args.algo!r} (valid: {', '.join(AGENTS)})")
     hyperparams = load_preset(args.algo, args.env, args.preset)
@@ -173,6 +203,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if int(run.get("n_timesteps", 0)) < 1:
         raise ValueError("n_timesteps must be >= 1 (set -n/--n-timesteps or n_timesteps in the preset)")
     return {
+        "method": METHOD,
         "env": args.env,
         "algo": args.algo,
         "preset": args.preset,
@@ -183,6 +214,56 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         "eval_freq": int(run.get("eval_freq", 0)),
         "save_freq": int(run.get("save_freq", 0)),
         "env_kwargs": env_kwargs,
+        "hyperparams": hyperparams,
+    }
+
+
+def resolve_baseline_config(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The config of a baseline run: its preset (``hyperparams/<method>.yml``) and --hyperparams as the trainer's
+    settings, the data protocol of env.yml's preset of the same name (and --data-root, --k-shot, ...) as env_kwargs."""
+    hyperparams = _preset_table(HYPERPARAMS_DIR / f"{method}.yml", args.env, args.preset, f"method {method!r}")
+    hyperparams = deep_merge(hyperparams, parse_pairs(args.hyperparams, "--hyperparams"))
+    env_preset = _preset_table(HYPERPARAMS_DIR / "env.yml", args.env, args.preset, "the env") if args.preset in PRESETS else {}
+    data = {key: value for key, value in env_preset.items() if key in DATA_KEYS}
+    for key, value in (
+        ("data_root", args.data_root),
+        ("category", args.category),
+        ("image_size", args.image_size),
+        ("k_shot", args.k_shot),
+    ):
+        if value is not None:
+            data[key] = value
+    extra = parse_pairs(args.env_kwargs, "--env-kwargs")
+    unknown = sorted(set(extra) - set(DATA_KEYS))
+    if unknown:
+        raise ValueError(
+            f"--env-kwargs {', '.join(unknown)} do not apply to --method {method} (valid: {', '.join(DATA_KEYS)})"
+        )
+    data.update(extra)
+    device = check_device(args.device or "cpu")
+    data.update(seed=args.seed, device=device)
+    if data.get("data_root") is not None:
+        data["data_root"] = str(Path(data["data_root"]).resolve())
+    run = {key: hyperparams.pop(key) for key in BASELINE_RUN_KEYS if key in hyperparams}
+    for key, value in (("n_updates", args.n_timesteps), ("eval_freq", args.eval_freq), ("save_freq", args.save_freq)):
+        if value is not None:
+            run[key] = value
+    if int(run.get("n_updates", 0)) < 1:
+        raise ValueError("n_updates must be >= 1 (set -n or n_updates in the preset)")
+    from models.baselines import BASELINES
+
+    BASELINES[method].config_from_dict({**hyperparams, "device": device})  # unknown or invalid settings fail here
+    return {
+        "method": method,
+        "env": args.env,
+        "preset": args.preset,
+        "seed": args.seed,
+        "device": device,
+        "threads": DEFAULT_THREADS if args.threads is None else args.threads,
+        "n_updates": int(run["n_updates"]),
+        "eval_freq": int(run.get("eval_freq", 0)),
+        "save_freq": int(run.get("save_freq", 0)),
+        "env_kwargs": data,
         "hyperparams": hyperparams,
     }
 
@@ -211,6 +292,7 @@ class Interrupted(Exception):
 
 # flags that fix what a run computes: -i refuses them, since config.yml already holds their values
 RESUME_REFUSED = (
+    ("--method", "method"),
     ("--env", "env"),
     ("--algo", "algo"),
     ("--seed", "seed"),
@@ -242,17 +324,21 @@ def resume_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             f"-i continues '{run_dir}' with its saved config.yml: {', '.join(refused)} cannot change "
             "(valid with -i: -n, --device, --threads; start a new run for anything else)"
         )
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None or not (checkpoint / "agent.zip").is_file() or not (checkpoint / "env_state.pt").is_file():
-        raise ValueError(
-            f"'{run_dir}' has no complete checkpoint to continue from (expected checkpoints/latest.json and the folder it "
-            "names): start a new run without -i"
-        )
     config = yaml.safe_load((run_dir / "config.yml").read_text())
+    if config.get("method", METHOD) == METHOD:
+        checkpoint = latest_checkpoint(run_dir / "checkpoints")
+        if checkpoint is None or not (checkpoint / "agent.zip").is_file() or not (checkpoint / "env_state.pt").is_file():
+            raise ValueError(
+                f"'{run_dir}' has no complete checkpoint to continue from (expected checkpoints/latest.json and the folder "
+                "it names): start a new run without -i"
+            )
+    elif not (run_dir / BASELINE_CHECKPOINT).is_file():
+        raise ValueError(f"'{run_dir}' has no checkpoint to continue from (expected {BASELINE_CHECKPOINT}): start a new run")
+    length = "n_timesteps" if config.get("method", METHOD) == METHOD else "n_updates"
     if args.n_timesteps is not None:
-        if args.n_timesteps < config["n_timesteps"]:
-            raise ValueError(f"-n {args.n_timesteps} is smaller than the run's n_timesteps {config['n_timesteps']}")
-        config["n_timesteps"] = args.n_timesteps
+        if args.n_timesteps < config[length]:
+            raise ValueError(f"-n {args.n_timesteps} is smaller than the run's {length} {config[length]}")
+        config[length] = args.n_timesteps
     if args.device is not None:
         config["device"] = config["env_kwargs"]["device"] = args.device
     config["device"] = config["env_kwargs"]["device"] = check_device(config["device"])
@@ -279,6 +365,15 @@ def train(
         Interrupted: Ctrl-C stopped training between two steps; a checkpoint was written.
     """
     with reproducible(int(config.get("threads", DEFAULT_THREADS)), config["device"]):
+        if config.get("method", METHOD) != METHOD:
+            return train_baseline(
+                config,
+                run_dir,
+                resume=resume,
+                progress=progress,
+                tensorboard_log=tensorboard_log,
+                evaluate_at_end=evaluate_at_end,
+            )
         return _train(
             config, run_dir, resume=resume, progress=progress, tensorboard_log=tensorboard_log, evaluate_at_end=evaluate_at_end
         )
@@ -385,6 +480,100 @@ def _train(
     return metrics
 
 
+def train_baseline(
+    config: dict[str, Any],
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    tensorboard_log: str | None,
+    evaluate_at_end: bool = True,
+) -> dict[str, Any]:
+    """A baseline's loop: updates with TensorBoard losses, validation (best F1max -> ``best_detector.pt``), checkpoints
+    every ``save_freq`` updates and on Ctrl-C, then the same test evaluation as the method's runs.
+
+    Raises:
+        Interrupted: Ctrl-C stopped training between two updates; a checkpoint was written.
+    """
+    import numpy as np
+    from stable_baselines3.common.utils import set_random_seed
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    import evaluate
+    from agents.callbacks import InterruptCallback, atomic_write_text
+    from envs.mvtec_patch import load_data
+    from envs.split import split_json
+    from models.baselines import build_baseline
+
+    set_random_seed(config["seed"])
+    category, split = load_data(**{k: v for k, v in config["env_kwargs"].items() if k != "device"})
+    (run_dir / "split.json").write_text(split_json(split, category))
+    settings = {**config["hyperparams"], "device": config["device"]}
+    trainer = build_baseline(config["method"], settings, config["seed"], category.images, category.masks, split)
+    checkpoint, best_path = run_dir / BASELINE_CHECKPOINT, run_dir / "best_detector.pt"
+    best_f1max, history = -np.inf, []
+    if resume:
+        trainer.load_weights(checkpoint)
+        if best_path.with_suffix(".json").is_file():
+            best_f1max = float(json.loads(best_path.with_suffix(".json").read_text())["pixel_f1max"])
+        logger.info("resumed from %s at %d updates", checkpoint, trainer.updates)
+    logger.info("%s trains on %d images", config["method"], len(trainer.training_indices(split)))
+
+    val_images, val_masks = category.images[split.val], category.masks[split.val]
+    val_labels = [category.samples[i].is_anomalous for i in split.val]
+    writer = SummaryWriter(str(Path(tensorboard_log or run_dir / "tensorboard") / config["method"]))
+
+    def validate() -> None:
+        nonlocal best_f1max
+        metrics = evaluate.evaluate_images(trainer, val_images, val_masks, "detector", val_labels)[0]
+        for key, value in metrics.items():
+            writer.add_scalar(f"eval/{key}", value, trainer.updates)
+        history.append({"updates": trainer.updates, **metrics})
+        if metrics["pixel_f1max"] > best_f1max:
+            best_f1max = metrics["pixel_f1max"]
+            trainer.save(best_path)
+            atomic_write_text(best_path.with_suffix(".json"), json.dumps(history[-1], indent=2))
+        writer.add_scalar("eval/best_pixel_f1max", best_f1max, trainer.updates)
+
+    total, interrupt = config["n_updates"], InterruptCallback()
+    validating = config["eval_freq"] > 0 and bool(val_masks.any())
+    bar = tqdm(total=total, initial=trainer.updates, desc=config["method"], disable=not progress)
+    start, last_line = time.perf_counter(), time.perf_counter()
+    start_updates = trainer.updates
+    with interrupt.catch_sigint():
+        while trainer.updates < total and not interrupt.interrupted:
+            terms = trainer.update()
+            for key, value in terms.items():
+                writer.add_scalar(f"train/{key}", value, trainer.updates)
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}")
+            if validating and trainer.updates % config["eval_freq"] == 0:
+                validate()
+            if config["save_freq"] > 0 and trainer.updates % config["save_freq"] == 0:
+                trainer.save(checkpoint)
+            now = time.perf_counter()
+            if not progress and (now - last_line >= 60 or trainer.updates % max(total // 20, 1) == 0):
+                last_line = now
+                rate = (trainer.updates - start_updates) / max(now - start, 1e-9)
+                line = f"update {trainer.updates}/{total}, {rate:.2f} updates/s, loss {terms['loss']:.4f}"
+                if history:
+                    line += f"; validation at {history[-1]['updates']}: F1max {history[-1]['pixel_f1max']:.4f}"
+                logger.info(line)
+    bar.close()
+    trainer.save(checkpoint)
+    if interrupt.interrupted:
+        writer.close()
+        raise Interrupted(f"interrupted at {trainer.updates} updates: checkpoint written; continue with -i {run_dir}")
+    trainer.save(run_dir / "detector.pt")
+    if validating and (not history or history[-1]["updates"] != trainer.updates):
+        validate()  # the final weights compete for the best checkpoint too
+    writer.close()
+    if not evaluate_at_end:
+        return {}
+    return evaluate.evaluate_run(run_dir, method="detector", device=config["device"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
@@ -400,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(dry_run(config), indent=2))
             return 0
         if not resume:
-            run_dir = new_run_dir(args.log_folder, config["algo"], config["env"])
+            run_dir = new_run_dir(args.log_folder, config.get("algo") or config["method"], config["env"])
         # a resume records its new -n, device and threads, so that the next -i continues from them
         (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         logger.info("run folder %s\n%s", run_dir, yaml.safe_dump(config, sort_keys=False))

@@ -7,8 +7,10 @@
 A *method* is one of
   * an RL algorithm of the registry (``reinforce``, ``random``, ``ppo``, ``a2c``, ``dqn``), trained with ``--preset``;
   * ``ae``: the AE-only residual baseline of the ``reinforce`` cell of the same (category, seed) (run if missing);
-  * a name from ``--variants FILE``, a YAML mapping ``name: {algo, preset, env_kwargs, hyperparams, n_timesteps}``
-    (every key optional): a named configuration for ablations. ``ae@NAME`` is the AE-only baseline of that variant.
+  * a baseline of the paper's tables, ``unet`` or ``vqvae2`` (``train.py --method``, same split and metrics);
+  * a name from ``--variants FILE``, a YAML mapping ``name: {algo | method, preset, env_kwargs, hyperparams,
+    n_timesteps}`` (every key optional): a named configuration for ablations (``method: unet`` with ``hyperparams``
+    varies a baseline). ``ae@NAME`` is the AE-only baseline of that variant.
 
 Every cell runs ``train.py`` in its own process (``--parallel`` at a time, ``--threads`` torch threads each) into
 ``OUT/cells/<category>/<method>/seed<k>/`` and is finished once ``result.json`` is there: a rerun skips finished
@@ -58,7 +60,7 @@ def load_variants(path: str | None) -> dict[str, dict[str, Any]]:
     table = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise ValueError(f"'{path}': expected a mapping of variant name -> {{algo, preset, env_kwargs, hyperparams}}")
-    allowed = {"algo", "preset", "env_kwargs", "hyperparams", "n_timesteps", "description"}
+    allowed = {"algo", "method", "preset", "env_kwargs", "hyperparams", "n_timesteps", "description"}
     for name, spec in table.items():
         unknown = set(spec) - allowed
         if unknown:
@@ -69,6 +71,7 @@ def load_variants(path: str | None) -> dict[str, dict[str, Any]]:
 def resolve_method(method: str, variants: dict[str, dict[str, Any]], preset: str) -> tuple[str, dict[str, Any], bool]:
     """A method name -> (the cell that trains it, its training spec, whether to read its AE-only baseline)."""
     from agents import AGENTS
+    from models.baselines import BASELINES
 
     ae_only = method == "ae" or method.startswith("ae@")
     base = "reinforce" if method == "ae" else method[3:] if ae_only else method
@@ -76,16 +79,25 @@ def resolve_method(method: str, variants: dict[str, dict[str, Any]], preset: str
         spec = dict(variants[base])
     elif base in AGENTS:
         spec = {"algo": base}
+    elif base in BASELINES and not ae_only:
+        spec = {"method": base}
     else:
-        valid = [*AGENTS, "ae", *variants, *(f"ae@{v}" for v in variants)]
+        valid = [*AGENTS, "ae", *BASELINES, *variants, *(f"ae@{v}" for v in variants)]
         raise ValueError(f"unknown method {method!r} (valid: {', '.join(valid)})")
-    spec.setdefault("algo", "reinforce")
+    if spec.get("method") in BASELINES:
+        if ae_only:
+            raise ValueError(f"{method!r}: a {spec['method']} baseline has no AE-only residual")
+        if "algo" in spec:
+            raise ValueError(f"{method!r}: a variant names either an algo or a baseline method, not both")
+    else:
+        spec.setdefault("algo", "reinforce")
     spec.setdefault("preset", preset)
     return base, spec, ae_only
 
 
 def train_command(spec: dict[str, Any], category: str, seed: int, args: argparse.Namespace, folder: Path) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--algo", spec["algo"], "--preset", spec["preset"], "--seed", str(seed)]
+    model = ["--method", spec["method"]] if "method" in spec else ["--algo", spec["algo"]]
+    cmd = [sys.executable, str(ROOT / "train.py"), *model, "--preset", spec["preset"], "--seed", str(seed)]
     cmd += ["-f", str(folder), "--no-progress", "-v", "1"]
     if args.data_root is not None:
         cmd += ["--data-root", args.data_root, "--category", category]
@@ -120,7 +132,7 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     cpu_seconds = usage.ru_utime + usage.ru_stime
     if code != 0:
         raise RuntimeError(f"cell {category}/{base}/seed{seed} failed with exit code {code}; see {cell / 'train.log'}")
-    runs = sorted((cell / "logs" / spec["algo"]).glob("MVTecPatch-v0_*"))
+    runs = sorted((cell / "logs" / (spec.get("method") or spec["algo"])).glob("MVTecPatch-v0_*"))
     if not runs or not (runs[-1] / "metrics.json").is_file():
         raise RuntimeError(f"cell {category}/{base}/seed{seed} wrote no metrics.json; see {cell / 'train.log'}")
     result = {"run": str(runs[-1]), "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "command": cmd}

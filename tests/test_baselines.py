@@ -1,0 +1,274 @@
+"""The paper's baselines: U-Net and VQ-VAE-2 trainers, their runs through train.py / evaluate.py, and compare.py cells."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.metrics import roc_auc_score
+
+import evaluate
+import train
+from envs.mvtec_patch import load_data
+from models.baselines import (
+    BASELINES,
+    Baseline,
+    UNetBaseline,
+    UNetBaselineConfig,
+    VQVAE2Baseline,
+    VQVAE2BaselineConfig,
+    build_baseline,
+)
+from models.unet import UNet, UNetConfig
+from models.vqvae2 import VQVAE2Config
+from tests.conftest import write_mvtec_tree
+
+TINY = {
+    "unet": ["net:{'width': 4, 'levels': 2}", "crop_size:32", "batch_size:4", "alpha_decay_updates:4"],
+    "vqvae2": ["net:{'hidden': 8, 'res_channels': 4, 'embed_dim': 4, 'n_codes': 16}", "crop_size:32", "batch_size:4"],
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_mvtec_tree(root, n_train=6, n_test_good=6, defects={"scratch": 6, "hole": 6}, size_hw=(64, 64))
+    return root
+
+
+def run_args(data_root: Path, logs: Path, method: str, updates: int = 8, *extra: str) -> list[str]:
+    return [
+        "--method",
+        method,
+        "-n",
+        str(updates),
+        "--seed",
+        "1",
+        "-f",
+        str(logs),
+        "--data-root",
+        str(data_root),
+        "--category",
+        "widget",
+        "--image-size",
+        "64",
+        "--k-shot",
+        "2",
+        "--env-kwargs",
+        "normal_pool:3",
+        "--eval-freq",
+        "4",
+        "--save-freq",
+        "4",
+        "--no-progress",
+        "-v",
+        "0",
+        "--hyperparams",
+        *TINY[method],
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module", params=list(BASELINES))
+def baseline_run(request: pytest.FixtureRequest, data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    logs = tmp_path_factory.mktemp("logs")
+    assert train.main(run_args(data_root, logs, request.param)) == 0
+    return logs / request.param / "MVTecPatch-v0_1"
+
+
+def separable_set(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Dark noisy images, each with a bright square (its mask) in half of them: separable by brightness alone."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(20, 80, (n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, size, size), bool)
+    for i in range(0, n, 2):
+        y, x = rng.integers(0, size - 8, 2)
+        masks[i, y : y + 8, x : x + 8] = True
+        images[i][masks[i]] = 230
+    return images, masks
+
+
+class Split:
+    def __init__(self, n: int, labelled: int) -> None:
+        self.labelled, self.normal_pool, self.train = np.arange(labelled), np.arange(labelled, n), np.arange(n)
+
+
+# ---------------------------------------------------------------------------------------------- networks and trainers
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 3, 64, 48)])
+def test_unet_keeps_the_resolution_and_reaches_every_weight(shape: tuple[int, ...]) -> None:
+    net = UNet(UNetConfig(width=4, levels=3))
+    logits = net(torch.rand(shape))
+    assert logits.shape == (shape[0], 1, *shape[2:])
+    logits.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    with pytest.raises(ValueError, match="multiples of 8"):
+        net(torch.rand(1, 3, 36, 32))
+    with pytest.raises(ValueError, match="norm"):
+        UNetConfig(norm="layer")
+
+
+def test_unet_learns_a_separable_case() -> None:
+    images, masks = separable_set(16)
+    config = UNetBaselineConfig(
+        net=UNetConfig(width=8, levels=2), batch_size=8, crop_size=0, max_shift=4, map_smoothing_sigma=0
+    )
+    trainer = UNetBaseline(config, images, masks, seed=0)
+    trainer.fit(60)
+    test_images, test_masks = separable_set(8, seed=1)
+    maps = trainer.anomaly_map(test_images)
+    assert maps.shape == test_masks.shape and maps.dtype == np.float32
+    assert roc_auc_score(test_masks.ravel(), maps.ravel()) > 0.9
+
+
+def test_vqvae2_trainer_uses_its_codebooks_and_its_loss_falls() -> None:
+    images, _ = separable_set(8)
+    net = VQVAE2Config(hidden=16, res_channels=8, embed_dim=8, n_codes=32)
+    config = VQVAE2BaselineConfig(net=net, crop_size=0, batch_size=4)
+    trainer = VQVAE2Baseline(config, images, seed=0)
+    history = trainer.fit(40)
+    assert history[-1]["codes_top"] > 1 and history[-1]["codes_bottom"] > 1
+    assert np.mean([h["recon_loss"] for h in history[-5:]]) < 0.5 * history[0]["recon_loss"]
+    assert trainer.anomaly_map(images[:2]).shape == (2, 32, 32)
+
+
+@pytest.mark.parametrize("method", list(BASELINES))
+def test_same_seed_same_training_and_resume_is_exact(method: str, tmp_path: Path) -> None:
+    images, masks = separable_set(8)
+    settings = {"unet": {"net": {"width": 4, "levels": 2}, "crop_size": 16}, "vqvae2": {"net": {"hidden": 8}, "crop_size": 16}}
+    settings[method].update(batch_size=2, map_smoothing_sigma=0)
+
+    def build() -> Baseline:
+        return build_baseline(method, settings[method], 3, images, masks, Split(8, 4))
+
+    straight, resumed = build(), build()
+    straight.fit(6)
+    resumed.fit(3)
+    resumed.save(tmp_path / "trainer.pt")
+    again = build()
+    again.load_weights(tmp_path / "trainer.pt")
+    again.fit(3)
+    for a, b in zip(straight.net.state_dict().values(), again.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert again.updates == 6
+    inference_only = build_baseline(method, settings[method], 3)
+    inference_only.load_weights(tmp_path / "trainer.pt")
+    np.testing.assert_array_equal(inference_only.anomaly_map(images[:2]), resumed.anomaly_map(images[:2]))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
+    unet = build_baseline("unet", {"net": {"width": 4, "levels": 2}})
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        unet.load_weights(bad)
+    vq = build_baseline("vqvae2", {"net": {"hidden": 8}})
+    vq.save(tmp_path / "vq.pt")
+    with pytest.raises(ValueError, match="'vqvae2' state cannot load into a 'unet'"):
+        unet.load_weights(tmp_path / "vq.pt")
+    with pytest.raises(ValueError, match="unknown unet setting"):
+        build_baseline("unet", {"widht": 4})
+    with pytest.raises(ValueError, match="unknown unet net setting"):
+        build_baseline("unet", {"net": {"widht": 4}})
+    with pytest.raises(ValueError, match="unknown baseline"):
+        build_baseline("resnet", {})
+
+
+def test_unet_trains_on_exactly_the_labelled_and_pool_files(data_root: Path) -> None:
+    category, split = load_data(str(data_root), "widget", 64, k_shot=2, normal_pool=3, seed=1)
+    trainer = build_baseline("unet", {"net": {"width": 4, "levels": 2}}, 1, category.images, category.masks, split)
+    expected = np.sort(np.concatenate([split.labelled, split.normal_pool]))
+    assert trainer._images is not None and len(trainer._images) == len(expected) == 2 * 2 + 3
+    chw = torch.from_numpy(category.images[expected]).permute(0, 3, 1, 2)
+    assert torch.equal(trainer._images, chw)
+    record = split.to_dict(category)
+    names = {category.relative_paths(expected)[i] for i in range(len(expected))}
+    assert names == set(record["labelled"]) | set(record["normal_pool"])
+    vq = build_baseline("vqvae2", {"net": {"hidden": 8}}, 1, category.images, category.masks, split)
+    assert vq._images is not None and len(vq._images) == len(split.train) == 6  # train/good only
+
+
+# ---------------------------------------------------------------------------------------------- train.py, evaluate.py
+def test_baseline_run_writes_the_run_layout_and_evaluates(baseline_run: Path, tmp_path: Path) -> None:
+    for name in ("config.yml", "split.json", "detector.pt", "best_detector.pt", "metrics.json", "metrics.csv"):
+        assert (baseline_run / name).is_file(), name
+    for name in ("predictions.png", "roc.png", "pr.png", "checkpoints/trainer.pt"):
+        assert (baseline_run / name).is_file(), name
+    assert list((baseline_run / "tensorboard").rglob("events.out.tfevents.*"))
+    config = yaml.safe_load((baseline_run / "config.yml").read_text())
+    assert config["method"] == baseline_run.parent.name and "algo" not in config
+    assert evaluate.main(["--run", str(baseline_run), "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["method"] == config["method"]
+    for key in ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "image_auroc"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+
+
+def test_baseline_split_is_the_methods_split(baseline_run: Path, data_root: Path, tmp_path: Path) -> None:
+    from tests.test_train import run_args as method_args
+
+    assert train.main(method_args(data_root, tmp_path, "random", 16, "--no-evaluate")) == 0
+    method_split = json.loads((tmp_path / "random" / "MVTecPatch-v0_1" / "split.json").read_text())
+    assert json.loads((baseline_run / "split.json").read_text()) == method_split
+
+
+def test_baseline_resume_and_bad_input(baseline_run: Path, data_root: Path, tmp_path: Path, capsys) -> None:
+    method = baseline_run.parent.name
+    assert train.main(["-i", str(baseline_run), "-n", "12", "--no-progress", "-v", "0", "--no-evaluate"]) == 0
+    assert yaml.safe_load((baseline_run / "config.yml").read_text())["n_updates"] == 12
+    state = torch.load(baseline_run / "checkpoints" / "trainer.pt", weights_only=True)
+    assert state["updates"] == 12
+    capsys.readouterr()
+    for argv, message in (
+        (["--method", "resnet"], "unknown method 'resnet'"),
+        (["--method", method, "--algo", "ppo"], "trains no agent"),
+        (run_args(data_root, tmp_path, method, 4, "--preset", "paper-long"), "unknown preset"),
+        (run_args(data_root, tmp_path, method, 4, "--env-kwargs", "crop_size:32"), "do not apply"),
+        (run_args(data_root, tmp_path, method, 4, "--hyperparams", "lr:-1"), "lr must be > 0"),
+        (["-i", str(baseline_run), "--method", "unet"], "--method"),
+    ):
+        assert train.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and "\n" not in err, err
+    assert evaluate.main(["--run", str(baseline_run), "--method", "ae"]) == 2
+    assert "no autoencoder" in capsys.readouterr().err
+    (baseline_run / "checkpoints" / "trainer.pt").rename(tmp_path / "moved.pt")
+    try:
+        assert train.main(["-i", str(baseline_run)]) == 2
+        assert "no checkpoint" in capsys.readouterr().err
+    finally:
+        (tmp_path / "moved.pt").rename(baseline_run / "checkpoints" / "trainer.pt")
+
+
+# ---------------------------------------------------------------------------------------------- compare.py
+def test_compare_runs_baseline_cells(data_root: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import compare
+
+    def pairs(items: list[str]) -> dict:
+        return {key: train.parse_value(value) for key, value in (item.split(":", 1) for item in items)}
+
+    variants = tmp_path / "variants.yml"
+    common = {"preset": "default", "n_timesteps": 4, "env_kwargs": {"image_size": 64, "k_shot": 2, "normal_pool": 3}}
+    variants.write_text(
+        yaml.safe_dump(
+            {
+                "tiny_unet": {"method": "unet", **common, "hyperparams": pairs(TINY["unet"])},
+                "tiny_vq": {"method": "vqvae2", **common, "hyperparams": pairs(TINY["vqvae2"])},
+            }
+        )
+    )
+    argv = ["--data-root", str(data_root), "--categories", "widget", "--methods", "tiny_unet", "tiny_vq"]
+    argv += ["--seeds", "0", "--variants", str(variants), "--out", str(tmp_path / "out"), "--threads", "1"]
+    assert compare.main(argv) == 0
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("widget,tiny_unet,0,")
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| widget |" in table and "tiny_vq" in table
+    assert compare.resolve_method("unet", {}, "default")[1] == {"method": "unet", "preset": "default"}
+    with pytest.raises(ValueError, match="no AE-only"):
+        compare.resolve_method("ae@tiny_unet", yaml.safe_load(variants.read_text()), "default")
