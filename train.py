@@ -136,7 +136,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-evaluate", action="store_true", help="skip the final test-split evaluation")
     parser.add_argument("--dry-run", action="store_true", help="load and validate the data, print the split as JSON, exit")
     parser.add_argument("-v", "--verbose", type=int, default=1, help="0: quiet, 1: info, 2: debug")
+    add_optimize_arguments(parser)
     return parser
+
+
+def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
+    """rl-baselines3-zoo's hyperparameter-optimisation flags (README "Tuning")."""
+    from agents.sweeps import PRUNERS, SAMPLERS
+
+    group = parser.add_argument_group("hyperparameter optimisation (Optuna)")
+    group.add_argument(
+        "-optimize", "--optimize-hyperparameters", action="store_true", help="run an Optuna study instead of one training"
+    )
+    group.add_argument("--n-trials", type=int, default=20, help="trials this process runs (each --n-jobs worker: its share)")
+    group.add_argument("--max-total-trials", type=int, default=None, help="stop once the study holds this many trials")
+    group.add_argument("--n-jobs", type=int, default=1, help="worker processes on this machine (threads split between them)")
+    group.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
+    group.add_argument("--pruner", default="median", choices=PRUNERS, help="Optuna pruner (on validation reports)")
+    group.add_argument("--n-startup-trials", type=int, default=5, help="trials before TPE and the pruner start working")
+    group.add_argument(
+        "--n-evaluations", type=int, default=None, help="validations per trial (default: n_timesteps / eval_freq)"
+    )
+    group.add_argument(
+        "--storage", default=None, help="study storage: an RDB URL or a journal file (default: SQLite in the log path)"
+    )
+    group.add_argument("--study-name", default=None, help="study name (default: <algo>-<category>-<preset>)")
+    group.add_argument(
+        "--optimization-log-path", default=None, help="trial runs and the report (default: <log-folder>/<algo>/optuna/<study>)"
+    )
+    group.add_argument(
+        "--optimize-metric",
+        default="pixel_f1max",
+        choices=("pixel_f1max", "pixel_auroc"),
+        help="validation metric to maximise",
+    )
+    group.add_argument(
+        "--tune", default="both", choices=("algo", "env", "both"), help="search the algorithm's knobs, the env's or both"
+    )
+    group.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # the --n-jobs workers: the parent reports
 
 
 def _preset_table(path: Path, env_id: str, preset: str, what: str) -> dict[str, Any]:
@@ -160,6 +197,12 @@ def load_preset(algo: str, env_id: str, preset: str) -> dict[str, Any]:
     return hyperparams
 
 
+def data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The data flags the user gave (--data-root, --category, --image-size, --k-shot), as env kwargs."""
+    given = {"data_root": args.data_root, "category": args.category, "image_size": args.image_size, "k_shot": args.k_shot}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """One dict with everything a run needs; saved as config.yml so evaluate.py and resumes need nothing else."""
     from agents import AGENTS
@@ -181,15 +224,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"unknown algo {args.algo!r} (valid: {', '.join(AGENTS)})")
     hyperparams = load_preset(args.algo, args.env, args.preset)
     hyperparams.update(parse_pairs(args.hyperparams, "--hyperparams"))
-    env_kwargs = dict(hyperparams.pop("env_kwargs", None) or {})
-    for key, value in (
-        ("data_root", args.data_root),
-        ("category", args.category),
-        ("image_size", args.image_size),
-        ("k_shot", args.k_shot),
-    ):
-        if value is not None:
-            env_kwargs[key] = value
+    env_kwargs = {**(hyperparams.pop("env_kwargs", None) or {}), **data_options(args)}
     env_kwargs = deep_merge(env_kwargs, parse_pairs(args.env_kwargs, "--env-kwargs"))
     device = check_device(args.device or "cpu")
     env_kwargs["seed"] = args.seed
@@ -224,15 +259,7 @@ def resolve_baseline_config(args: argparse.Namespace, method: str) -> dict[str, 
     hyperparams = _preset_table(HYPERPARAMS_DIR / f"{method}.yml", args.env, args.preset, f"method {method!r}")
     hyperparams = deep_merge(hyperparams, parse_pairs(args.hyperparams, "--hyperparams"))
     env_preset = _preset_table(HYPERPARAMS_DIR / "env.yml", args.env, args.preset, "the env") if args.preset in PRESETS else {}
-    data = {key: value for key, value in env_preset.items() if key in DATA_KEYS}
-    for key, value in (
-        ("data_root", args.data_root),
-        ("category", args.category),
-        ("image_size", args.image_size),
-        ("k_shot", args.k_shot),
-    ):
-        if value is not None:
-            data[key] = value
+    data = {**{key: value for key, value in env_preset.items() if key in DATA_KEYS}, **data_options(args)}
     extra = parse_pairs(args.env_kwargs, "--env-kwargs")
     unknown = sorted(set(extra) - set(DATA_KEYS))
     if unknown:
@@ -356,6 +383,8 @@ def train(
     progress: bool,
     tensorboard_log: str | None,
     evaluate_at_end: bool = True,
+    trial: Any = None,
+    optimize_metric: str = "pixel_f1max",
 ) -> dict[str, Any]:
     """Train with a fixed thread count and deterministic algorithms (:func:`models.runtime.reproducible`).
 
@@ -375,7 +404,14 @@ def train(
                 evaluate_at_end=evaluate_at_end,
             )
         return _train(
-            config, run_dir, resume=resume, progress=progress, tensorboard_log=tensorboard_log, evaluate_at_end=evaluate_at_end
+            config,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            tensorboard_log=tensorboard_log,
+            evaluate_at_end=evaluate_at_end,
+            trial=trial,
+            optimize_metric=optimize_metric,
         )
 
 
@@ -387,8 +423,14 @@ def _train(
     progress: bool,
     tensorboard_log: str | None,
     evaluate_at_end: bool = True,
+    trial: Any = None,
+    optimize_metric: str = "pixel_f1max",
 ) -> dict[str, Any]:
-    """Build env, agent and callbacks, learn, save; returns the test metrics (or {} without the final evaluation)."""
+    """Build env, agent and callbacks, learn, save; returns the test metrics (or {} without the final evaluation).
+
+    With an Optuna ``trial``: each validation is reported to it, a pruned trial raises ``optuna.TrialPruned``, and the
+    result is ``{"objective": best validation optimize_metric}`` (the test split is never evaluated).
+    """
     import gymnasium as gym
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.monitor import Monitor
@@ -455,6 +497,14 @@ def _train(
         callbacks.append(validation)
     if not progress:  # output to a file: a line at a steady cadence instead of a progress bar
         callbacks.append(ProgressLogCallback(config["n_timesteps"], validation=validation))
+    trial_callback = None
+    if trial is not None:
+        from agents.sweeps import TrialEvalCallback
+
+        if validation not in callbacks:
+            raise ValueError("a trial needs validation: eval_freq > 0 and a validation split with defects")
+        trial_callback = TrialEvalCallback(trial, validation, optimize_metric)
+        callbacks.append(trial_callback)
     remaining = config["n_timesteps"] - (agent.num_timesteps if checkpoint is not None else 0)
     with interrupt.catch_sigint():
         agent.learn(
@@ -470,9 +520,16 @@ def _train(
         raise Interrupted(f"interrupted at {agent.num_timesteps} steps: checkpoint written; continue with -i {run_dir}")
     agent.save(run_dir / "agent.zip")
     base.detector.save(run_dir / "detector.pt")
+    if trial_callback is not None and trial_callback.pruned:
+        import optuna
+
+        env.close()
+        raise optuna.TrialPruned(f"pruned after {agent.num_timesteps} steps")
     if config["eval_freq"] > 0 and val_masks.any():
         validation.run_evaluation()  # the final detector competes for the best checkpoint too
     env.close()
+    if trial_callback is not None:
+        return {"objective": max(float(h[optimize_metric]) for h in validation.history)}
     if not evaluate_at_end:
         return {}
     metrics = evaluate.evaluate_run(run_dir, method="detector", device=config["device"])
@@ -574,7 +631,100 @@ def train_baseline(
     return evaluate.evaluate_run(run_dir, method="detector", device=config["device"])
 
 
+def optimize_hyperparameters(config: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """An Optuna study over the algorithm's and the env's search spaces (``agents/hyperparams_opt.py``), as
+    rl-baselines3-zoo runs one: each trial trains the preset's budget with sampled values, reports validation
+    ``--optimize-metric`` at each of ``--n-evaluations`` points (the pruner may stop it), and returns its best.
+    ``--n-jobs N`` starts N worker processes on one storage; more machines join with the same ``--storage`` and
+    ``--study-name``. Writes the report of :func:`agents.sweeps.write_report` and returns its summary.
+    """
+    import os
+    import subprocess
+
+    import optuna
+
+    from agents.hyperparams_opt import grid, space_for, suggest, to_config
+    from agents.sweeps import MaxTrialsCallback, default_storage, make_pruner, make_sampler, make_storage, write_report
+
+    if config["method"] != METHOD:
+        raise ValueError(f"-optimize tunes the RL method and its detector; --method {config['method']} has no search space")
+    space = space_for(config["algo"], args.tune)
+    n_evaluations = args.n_evaluations or max(config["n_timesteps"] // max(config["eval_freq"], 1), 1)
+    if n_evaluations < 1:
+        raise ValueError(f"--n-evaluations must be >= 1, got {n_evaluations}")
+    category = config["env_kwargs"].get("category") or "synthetic"
+    study_name = args.study_name or f"{config['algo']}-{category}-{config['preset']}"
+    root = Path(args.optimization_log_path or Path(args.log_folder) / config["algo"] / "optuna" / study_name)
+    storage = args.storage or default_storage(root, "study")
+    worker = int(os.environ.get("RLBS_WORKER", "0"))  # which of --n-jobs workers: offsets the sampler's seed
+
+    if args.n_jobs > 1:  # N copies of this command, one worker each, threads split between them
+        threads = max(1, (os.cpu_count() or 1) // args.n_jobs) if args.threads is None else args.threads
+        per_worker = -(-args.n_trials // args.n_jobs)
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--n-jobs", "1", "--n-trials", str(per_worker)]
+        command += ["--storage", storage, "--study-name", study_name, "--optimization-log-path", str(root)]
+        command += ["--threads", str(threads), "--no-report"]
+        logger.info("%d workers on %s, %d threads each", args.n_jobs, storage, threads)
+        workers = [
+            subprocess.Popen(command, env={**os.environ, "RLBS_WORKER": str(i), "OMP_NUM_THREADS": str(threads)})
+            for i in range(args.n_jobs)
+        ]
+        codes = [w.wait() for w in workers]
+        if any(codes):
+            logger.warning("worker exit codes %s", codes)
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    else:
+        search_grid = grid(space) if args.sampler == "grid" else None
+        study = optuna.create_study(
+            storage=make_storage(storage),
+            study_name=study_name,
+            sampler=make_sampler(args.sampler, config["seed"] + 1000 * worker, args.n_startup_trials, search_grid),
+            pruner=make_pruner(args.pruner, args.n_startup_trials, n_evaluations),
+            direction="maximize",
+            load_if_exists=True,
+        )
+        study.set_user_attr("metric", args.optimize_metric)
+
+        def objective(trial: optuna.Trial) -> float:
+            if search_grid is not None:  # the grid's values, as categoricals
+                values = {name: trial.suggest_categorical(name, choices) for name, choices in search_grid.items()}
+            else:
+                values = suggest(trial, space)
+            hyperparams, env_kwargs = to_config(values)
+            trial_config = copy.deepcopy(config)
+            trial_config["hyperparams"].update(hyperparams)
+            trial_config["env_kwargs"] = deep_merge(trial_config["env_kwargs"], env_kwargs)
+            trial_config.update(eval_freq=max(config["n_timesteps"] // n_evaluations, 1), save_freq=0)
+            run_dir = root / f"trial_{trial.number}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yml").write_text(yaml.safe_dump(trial_config, sort_keys=False))
+            trial.set_user_attr("run", str(run_dir))
+            logger.info("trial %d: %s", trial.number, values)
+            result = train(
+                trial_config,
+                run_dir,
+                resume=False,
+                progress=False,
+                tensorboard_log=str(run_dir / "tensorboard"),
+                evaluate_at_end=False,
+                trial=trial,
+                optimize_metric=args.optimize_metric,
+            )
+            return float(result["objective"])
+
+        callbacks = []
+        if args.max_total_trials is not None:
+            states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            callbacks.append(MaxTrialsCallback(args.max_total_trials, states=states))
+        study.optimize(objective, n_trials=args.n_trials, callbacks=callbacks, catch=(ValueError, RuntimeError))
+    if args.no_report:
+        return {}
+    summary = write_report(study, root, config["algo"], config["env"], config["preset"], args.optimize_metric)
+    return {"study": study_name, "storage": storage, "report": str(root), **summary}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -587,6 +737,13 @@ def main(argv: list[str] | None = None) -> int:
             config = resolve_config(args)
         if args.dry_run:
             print(json.dumps(dry_run(config), indent=2))
+            return 0
+        if args.optimize_hyperparameters:
+            if resume:
+                raise ValueError("-optimize runs new trials: it cannot continue a run (-i); rerun with the same --study-name")
+            summary = optimize_hyperparameters(config, args, argv)
+            if summary:
+                print(json.dumps(summary, indent=2, default=str))
             return 0
         if not resume:
             run_dir = new_run_dir(args.log_folder, config.get("algo") or config["method"], config["env"])

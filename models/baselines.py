@@ -16,10 +16,8 @@ import contextlib
 import copy
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, ClassVar
 
 import cv2
@@ -29,6 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from models.predictor import weighted_bce
+from models.runtime import atomic_torch_save
 from models.unet import UNet, UNetConfig
 from models.vqvae2 import VQVAE2, VQVAE2Config, codes_used
 
@@ -298,17 +297,7 @@ class Baseline:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` atomically (a temporary file in the same folder, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(self.state_dict(), handle)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
+        atomic_torch_save(self.state_dict(), path)
 
     def load_weights(self, path: str | os.PathLike[str]) -> None:
         """Restore from a file written by :meth:`save`.

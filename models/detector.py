@@ -34,10 +34,8 @@ import copy
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -47,6 +45,7 @@ from tqdm import tqdm
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.predictor import Predictor, PredictorConfig, soft_dice_loss, weighted_bce
+from models.runtime import atomic_torch_save
 from models.structural import DEFAULT_FUSED_WEIGHTS, fused_structural_map
 from models.synthesis import noise_anomaly, paste_defect
 
@@ -839,17 +838,7 @@ class Detector:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` to ``path`` atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
+        atomic_torch_save(self.state_dict(), path)
 
     @staticmethod
     def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -84,3 +84,21 @@ def reproducible(threads: int = DEFAULT_THREADS, device: str = "cpu") -> Iterato
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_deterministic, warn_only=old_warn_only)
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file in the same folder, then a rename: an interruption never leaves half a file."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise

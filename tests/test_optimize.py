@@ -1,0 +1,117 @@
+"""train.py -optimize: Optuna studies on the tiny env (search spaces, pruning, the report, workers on one storage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+import train
+from agents.hyperparams_opt import ALGO_SPACES, ENV_SPACE, grid, space_for, suggest, to_config
+from tests.test_train import SMALL_ALGO, SMALL_ENV, data_root  # noqa: F401 - the module-scoped data fixture
+
+
+def study_args(data_root: Path, folder: Path, *extra: str) -> list[str]:  # noqa: F811
+    return [
+        "-optimize",
+        "--algo",
+        "reinforce",
+        "-n",
+        "32",
+        "--seed",
+        "1",
+        "-f",
+        str(folder),
+        "--data-root",
+        str(data_root),
+        "--category",
+        "widget",
+        "--eval-freq",
+        "16",
+        "--no-progress",
+        "-v",
+        "0",
+        "--env-kwargs",
+        *SMALL_ENV,
+        "--hyperparams",
+        *SMALL_ALGO["reinforce"],
+        "--study-name",
+        "tiny",
+        "--tune",
+        "algo",  # the env space's budgets (pre-training epochs, warm-ups) would make tiny trials slow
+        *extra,
+    ]
+
+
+def load(folder: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'reinforce' / 'optuna' / 'tiny' / 'study.db'}")
+
+
+def test_spaces_suggest_and_nest() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    values = suggest(trial, space_for("reinforce"))
+    assert set(values) == set(ALGO_SPACES["reinforce"]) | {f"env_kwargs.{k}" for k in ENV_SPACE}
+    hyperparams, env_kwargs = to_config(values)
+    assert set(hyperparams) == set(ALGO_SPACES["reinforce"])
+    assert set(env_kwargs["detector"]) == {k.split(".", 1)[1] for k in ENV_SPACE if k.startswith("detector.")}
+    assert 1e-4 <= env_kwargs["detector"]["lr"] <= 1e-3 and env_kwargs["pretrain_epochs"] in range(20, 61, 10)
+    lattice = grid(space_for("reinforce", "algo"))
+    assert lattice["n_steps"] == [32, 64, 128] and len(lattice["learning_rate"]) == 3
+    with pytest.raises(ValueError, match="no search space"):
+        space_for("sac")
+    with pytest.raises(ValueError, match="no knobs of its own"):
+        space_for("random", "algo")
+
+
+def test_three_trials_write_the_best_preset(data_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    assert train.main(study_args(data_root, tmp_path, "--n-trials", "3", "--pruner", "none")) == 0
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    report = tmp_path / "reinforce" / "optuna" / "tiny"
+    fragment = yaml.safe_load((report / "best_preset.yml").read_text())
+    preset = fragment["MVTecPatch-v0"]["tuned-tiny"]
+    assert preset == {k: v for k, v in study.best_trial.params.items()}
+    assert (report / "report.csv").read_text().count("\n") == 4  # header + 3 trials
+    assert (report / "optimization_history.png").is_file()
+    for trial in study.trials:  # every 16 steps of >= 32 (a rollout of n_steps may overshoot); never the test split
+        assert len(trial.intermediate_values) >= 2
+        assert trial.value == max(trial.intermediate_values.values())
+        run = Path(trial.user_attrs["run"])
+        assert (run / "best_detector.pt").is_file() and not (run / "metrics.json").exists()
+    # the study continues where it stopped: one more trial on the same storage
+    assert train.main(study_args(data_root, tmp_path, "--n-trials", "1", "--pruner", "none")) == 0
+    assert len(load(tmp_path).trials) == 4
+
+
+def test_a_pruned_trial_is_marked_pruned(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import agents.sweeps
+
+    # a validation metric is at most 1: this pruner stops every trial at its first report
+    monkeypatch.setattr(agents.sweeps, "make_pruner", lambda *a: optuna.pruners.ThresholdPruner(lower=1.5))
+    assert train.main(study_args(data_root, tmp_path, "--n-trials", "1", "--no-report")) == 0
+    trial = load(tmp_path).trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert len(trial.intermediate_values) == 1  # stopped after the first validation, not at the end
+
+
+def test_optimize_refuses_what_it_cannot_tune(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    assert train.main(["-optimize", "--method", "unet", "-f", str(tmp_path)]) == 2
+    assert "has no search space" in capsys.readouterr().err
+    assert train.main(["-optimize", "--algo", "random", "--tune", "algo", "-f", str(tmp_path)]) == 2
+    assert "no knobs of its own" in capsys.readouterr().err
+    assert train.main(["-optimize", "-f", str(tmp_path), "--storage", "ftp://host/x"]) == 2
+    assert "expected an RDB URL" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["-optimize", "--sampler", "cmaes"])
+
+
+def test_two_workers_share_one_study(data_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    args = study_args(data_root, tmp_path, "--n-trials", "2", "--n-jobs", "2", "--pruner", "none", "--sampler", "random")
+    assert train.main(args) == 0
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2  # one trial per worker
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 2  # the workers' samplers differ
+    assert (tmp_path / "reinforce" / "optuna" / "tiny" / "best_preset.yml").is_file()
