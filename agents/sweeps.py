@@ -14,6 +14,7 @@ A study lives in a storage that many worker processes, on one machine or many, o
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ def make_storage(spec: str, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    shown = re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", spec)  # never print a password
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:(?!//)", spec):
+        raise ValueError(f"--storage {shown!r}: a URL needs '://' (e.g. sqlite:///path/study.db)")
     scheme = spec.split("://", 1)[0].split("+", 1)[0] if "://" in spec else None
     if scheme is None:
         path = Path(spec)
@@ -69,7 +73,7 @@ def make_storage(spec: str, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_
         return JournalStorage(JournalFileBackend(str(path)))
     if scheme not in RDB_SCHEMES:
         raise ValueError(
-            f"--storage {spec!r}: expected an RDB URL ({', '.join(s + '://' for s in RDB_SCHEMES)}) or a journal file path"
+            f"--storage {shown!r}: expected an RDB URL ({', '.join(s + '://' for s in RDB_SCHEMES)}) or a journal file path"
         )
     try:
         with warnings.catch_warnings():  # heartbeats and retries are "experimental" in Optuna since 2.8
@@ -81,7 +85,7 @@ def make_storage(spec: str, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
     except (ImportError, optuna.exceptions.StorageInternalError) as error:
-        raise ValueError(f"--storage {spec!r}: cannot open it ({error})") from error
+        raise ValueError(f"--storage {shown!r}: cannot open it ({type(error).__name__})") from error
 
 
 def make_sampler(name: str, seed: int, n_startup_trials: int, search_grid: dict[str, list[Any]] | None = None) -> Any:

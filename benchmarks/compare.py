@@ -17,6 +17,25 @@ Every cell runs ``train.py`` in its own process (``--parallel`` at a time, ``--t
 cells, and an interrupted one (no ``result.json``) starts over, so an interruption loses at most the running cells.
 Cells share nothing but the output folder, so several machines can split a grid by category or seed.
 
+*Worker mode* (``--storage URL`` or ``--workers N``; the flag names of rl-baselines3-zoo): the grid is an Optuna
+study (``--study-name``, default ``compare-<name of --out>``) in which every training cell is one trial with the fixed
+parameter ``cell`` = ``category/method/seed``; every worker queues the grid's missing cells when it starts, takes
+queued cells until none is left, then waits while other workers' cells run (a cell whose worker died is failed after
+``--grace-period`` seconds without a heartbeat and queued again, up to 3 times), and writes the tables from the
+study. A cell is trained once: a second trial of the same cell (two workers queueing it at the same moment) reuses the
+finished one or yields to the lower-numbered one. ``--workers N`` starts N worker processes here (``--threads`` =
+cores / N each) on ``--storage`` (default: an SQLite file ``OUT/<study name>.db``)::
+
+    python benchmarks/compare.py --categories magnetic_tile tire ... --workers 2          # one machine
+    python benchmarks/compare.py --categories magnetic_tile tire ... \\
+        --storage postgresql://user:pw@host/db --study-name grid1                         # on every machine
+
+Every worker needs the same grid arguments (``--categories``, ``--methods``, ``--seeds``, ``--variants``): a study
+refuses another grid. A journal file on a shared filesystem (``--storage /shared/grid1.log``) also works, but has no
+heartbeat: a dead worker's cell stays "running", and a worker does not wait for other workers' cells. The table
+rows live in the study (trial user attribute ``rows``), so ``--table-only --storage URL`` writes them anywhere; the
+run folders stay on the machine that trained them. Failed cells are queued again when a worker starts.
+
 Writes ``OUT/results.csv`` (one row per cell; ``seconds`` is wall-clock, ``cpu_seconds`` the cell's own CPU time)
 and ``OUT/table.md``: per category, a row per method with every metric
 as mean ± std over seeds, then the paper's two tables (pixel F1max and pixel AUROC, category x method).
@@ -29,18 +48,23 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    import optuna
 
 METRICS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "image_auroc", "f1_at_val_threshold")
 CSV_COLUMNS = ("category", "method", "seed", *METRICS, "seconds", "cpu_seconds")
@@ -98,7 +122,7 @@ def resolve_method(method: str, variants: dict[str, dict[str, Any]], preset: str
 def train_command(spec: dict[str, Any], category: str, seed: int, args: argparse.Namespace, folder: Path) -> list[str]:
     model = ["--method", spec["method"]] if "method" in spec else ["--algo", spec["algo"]]
     cmd = [sys.executable, str(ROOT / "train.py"), *model, "--preset", spec["preset"], "--seed", str(seed)]
-    cmd += ["-f", str(folder), "--no-progress", "-v", "1"]
+    cmd += ["-f", str(folder), "--no-progress", "-v", "1", "--threads", str(args.threads)]
     if args.data_root is not None:
         cmd += ["--data-root", args.data_root, "--category", category]
     if spec.get("n_timesteps") is not None:
@@ -108,6 +132,29 @@ def train_command(spec: dict[str, Any], category: str, seed: int, args: argparse
     if spec.get("hyperparams"):
         cmd += ["--hyperparams", *(f"{k}:{v!r}" for k, v in spec["hyperparams"].items())]
     return cmd
+
+
+_LIBC: Any = None
+
+
+def _die_with_parent() -> None:
+    """``preexec_fn`` of a worker's children (Linux): killed with the worker, so a dead worker's train.py does not go on
+    writing into the cell folder that the retry of its cell starts over."""
+    parent = os.getppid()
+    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the worker died before prctl
+        os._exit(1)
+
+
+def _child_options() -> dict[str, Any]:
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return {}
+    if _LIBC is None:  # loaded here, not after fork
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return {"preexec_fn": _die_with_parent}
 
 
 def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -125,7 +172,8 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     print(f"[compare] {category} {base} seed {seed}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     with (cell / "train.log").open("w") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        extra = _child_options() if getattr(args, "study_mode", False) else {}
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, **extra)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, whatever else runs
         process.returncode = code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
@@ -196,7 +244,285 @@ def markdown_tables(rows: list[dict[str, Any]], methods: list[str], categories: 
     return "\n".join(out)
 
 
+def write_tables(out: Path, rows: list[dict[str, Any]], methods: list[str], categories: list[str]) -> str:
+    """``OUT/results.csv`` and ``OUT/table.md`` (each replaced at once: several workers may write them); returns the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".results.csv.{os.getpid()}.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    tmp.replace(out / "results.csv")
+    table = markdown_tables(rows, methods, categories)
+    tmp = out / f".table.md.{os.getpid()}.tmp"
+    tmp.write_text(table + "\n")
+    tmp.replace(out / "table.md")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Worker mode: the grid as an Optuna study
+
+
+def cell_key(category: str, base: str, seed: int) -> str:
+    return f"{category}/{base}/{seed}"
+
+
+def trial_cell(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The cell of a trial: its ``cell`` parameter, or the one it was queued with; None for a trial of no cell."""
+    cell = trial.params.get("cell", trial.system_attrs.get("fixed_params", {}).get("cell"))
+    return cell if isinstance(cell, str) else None
+
+
+def open_study(args: argparse.Namespace, grid: list[str], create: bool) -> tuple[optuna.Study, Any]:
+    """The grid's study (made, unless ``create`` is False) and its storage; a study of another grid is refused.
+
+    Raises:
+        ValueError: an unusable storage, no such study (``create`` False), or a study that is not this grid's.
+    """
+    import optuna
+
+    from agents.sweeps import make_storage
+
+    name = args.study_name
+    sampler = optuna.samplers.RandomSampler()  # every cell's trial has its parameter fixed: nothing to sample
+    for attempt in range(4):  # workers started together on a new database race to create its tables: try again
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = make_storage(args.storage, args.heartbeat_interval, args.grace_period)
+            if create:
+                study = optuna.create_study(
+                    storage=storage, study_name=name, direction="maximize", sampler=sampler, load_if_exists=True
+                )
+            else:
+                study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+            break
+        except KeyError as error:
+            raise ValueError(f"no study {name!r} in --storage (a run without --table-only makes it)") from error
+        except Exception as error:  # sqlalchemy's errors: an unusable URL or database, or that race
+            from_database = [
+                type(e).__module__.startswith("sqlalchemy") or isinstance(e, optuna.exceptions.StorageInternalError)
+                for e in (error, error.__cause__)
+            ]
+            if any(from_database) and attempt < 3:
+                time.sleep(0.5 * 2**attempt)
+                continue
+            if isinstance(error, ValueError) or not (
+                from_database[0] or isinstance(error, (optuna.exceptions.OptunaError, ImportError, OSError))
+            ):
+                raise  # make_storage's own message, or not the storage's
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise ValueError(f"--storage: cannot open study {name!r} ({type(error).__name__}: {first_line})") from error
+    has_trials = bool(study.get_trials(deepcopy=False))  # read first: a grid's maker records it before queueing cells
+    recorded = study.user_attrs.get("grid")
+    if recorded is None:
+        if has_trials or study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+            raise ValueError(f"study {name!r} is not a comparison grid (no grid recorded); choose another --study-name")
+        if create:
+            study.set_user_attr("grid", grid)
+    elif sorted(recorded) != grid:
+        absent = sorted(set(grid) - set(recorded))
+        extra = sorted(set(recorded) - set(grid))
+
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") if keys else "none"
+
+        raise ValueError(
+            f"study {name!r} holds another grid ({len(recorded)} rows, this command's {len(grid)}; only in this command's:"
+            f" {some(absent)}; only in the study's: {some(extra)}): give the study's --categories/--methods/--seeds/"
+            "--variants, or another --study-name"
+        )
+    return study, storage
+
+
+def enqueue_missing(study: optuna.Study, cells: list[str]) -> int:
+    """Queue every cell that has no queued, running or finished trial (so also a failed one); returns how many.
+
+    Two workers queueing at the same moment may queue a cell twice: its second trial then does no training (see
+    ``make_objective``)."""
+    from optuna.trial import TrialState
+
+    live = {TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE}
+    have = {trial_cell(t) for t in study.get_trials(deepcopy=False) if t.state in live}
+    missing = [key for key in cells if key not in have]
+    for key in missing:
+        study.enqueue_trial({"cell": key})
+    return len(missing)
+
+
+def has_work(study: optuna.Study, heartbeat: bool, poll: float) -> bool:
+    """Whether a queued trial is there. With a heartbeat, waits while other workers' cells run, failing (and so
+    queueing again) those whose worker stopped beating: the last worker leaves when the whole grid is done."""
+    import optuna
+    from optuna.trial import TrialState
+
+    said = False
+    while True:
+        if heartbeat:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        if any(t.state == TrialState.WAITING for t in trials):
+            return True
+        running = sorted(key for t in trials if (key := trial_cell(t)) is not None)
+        if not heartbeat or not running:
+            return False
+        if not said:
+            print(f"[compare] no cell queued; waiting for the {len(running)} running in other workers", flush=True)
+            said = True
+        time.sleep(poll)
+
+
+def make_objective(
+    args: argparse.Namespace,
+    cells: dict[str, tuple[str, str, int]],
+    trainings: dict[tuple[str, str, int], dict[str, Any]],
+    plan: list[tuple[str, str, dict[str, Any], bool]],
+) -> Any:
+    """One trial = one cell: trains it (``run_cell``), keeps its table rows in the user attribute ``rows``.
+
+    A trial of no cell (the queue was empty when it started) is pruned with ``idle``; a second trial of a cell reuses a
+    finished one's rows, or is pruned with ``duplicate`` while a lower-numbered trial of the cell is queued or running
+    (trial numbers are fixed when a cell is queued, so every worker agrees on which trial trains it)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    choices = sorted(cells)
+
+    def objective(trial: optuna.Trial) -> float:
+        trials = trial.study.get_trials(deepcopy=False)
+        key = next((trial_cell(t) for t in trials if t.number == trial.number), None)
+        if key is None or key not in cells:
+            trial.set_user_attr("idle", True)
+            raise optuna.TrialPruned("no queued cell")
+        trial.suggest_categorical("cell", choices)
+        others = [t for t in trials if t.number != trial.number and trial_cell(t) == key]
+        finished = [t for t in others if t.state == TrialState.COMPLETE and "rows" in t.user_attrs]
+        if finished:
+            first = min(finished, key=lambda t: t.number)
+            trial.set_user_attr("duplicate", first.number)
+            trial.set_user_attr("rows", first.user_attrs["rows"])
+            print(f"[compare] {key}: trial {trial.number} reuses trial {first.number}'s result", flush=True)
+            return float(first.value) if first.value is not None else float("nan")
+        earlier = [t.number for t in others if t.state in (TrialState.WAITING, TrialState.RUNNING) and t.number < trial.number]
+        if earlier:
+            trial.set_user_attr("duplicate", min(earlier))
+            print(f"[compare] {key}: trial {trial.number} leaves the cell to trial {min(earlier)}", flush=True)
+            raise optuna.TrialPruned(f"cell {key} belongs to trial {min(earlier)}")
+        category, base, seed = cells[key]
+        try:
+            result = run_cell(category, base, trainings[(category, base, seed)], seed, args)
+        except RuntimeError as error:
+            trial.set_user_attr("error", str(error))
+            raise
+        rows = {method: cell_row(category, method, seed, result, ae_only) for method, b, _, ae_only in plan if b == base}
+        trial.set_user_attr("rows", rows)
+        trial.set_user_attr("run", result["run"])
+        return float(next(iter(rows.values()))["pixel_f1max"])
+
+    return objective
+
+
+def study_rows(
+    study: optuna.Study, cells: dict[str, tuple[str, str, int]]
+) -> tuple[dict[str, dict[str, dict[str, Any]]], list[str]]:
+    """Each finished cell's rows (by method) from its first complete trial, and the messages of the failed cells
+    (failed, and neither queued, running nor finished)."""
+    from optuna.trial import TrialState
+
+    done: dict[str, dict[str, dict[str, Any]]] = {}
+    live: set[str] = set()
+    failures: dict[str, str] = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        key = trial_cell(t)
+        if key not in cells or t.user_attrs.get("idle"):
+            continue
+        if t.state == TrialState.COMPLETE and "rows" in t.user_attrs and "duplicate" not in t.user_attrs:
+            done.setdefault(key, t.user_attrs["rows"])
+        elif t.state in (TrialState.WAITING, TrialState.RUNNING):
+            live.add(key)
+        elif t.state == TrialState.FAIL:
+            failures[key] = t.user_attrs.get("error") or (
+                f"cell {key}: trial {t.number} failed (its worker died or was interrupted; a rerun queues it again)"
+            )
+    return done, [message for key, message in failures.items() if key not in done and key not in live]
+
+
+def start_workers(args: argparse.Namespace, argv: list[str]) -> list[int]:
+    """``--workers N``: N worker processes of this command on the study; returns their exit codes."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--storage", args.storage, "--study-name", args.study_name]
+    cmd += ["--threads", str(args.threads), "--workers", "1", "--worker"]
+    print(f"[compare] {args.workers} workers on study {args.study_name!r}, {args.threads} threads each", flush=True)
+    processes = [subprocess.Popen(cmd, **_child_options()) for _ in range(args.workers)]
+    try:
+        return [process.wait() for process in processes]
+    finally:  # Ctrl-C reaches the workers too: let them stop
+        for process in processes:
+            process.wait()
+
+
+def run_study(
+    args: argparse.Namespace,
+    argv: list[str],
+    plan: list[tuple[str, str, dict[str, Any], bool]],
+    categories: list[str],
+    trainings: dict[tuple[str, str, int], dict[str, Any]],
+) -> int:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cells = {cell_key(*key): key for key in trainings}
+    grid = sorted(f"{category}/{method}/{seed}" for category in categories for method, *_ in plan for seed in args.seeds)
+    try:
+        study, storage = open_study(args, grid, create=not args.table_only)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    failed: list[str] = []
+    try:
+        if not args.table_only:
+            queued = enqueue_missing(study, list(cells))
+            if queued:
+                print(f"[compare] study {args.study_name!r}: queued {queued} of {len(cells)} cells", flush=True)
+            if args.workers > 1:
+                codes = start_workers(args, argv)
+                failed += [f"worker {i} exited with code {code}" for i, code in enumerate(codes) if code != 0]
+            else:
+                heartbeat = isinstance(storage, optuna.storages.RDBStorage)
+                poll = min(float(args.heartbeat_interval), 5.0)  # the last cell done, the others leave soon
+                if has_work(study, heartbeat, poll):
+
+                    def stop_when_done(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+                        if not has_work(study, heartbeat, poll):
+                            study.stop()
+
+                    objective = make_objective(args, cells, trainings, plan)
+                    study.optimize(objective, callbacks=[stop_when_done], catch=(RuntimeError,), gc_after_trial=False)
+    except KeyboardInterrupt:
+        print("[compare] interrupted: a rerun queues the interrupted cells again", file=sys.stderr)
+        return 130
+    if args.worker:  # started by --workers: the parent writes the tables
+        return 0
+    done, failures = study_rows(study, cells)
+    failed = failures + failed if not args.table_only else []
+    rows = [
+        done[key][method]
+        for category in categories
+        for method, base, _, _ in plan
+        for seed in args.seeds
+        if (key := cell_key(category, base, seed)) in done and method in done[key]
+    ]
+    print(write_tables(Path(args.out), rows, [m for m, *_ in plan], categories))
+    for message in failed:
+        print(f"error: {message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from agents.sweeps import GRACE_PERIOD, HEARTBEAT_INTERVAL, default_storage
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=None, help="folder of MVTec AD categories (default: the embedded one)")
     parser.add_argument("--categories", nargs="+", default=None, help="category folders under --data-root")
@@ -208,6 +534,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=1, help="cells run at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: cores / parallel)")
     parser.add_argument("--table-only", action="store_true", help="train nothing: tables of the cells already finished")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="worker mode: the grid's Optuna study lives here, an RDB URL (sqlite:///grid.db, postgresql://...) or a "
+        "journal file path; every worker on every machine gives the same (see the module docstring)",
+    )
+    parser.add_argument("--study-name", default=None, help="the grid's study (default: compare-<name of --out>)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes to start here on the study (default 1: this process is the worker); with N > 1 and "
+        "no --storage, the study is an SQLite file in --out",
+    )
+    parser.add_argument(
+        "--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="worker mode: seconds between heartbeats"
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=int,
+        default=GRACE_PERIOD,
+        help="worker mode: seconds without a heartbeat after which a cell's worker counts as dead (the cell is queued again)",
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers: no tables
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         if args.data_root is not None and not args.categories:
@@ -215,7 +566,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_root is not None:
             args.data_root = str(Path(args.data_root).resolve())
         args.out = str(Path(args.out).resolve())  # cells run train.py from the project root
-        args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.parallel)
+        if args.workers < 1:
+            raise ValueError("--workers must be at least 1")
+        if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
+            raise ValueError("--grace-period must be longer than --heartbeat-interval (both whole seconds, at least 1)")
+        args.study_mode = args.storage is not None or args.workers > 1
+        if args.study_mode and args.parallel != 1:
+            raise ValueError("--parallel runs cells in one process; with --storage or --workers, start --workers N instead")
+        args.study_name = args.study_name or f"compare-{Path(args.out).name}"
+        if args.study_mode and args.storage is None:
+            args.storage = default_storage(args.out, args.study_name)
+        args.threads = args.threads or max(1, (os.cpu_count() or 1) // (args.workers if args.study_mode else args.parallel))
         categories = args.categories or ["synthetic"]
         variants = load_variants(args.variants)
         plan = [(m, *resolve_method(m, variants, args.preset)) for m in args.methods]
@@ -229,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for _, base, spec, _ in plan:
                 trainings.setdefault((category, base, seed), spec)
+    if args.study_mode:
+        return run_study(args, argv, plan, categories, trainings)
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
     failed: list[str] = []
     if args.table_only:
@@ -251,14 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds
         if (category, base, seed) in results
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    table = markdown_tables(rows, [m for m, *_ in plan], categories)
-    (out / "table.md").write_text(table + "\n")
+    table = write_tables(Path(args.out), rows, [m for m, *_ in plan], categories)
     print(table)
     for message in failed:
         print(f"error: {message}", file=sys.stderr)
