@@ -644,7 +644,15 @@ def optimize_hyperparameters(config: dict[str, Any], args: argparse.Namespace, a
     import optuna
 
     from agents.hyperparams_opt import grid, space_for, suggest, to_config
-    from agents.sweeps import MaxTrialsCallback, default_storage, make_pruner, make_sampler, make_storage, write_report
+    from agents.sweeps import (
+        MaxTrialsCallback,
+        default_storage,
+        make_pruner,
+        make_sampler,
+        make_storage,
+        serialize_asks,
+        write_report,
+    )
 
     if config["method"] != METHOD:
         raise ValueError(f"-optimize tunes the RL method and its detector; --method {config['method']} has no search space")
@@ -665,6 +673,8 @@ def optimize_hyperparameters(config: dict[str, Any], args: argparse.Namespace, a
         command += ["--storage", storage, "--study-name", study_name, "--optimization-log-path", str(root)]
         command += ["--threads", str(threads), "--no-report"]
         logger.info("%d workers on %s, %d threads each", args.n_jobs, storage, threads)
+        # the study (and a new database's tables) exists before the workers open it: no creation race between them
+        optuna.create_study(storage=make_storage(storage), study_name=study_name, direction="maximize", load_if_exists=True)
         workers = [
             subprocess.Popen(command, env={**os.environ, "RLBS_WORKER": str(i), "OMP_NUM_THREADS": str(threads)})
             for i in range(args.n_jobs)
@@ -684,6 +694,7 @@ def optimize_hyperparameters(config: dict[str, Any], args: argparse.Namespace, a
             load_if_exists=True,
         )
         study.set_user_attr("metric", args.optimize_metric)
+        serialize_asks(study, storage)  # a retried (queued) trial is taken by one worker only
 
         def objective(trial: optuna.Trial) -> float:
             if search_grid is not None:  # the grid's values, as categoricals

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "PRUNERS",
     "make_storage",
     "default_storage",
+    "serialize_asks",
     "make_sampler",
     "make_pruner",
     "TrialEvalCallback",
@@ -76,16 +78,49 @@ def make_storage(spec: str, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_
             f"--storage {shown!r}: expected an RDB URL ({', '.join(s + '://' for s in RDB_SCHEMES)}) or a journal file path"
         )
     try:
-        with warnings.catch_warnings():  # heartbeats and retries are "experimental" in Optuna since 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                spec,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-            )
+        for attempt in range(4):  # processes opening a new database together race to create its tables: try again
+            try:
+                with warnings.catch_warnings():  # heartbeats and retries are "experimental" in Optuna since 2.8
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(
+                        spec,
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period,
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                    )
+            except Exception as error:  # sqlalchemy's IntegrityError / OperationalError of that race
+                if attempt == 3 or not type(error).__module__.startswith("sqlalchemy"):
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
     except (ImportError, optuna.exceptions.StorageInternalError) as error:
         raise ValueError(f"--storage {shown!r}: cannot open it ({type(error).__name__})") from error
+
+
+def serialize_asks(study: Any, storage_spec: str) -> None:
+    """On an SQLite storage, let one process at a time take a trial (a file lock around ``study.ask``).
+
+    SQLite has no ``SELECT ... FOR UPDATE``: two processes can both see a queued trial as waiting and both start it
+    (seen in CI: one cell trained twice, then "Cannot tell a COMPLETE trial"). A server RDB locks the row itself, and
+    a journal file serialises its writes, so they need nothing. The lock is an ``fcntl`` lock on ``<db>.lock``, which
+    the OS releases when a worker dies.
+    """
+    if not storage_spec.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    lock_path = Path(storage_spec.removeprefix("sqlite:///") + ".lock")
+    ask = study.ask
+
+    def locked_ask(*args: Any, **kwargs: Any) -> Any:
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                return ask(*args, **kwargs)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    study.ask = locked_ask  # optimize() takes every trial through study.ask (Optuna 4-5)
 
 
 def make_sampler(name: str, seed: int, n_startup_trials: int, search_grid: dict[str, list[Any]] | None = None) -> Any:
@@ -201,7 +236,9 @@ def write_report(study: Any, folder: Path, algo: str, env_id: str, preset: str, 
     }
     for name, plot in plots.items():
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():  # Optuna calls its matplotlib plots "experimental"; so few trials, "equal"
+                warnings.simplefilter("ignore")
+                axes = plot(study)
             axes.figure.set_size_inches(8, 5)
             axes.figure.tight_layout()
             axes.figure.savefig(folder / name, dpi=110)

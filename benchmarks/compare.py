@@ -472,6 +472,8 @@ def run_study(
 ) -> int:
     import optuna
 
+    from agents.sweeps import serialize_asks
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cells = {cell_key(*key): key for key in trainings}
     grid = sorted(f"{category}/{method}/{seed}" for category in categories for method, *_ in plan for seed in args.seeds)
@@ -499,6 +501,7 @@ def run_study(
                             study.stop()
 
                     objective = make_objective(args, cells, trainings, plan)
+                    serialize_asks(study, args.storage)  # SQLite: one worker at a time takes a queued cell
                     study.optimize(objective, callbacks=[stop_when_done], catch=(RuntimeError,), gc_after_trial=False)
     except KeyboardInterrupt:
         print("[compare] interrupted: a rerun queues the interrupted cells again", file=sys.stderr)
