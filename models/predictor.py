@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.unet import UNet, UNetConfig
+
 __all__ = ["PredictorConfig", "Predictor", "weighted_bce", "soft_dice_loss"]
 
 
@@ -38,6 +40,8 @@ class PredictorConfig:
     norm: str = "batch"
     downsample: int = 1  # 1: the paper's full-resolution FCN; 2^L: an encoder-decoder with the dilations at 1/2^L
     padding_mode: str = "zeros"  # "zeros" (paper) | "reflect" | "replicate": no border stripes in the maps
+    arch: str = "dilated"  # "dilated" (the paper's body, above) | "unet": models.unet.UNet (width, unet_levels, norm)
+    unet_levels: int = 4
 
     def __post_init__(self) -> None:
         self.dilations = tuple(int(d) for d in self.dilations)
@@ -53,6 +57,10 @@ class PredictorConfig:
             raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
         if self.padding_mode not in ("zeros", "reflect", "replicate"):
             raise ValueError(f"padding_mode must be 'zeros', 'reflect' or 'replicate', got {self.padding_mode!r}")
+        if self.arch not in ("dilated", "unet"):
+            raise ValueError(f"arch must be 'dilated' or 'unet', got {self.arch!r}")
+        if not 1 <= self.unet_levels <= 6:
+            raise ValueError(f"unet_levels must be in 1..6, got {self.unet_levels}")
 
     @property
     def receptive_field(self) -> int:
@@ -82,6 +90,11 @@ class Predictor(nn.Module):
     def __init__(self, config: PredictorConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or PredictorConfig()
+        self.unet: UNet | None = None
+        if config.arch == "unet":  # a full U-Net reading the same inputs (README "Design choices")
+            net = UNetConfig(config.in_channels, config.width, config.unet_levels, config.norm, config.padding_mode)
+            self.unet = UNet(net)
+            return
         pad: Any = config.padding_mode  # a validated str; torch's stubs want a Literal
         bias = not config.batch_norm
 
@@ -128,6 +141,8 @@ class Predictor(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid scores, shape (B, 1, H, W)."""
+        if self.unet is not None:
+            return self.unet(x)  # (B, 1, H, W)
         H, W = x.shape[-2:]
         skips = []
         h = x

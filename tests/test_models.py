@@ -251,3 +251,22 @@ def test_predictor_group_norm_trains_independently_of_the_batch() -> None:
     for norm, independent in (("group", True), ("batch", False)):
         p = Predictor(PredictorConfig(in_channels=3, width=8, norm=norm, downsample=2)).train()
         assert torch.allclose(p(x[:1]), p(x)[:1], atol=1e-6) is independent
+
+
+def test_predictor_unet_arch_reads_every_input_at_full_resolution() -> None:
+    config = PredictorConfig(in_channels=6, width=4, arch="unet", unet_levels=2, norm="group", padding_mode="replicate")
+    predictor = Predictor(config)
+    x = torch.rand(2, 6, 32, 32, requires_grad=True)
+    prob = predictor(x)
+    assert prob.shape == (2, 1, 32, 32) and float(prob.min()) >= 0 and float(prob.max()) <= 1
+    prob.sum().backward()
+    assert all(p.grad is not None for p in predictor.parameters())
+    assert x.grad is not None and bool((x.grad[:, :3].abs().sum() > 0) & (x.grad[:, 3:].abs().sum() > 0))
+    # a single-pixel change moves the logit at that very pixel: no half-resolution head in between
+    base = predictor.eval().logits(torch.zeros(1, 6, 32, 32))
+    poked = torch.zeros(1, 6, 32, 32)
+    poked[0, :, 16, 16] = 1.0
+    assert float((predictor.logits(poked) - base)[0, 0, 16, 16].abs()) > 0
+    with pytest.raises(ValueError, match="arch"):
+        PredictorConfig(arch="resnet")
+    assert Predictor(PredictorConfig()).unet is None  # the default keeps the paper's dilated body
