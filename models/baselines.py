@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from models.predictor import weighted_bce
-from models.runtime import atomic_torch_save
+from models.runtime import atomic_torch_save, plain
 from models.unet import UNet, UNetConfig
 from models.vqvae2 import VQVAE2, VQVAE2Config, codes_used
 
@@ -37,15 +37,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "rl_batch_sampler.baseline"
 CHECKPOINT_VERSION = 1
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists, recursively: safe for ``torch.load(weights_only=True)`` and YAML."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
 
 
 @dataclass
@@ -262,7 +253,7 @@ class Baseline:
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "method": self.name,
-            "config": _plain(asdict(self.config)),
+            "config": plain(asdict(self.config)),
             "seed": self.seed,
             "net": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -282,8 +273,8 @@ class Baseline:
         if state.get("method") != self.name:
             raise ValueError(f"a {state.get('method')!r} state cannot load into a {self.name!r} baseline")
         saved_net = state["config"]["net"]
-        if saved_net != _plain(asdict(self.config.net)):
-            raise ValueError(f"saved network config {saved_net} does not match this one {_plain(asdict(self.config.net))}")
+        if saved_net != plain(asdict(self.config.net)):
+            raise ValueError(f"saved network config {saved_net} does not match this one {plain(asdict(self.config.net))}")
         try:
             self.net.load_state_dict(state["net"])
             self.optimizer.load_state_dict(state["optimizer"])

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.predictor import Predictor, PredictorConfig, soft_dice_loss, weighted_bce
-from models.runtime import atomic_torch_save
+from models.runtime import atomic_torch_save, plain
 from models.structural import DEFAULT_FUSED_WEIGHTS, fused_structural_map
 from models.synthesis import noise_anomaly, paste_defect
 
@@ -222,15 +222,7 @@ class DetectorConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (lists for tuples): safe for ``torch.load(weights_only=True)`` and YAML."""
-
-        def plain(v: Any) -> Any:
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
-            if isinstance(v, (tuple, list)):
-                return [plain(x) for x in v]
-            return v
-
-        return plain(asdict(self))
+        return plain(asdict(self))  # type: ignore[return-value]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:

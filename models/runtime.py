@@ -102,3 +102,12 @@ def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def plain(value: object) -> object:
+    """Tuples -> lists, recursively (dicts kept): safe for ``torch.load(weights_only=True)`` and YAML."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    return value

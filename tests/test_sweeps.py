@@ -49,7 +49,7 @@ def race(tmp_path: Path, lock: bool, n: int = 40, workers: int = 3) -> list[int]
     done = optuna.load_study(study_name="race", storage=make_storage(spec)).get_trials(
         states=(optuna.trial.TrialState.COMPLETE,)
     )
-    return sorted(int(t.value) for t in done)
+    return sorted(int(t.value or 0) for t in done)
 
 
 def test_queued_trials_run_exactly_once_on_sqlite(tmp_path: Path) -> None:
