@@ -101,6 +101,8 @@ class DetectorConfig:
             from training images (:mod:`models.synthesis`); 0: the paper's pool of labelled + normal images only.
         synthetic_paste_fraction: share of those made by pasting a labelled defect; the rest are noise-mask
             anomalies with a foreign texture.
+        synthetic_noise_opacity: (min, max) blend factor of a noise-mask anomaly's texture (1: full replacement).
+        synthetic_noise_scales: (min, max) scale of the noise that shapes the mask: blobs about H/2^s across.
         synthetic_refresh_updates: renew the synthetic images at least every N predictor updates (the warm-up
             has no AE update to trigger a refresh, and should still see thousands of different anomalies).
         pred_flip: flip predictor training crops horizontally and vertically at random.
@@ -141,6 +143,8 @@ class DetectorConfig:
     synthetic_pool_size: int = 0
     synthetic_paste_fraction: float = 0.5
     synthetic_refresh_updates: int = 16
+    synthetic_noise_opacity: tuple[float, float] = (0.2, 1.0)
+    synthetic_noise_scales: tuple[int, int] = (2, 6)
     pred_flip: bool = False
     pred_loss: str = "bce"
     map_smoothing_sigma: float = 0.0
@@ -170,6 +174,13 @@ class DetectorConfig:
             raise ValueError("synthetic_pool_size > 0 needs profile_stack = 1 (synthetic images change at every refresh)")
         if not 0.0 <= self.synthetic_paste_fraction <= 1.0:
             raise ValueError(f"synthetic_paste_fraction must be in [0, 1], got {self.synthetic_paste_fraction}")
+        self.synthetic_noise_opacity = tuple(float(a) for a in self.synthetic_noise_opacity)  # type: ignore[assignment]
+        self.synthetic_noise_scales = tuple(int(v) for v in self.synthetic_noise_scales)  # type: ignore[assignment]
+        opacity, scales = self.synthetic_noise_opacity, self.synthetic_noise_scales
+        if len(opacity) != 2 or not 0.0 < opacity[0] <= opacity[1] <= 1.0:
+            raise ValueError(f"synthetic_noise_opacity must be (min, max) with 0 < min <= max <= 1, got {opacity}")
+        if len(scales) != 2 or not 0 <= scales[0] <= scales[1] <= 8:
+            raise ValueError(f"synthetic_noise_scales must be (min, max) with 0 <= min <= max <= 8, got {scales}")
         if not 0.0 <= self.predictor_ema < 1.0:
             raise ValueError(f"predictor_ema must be in [0, 1), got {self.predictor_ema}")
         if self.map_smoothing_sigma < 0:
@@ -584,7 +595,9 @@ class Detector:
                 i = self._pool_positives[int(rng.integers(len(self._pool_positives)))][0]
                 image, mask = paste_defect(target, pool[i].permute(1, 2, 0).numpy(), pool_masks[i].numpy(), rng)
             else:
-                image, mask = noise_anomaly(target, hwc[int(rng.integers(len(train)))].numpy(), rng)
+                source = hwc[int(rng.integers(len(train)))].numpy()
+                c = self.config
+                image, mask = noise_anomaly(target, source, rng, c.synthetic_noise_opacity, c.synthetic_noise_scales)
             images.append(image)
             masks.append(mask)
         synth = _images_to_uint8_chw(np.stack(images), "synthetic images")  # (S, 3, H, W)

@@ -108,7 +108,11 @@ def paste_defect(
 
 
 def noise_anomaly(
-    target: np.ndarray, texture_source: np.ndarray, rng: np.random.Generator, opacity: tuple[float, float] = (0.2, 1.0)
+    target: np.ndarray,
+    texture_source: np.ndarray,
+    rng: np.random.Generator,
+    opacity: tuple[float, float] = (0.2, 1.0),
+    scales: tuple[int, int] = (2, 6),
 ) -> tuple[np.ndarray, np.ndarray]:
     """A DRAEM-style synthetic anomaly: ``target`` blended with a foreign texture under a noise mask.
 
@@ -120,12 +124,13 @@ def noise_anomaly(
         target, texture_source: normal images, uint8 (H, W, 3), same size.
         rng: numpy generator.
         opacity: range of the blend factor of the texture (1: full replacement).
+        scales: (min, max) scale of :func:`noise_mask`; a larger min makes only small blobs (H/8 across at 3).
 
     Returns:
         The new image, uint8 (H, W, 3), and its mask, bool (H, W).
     """
     H, W = target.shape[:2]
-    mask = noise_mask(H, W, rng)
+    mask = noise_mask(H, W, rng, min_scale=scales[0], max_scale=scales[1])
     if rng.random() < 0.25:
         texture = np.broadcast_to(rng.integers(0, 256, 3).astype(np.float32), (H, W, 3))
     else:

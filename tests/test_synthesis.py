@@ -3,6 +3,7 @@ use the detector's own training and pool images."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -53,6 +54,34 @@ def test_noise_anomaly_changes_only_masked_pixels_and_is_seeded() -> None:
     assert not (np.array_equal(a_img, c_img) and np.array_equal(a_mask, c_mask))
     assert a_mask.any() and not a_mask.all()
     assert np.array_equal(a_img[~a_mask], target[~a_mask])
+
+
+def test_noise_anomaly_shape_options_move_blob_size_and_strength_as_documented() -> None:
+    """Larger noise scales make smaller blobs; a lower opacity makes a fainter change."""
+    target = np.full((64, 64, 3), 128, np.uint8)
+    texture = np.random.default_rng(2).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    def blobs(scale: int) -> float:
+        masks = [noise_anomaly(target, texture, np.random.default_rng(s), scales=(scale, scale))[1] for s in range(40)]
+        return float(np.mean([cv2.connectedComponents(m.astype(np.uint8))[0] - 1 for m in masks]))
+
+    assert blobs(5) > 3 * blobs(1)  # many small blobs at scale 5, one or two large ones at scale 1
+    strong, faint = [], []
+    for s in range(40):
+        img, mask = noise_anomaly(target, texture, np.random.default_rng(s), opacity=(1.0, 1.0))
+        strong.append(np.abs(img[mask].astype(float) - 128).mean())
+        img, mask = noise_anomaly(target, texture, np.random.default_rng(s), opacity=(0.1, 0.1))
+        faint.append(np.abs(img[mask].astype(float) - 128).mean())
+    assert np.mean(faint) < 0.2 * np.mean(strong)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"synthetic_noise_opacity": (0.0, 0.5)}, {"synthetic_noise_opacity": (0.2,)}, {"synthetic_noise_scales": (5, 3)}]
+)
+def test_noise_shape_options_are_checked(bad: dict) -> None:
+    from models.detector import DetectorConfig
+
+    with pytest.raises(ValueError, match="synthetic_noise"):
+        DetectorConfig(**bad)
 
 
 def test_noise_mask_is_never_empty() -> None:
