@@ -103,6 +103,8 @@ class DetectorConfig:
             anomalies with a foreign texture.
         synthetic_noise_opacity: (min, max) blend factor of a noise-mask anomaly's texture (1: full replacement).
         synthetic_noise_scales: (min, max) scale of the noise that shapes the mask: blobs about H/2^s across.
+        synthetic_noise_min_change: grey levels a pixel must visibly change to be labelled anomalous (0: the whole
+            noise mask, as DRAEM); see :func:`models.synthesis.noise_anomaly`.
         synthetic_refresh_updates: renew the synthetic images at least every N predictor updates (the warm-up
             has no AE update to trigger a refresh, and should still see thousands of different anomalies).
         pred_flip: flip predictor training crops horizontally and vertically at random.
@@ -145,6 +147,7 @@ class DetectorConfig:
     synthetic_refresh_updates: int = 16
     synthetic_noise_opacity: tuple[float, float] = (0.2, 1.0)
     synthetic_noise_scales: tuple[int, int] = (2, 6)
+    synthetic_noise_min_change: float = 0.0
     pred_flip: bool = False
     pred_loss: str = "bce"
     map_smoothing_sigma: float = 0.0
@@ -181,6 +184,8 @@ class DetectorConfig:
             raise ValueError(f"synthetic_noise_opacity must be (min, max) with 0 < min <= max <= 1, got {opacity}")
         if len(scales) != 2 or not 0 <= scales[0] <= scales[1] <= 8:
             raise ValueError(f"synthetic_noise_scales must be (min, max) with 0 <= min <= max <= 8, got {scales}")
+        if not 0.0 <= self.synthetic_noise_min_change <= 255.0:
+            raise ValueError(f"synthetic_noise_min_change must be in [0, 255], got {self.synthetic_noise_min_change}")
         if not 0.0 <= self.predictor_ema < 1.0:
             raise ValueError(f"predictor_ema must be in [0, 1), got {self.predictor_ema}")
         if self.map_smoothing_sigma < 0:
@@ -597,7 +602,9 @@ class Detector:
             else:
                 source = hwc[int(rng.integers(len(train)))].numpy()
                 c = self.config
-                image, mask = noise_anomaly(target, source, rng, c.synthetic_noise_opacity, c.synthetic_noise_scales)
+                image, mask = noise_anomaly(
+                    target, source, rng, c.synthetic_noise_opacity, c.synthetic_noise_scales, c.synthetic_noise_min_change
+                )
             images.append(image)
             masks.append(mask)
         synth = _images_to_uint8_chw(np.stack(images), "synthetic images")  # (S, 3, H, W)

@@ -60,6 +60,7 @@ def test_noise_anomaly_shape_options_move_blob_size_and_strength_as_documented()
     """Larger noise scales make smaller blobs; a lower opacity makes a fainter change."""
     target = np.full((64, 64, 3), 128, np.uint8)
     texture = np.random.default_rng(2).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+
     def blobs(scale: int) -> float:
         masks = [noise_anomaly(target, texture, np.random.default_rng(s), scales=(scale, scale))[1] for s in range(40)]
         return float(np.mean([cv2.connectedComponents(m.astype(np.uint8))[0] - 1 for m in masks]))
@@ -74,8 +75,33 @@ def test_noise_anomaly_shape_options_move_blob_size_and_strength_as_documented()
     assert np.mean(faint) < 0.2 * np.mean(strong)
 
 
+def test_noise_anomaly_min_change_labels_exactly_the_visibly_changed_pixels() -> None:
+    """A blend over a near-copy of the target changes little: with min_change, only pixels that moved at least that
+    much are in the mask, every other pixel is the target's, and the draw stays seeded."""
+    rng = np.random.default_rng(3)
+    target = rng.integers(90, 110, size=(64, 64, 3), dtype=np.uint8)  # a faint texture
+    faint_share = []
+    for seed in range(20):
+        loose_img, loose_mask = noise_anomaly(target, target, np.random.default_rng(seed))
+        loose_change = np.abs(loose_img.astype(int) - target.astype(int)).max(axis=-1)
+        faint_share.append((loose_change[loose_mask] < 12).mean())  # without the rule, faint pixels are labelled too
+        img, mask = noise_anomaly(target, target, np.random.default_rng(seed), min_change=12)
+        change = np.abs(img.astype(int) - target.astype(int)).max(axis=-1)
+        assert np.array_equal(img[~mask], target[~mask])  # outside the mask: untouched
+        assert (change[mask] >= 12).all()  # inside: every pixel visibly changed
+        again = noise_anomaly(target, target, np.random.default_rng(seed), min_change=12)
+        assert np.array_equal(again[0], img) and np.array_equal(again[1], mask)
+    assert np.mean(faint_share) > 0.05  # the case is one where the rule matters
+
+
 @pytest.mark.parametrize(
-    "bad", [{"synthetic_noise_opacity": (0.0, 0.5)}, {"synthetic_noise_opacity": (0.2,)}, {"synthetic_noise_scales": (5, 3)}]
+    "bad",
+    [
+        {"synthetic_noise_min_change": -1.0},
+        {"synthetic_noise_opacity": (0.0, 0.5)},
+        {"synthetic_noise_opacity": (0.2,)},
+        {"synthetic_noise_scales": (5, 3)},
+    ],
 )
 def test_noise_shape_options_are_checked(bad: dict) -> None:
     from models.detector import DetectorConfig
