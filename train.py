@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from agents.hyperparams_opt import deep_merge
 from envs.mvtec import DatasetError
 from models.runtime import DEFAULT_THREADS, check_device, reproducible
 
@@ -66,15 +67,6 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
         if not sep or not key:
             raise ValueError(f"{option} expects key:value pairs, got {pair!r}")
         out[key] = parse_value(value)
-    return out
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``override``, nested dicts merged key by key (``detector:{'ae': {'norm': 'none'}}`` changes
-    only the AE's norm of a preset's detector settings)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -190,9 +182,12 @@ def _preset_table(path: Path, env_id: str, preset: str, what: str) -> dict[str, 
 def load_preset(algo: str, env_id: str, preset: str) -> dict[str, Any]:
     """A preset's hyperparameters: the algorithm's (``hyperparams/<algo>.yml``) with the env's settings
     (``hyperparams/env.yml``, shared by every algorithm so that ablations differ only in the algorithm) as
-    ``env_kwargs``; an algorithm file's own ``env_kwargs`` override the shared ones key by key."""
+    ``env_kwargs``; an algorithm file's own ``env_kwargs`` override the shared ones key by key. A preset that only
+    the algorithm's file names (a study's ``best_preset.yml`` pasted there) is self-contained: its ``env_kwargs``
+    are all the env settings."""
     hyperparams = _preset_table(HYPERPARAMS_DIR / f"{algo}.yml", env_id, preset, f"algo {algo!r}")
-    env_kwargs = _preset_table(HYPERPARAMS_DIR / "env.yml", env_id, preset, "the env")
+    env_table = (yaml.safe_load((HYPERPARAMS_DIR / "env.yml").read_text()) or {}).get(env_id) or {}
+    env_kwargs = _preset_table(HYPERPARAMS_DIR / "env.yml", env_id, preset, "the env") if preset in env_table else {}
     hyperparams["env_kwargs"] = deep_merge(env_kwargs, hyperparams.get("env_kwargs") or {})
     return hyperparams
 
@@ -730,7 +725,13 @@ def optimize_hyperparameters(config: dict[str, Any], args: argparse.Namespace, a
         study.optimize(objective, n_trials=args.n_trials, callbacks=callbacks, catch=(ValueError, RuntimeError))
     if args.no_report:
         return {}
-    summary = write_report(study, root, config["algo"], config["env"], config["preset"], args.optimize_metric)
+    run_specific = {"data_root", "category", "seed", "device"}  # given on the command line, not part of a preset
+    base = {
+        **{key: config[key] for key in ("n_timesteps", "eval_freq", "save_freq")},
+        **config["hyperparams"],
+        "env_kwargs": {k: v for k, v in config["env_kwargs"].items() if k not in run_specific},
+    }
+    summary = write_report(study, root, config["algo"], config["env"], config["preset"], args.optimize_metric, base)
     return {"study": study_name, "storage": storage, "report": str(root), **summary}
 
 

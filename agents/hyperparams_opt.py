@@ -13,6 +13,7 @@ points), so ``--sampler grid`` explores the same knobs on a coarse lattice.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -129,6 +130,15 @@ def grid(space: Space) -> dict[str, list[Any]]:
             out[name] = [float(v) for v in np.linspace(spec[1], spec[2], 3)]
         else:
             raise ValueError(f"search space entry {name!r}: unknown kind {kind!r}")
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``, nested dicts merged key by key (``detector:{'ae': {'norm': 'none'}}`` changes
+    only the AE's norm of a preset's detector settings)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 

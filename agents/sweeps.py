@@ -199,10 +199,13 @@ def write_trials_csv(study: Any, path: Path) -> None:
             )
 
 
-def write_report(study: Any, folder: Path, algo: str, env_id: str, preset: str, metric: str) -> dict[str, Any]:
+def write_report(
+    study: Any, folder: Path, algo: str, env_id: str, preset: str, metric: str, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The study's results as files: ``report.csv`` (every trial), ``best_preset.yml`` (the best trial's values as a
-    preset for ``agents/hyperparams/<algo>.yml``: algorithm kwargs and ``env_kwargs`` merged over ``preset``),
-    ``optimization_history.png`` and ``param_importances.png``. Returns the best trial's summary.
+    preset for ``agents/hyperparams/<algo>.yml``: the best trial's values merged over ``base``, the settings every
+    trial started from, so that the preset alone reproduces the trial), ``optimization_history.png`` and
+    ``param_importances.png``. Returns the best trial's summary.
 
     Raises:
         ValueError: no trial has completed.
@@ -214,7 +217,7 @@ def write_report(study: Any, folder: Path, algo: str, env_id: str, preset: str, 
     import optuna
     import yaml
 
-    from agents.hyperparams_opt import to_config
+    from agents.hyperparams_opt import deep_merge, to_config
 
     folder.mkdir(parents=True, exist_ok=True)
     write_trials_csv(study, folder / "report.csv")
@@ -223,11 +226,13 @@ def write_report(study: Any, folder: Path, algo: str, env_id: str, preset: str, 
         raise ValueError(f"study {study.study_name!r} has no completed trial yet (see {folder / 'report.csv'})")
     best = study.best_trial
     hyperparams, env_kwargs = to_config(best.params)
-    fragment = {env_id: {f"tuned-{study.study_name}": {**hyperparams, **({"env_kwargs": env_kwargs} if env_kwargs else {})}}}
+    tuned = {**hyperparams, **({"env_kwargs": env_kwargs} if env_kwargs else {})}
+    fragment = {env_id: {f"tuned-{study.study_name}": deep_merge(base or {}, tuned)}}
     header = (
         f"# Study {study.study_name!r}: trial {best.number} of {len(study.trials)}, validation {metric} {best.value:.4f}.\n"
-        f"# Values over the {preset!r} preset: paste under {env_id} in agents/hyperparams/{algo}.yml (the n_timesteps,\n"
-        "# eval_freq and save_freq of that preset still apply), then train with --preset tuned-<study>.\n"
+        f"# The {preset!r} preset with the trial's values: paste under {env_id} in agents/hyperparams/{algo}.yml and\n"
+        f"# train with --preset tuned-{study.study_name} (a preset that env.yml does not name carries its own env_kwargs).\n"
+        f"# Tuned: {', '.join(sorted(best.params))}.\n"
     )
     (folder / "best_preset.yml").write_text(header + yaml.safe_dump(fragment, sort_keys=False))
     plots: dict[str, Any] = {

@@ -73,7 +73,9 @@ def test_three_trials_write_the_best_preset(data_root: Path, tmp_path: Path) -> 
     report = tmp_path / "reinforce" / "optuna" / "tiny"
     fragment = yaml.safe_load((report / "best_preset.yml").read_text())
     preset = fragment["MVTecPatch-v0"]["tuned-tiny"]
-    assert preset == {k: v for k, v in study.best_trial.params.items()}
+    assert {k: preset[k] for k in study.best_trial.params} == study.best_trial.params  # the tuned values ...
+    assert preset["n_timesteps"] == 32 and preset["env_kwargs"]["detector"]  # ... over everything the trial ran with
+    assert not {"data_root", "category", "seed", "device"} & set(preset["env_kwargs"])
     assert (report / "report.csv").read_text().count("\n") == 4  # header + 3 trials
     assert (report / "optimization_history.png").is_file()
     for trial in study.trials:  # every 16 steps of >= 32 (a rollout of n_steps may overshoot); never the test split
@@ -84,6 +86,32 @@ def test_three_trials_write_the_best_preset(data_root: Path, tmp_path: Path) -> 
     # the study continues where it stopped: one more trial on the same storage
     assert train.main(study_args(data_root, tmp_path, "--n-trials", "1", "--pruner", "none")) == 0
     assert len(load(tmp_path).trials) == 4
+
+
+def test_the_best_preset_pasted_into_the_algo_file_reproduces_the_trial(
+    data_root: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """best_preset.yml is meant to be pasted into hyperparams/<algo>.yml: the preset it names, which env.yml does not
+    know, must resolve to the best trial's own config."""
+    assert train.main(study_args(data_root, tmp_path, "--n-trials", "2", "--pruner", "none")) == 0
+    best = load(tmp_path).best_trial
+    report = tmp_path / "reinforce" / "optuna" / "tiny"
+    hyperparams_dir = tmp_path / "hyperparams"
+    hyperparams_dir.mkdir()
+    for name in ("reinforce.yml", "env.yml"):
+        (hyperparams_dir / name).write_text((train.HYPERPARAMS_DIR / name).read_text())
+    table = yaml.safe_load((hyperparams_dir / "reinforce.yml").read_text())
+    table["MVTecPatch-v0"].update(yaml.safe_load((report / "best_preset.yml").read_text())["MVTecPatch-v0"])
+    (hyperparams_dir / "reinforce.yml").write_text(yaml.safe_dump(table))
+    monkeypatch.setattr(train, "HYPERPARAMS_DIR", hyperparams_dir)
+    args = ["--preset", "tuned-tiny", "--data-root", str(data_root), "--category", "widget", "--seed", "1"]
+    config = train.resolve_config(train.build_parser().parse_args(args))
+    trial_config = yaml.safe_load((Path(best.user_attrs["run"]) / "config.yml").read_text())
+    assert config["hyperparams"] == trial_config["hyperparams"]
+    assert config["env_kwargs"] == trial_config["env_kwargs"]
+    assert config["n_timesteps"] == trial_config["n_timesteps"]
 
 
 def test_a_pruned_trial_is_marked_pruned(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
