@@ -105,6 +105,8 @@ class DetectorConfig:
         synthetic_noise_scales: (min, max) scale of the noise that shapes the mask: blobs about H/2^s across.
         synthetic_noise_min_change: grey levels a pixel must visibly change to be labelled anomalous (0: the whole
             noise mask, as DRAEM); see :func:`models.synthesis.noise_anomaly`.
+        synthetic_noise_window: (min, max) side, as a fraction of the image, of the random square that bounds a
+            noise-mask anomaly (None: the whole image); see :func:`models.synthesis.noise_anomaly`.
         synthetic_refresh_updates: renew the synthetic images at least every N predictor updates (the warm-up
             has no AE update to trigger a refresh, and should still see thousands of different anomalies).
         pred_flip: flip predictor training crops horizontally and vertically at random.
@@ -148,6 +150,7 @@ class DetectorConfig:
     synthetic_noise_opacity: tuple[float, float] = (0.2, 1.0)
     synthetic_noise_scales: tuple[int, int] = (2, 6)
     synthetic_noise_min_change: float = 0.0
+    synthetic_noise_window: tuple[float, float] | None = None
     pred_flip: bool = False
     pred_loss: str = "bce"
     map_smoothing_sigma: float = 0.0
@@ -184,6 +187,11 @@ class DetectorConfig:
             raise ValueError(f"synthetic_noise_opacity must be (min, max) with 0 < min <= max <= 1, got {opacity}")
         if len(scales) != 2 or not 0 <= scales[0] <= scales[1] <= 8:
             raise ValueError(f"synthetic_noise_scales must be (min, max) with 0 <= min <= max <= 8, got {scales}")
+        if self.synthetic_noise_window is not None:
+            self.synthetic_noise_window = tuple(float(v) for v in self.synthetic_noise_window)  # type: ignore[assignment]
+            w = self.synthetic_noise_window
+            if len(w) != 2 or not 0.0 < w[0] <= w[1] <= 1.0:
+                raise ValueError(f"synthetic_noise_window must be None or (min, max) with 0 < min <= max <= 1, got {w}")
         if not 0.0 <= self.synthetic_noise_min_change <= 255.0:
             raise ValueError(f"synthetic_noise_min_change must be in [0, 255], got {self.synthetic_noise_min_change}")
         if not 0.0 <= self.predictor_ema < 1.0:
@@ -603,7 +611,13 @@ class Detector:
                 source = hwc[int(rng.integers(len(train)))].numpy()
                 c = self.config
                 image, mask = noise_anomaly(
-                    target, source, rng, c.synthetic_noise_opacity, c.synthetic_noise_scales, c.synthetic_noise_min_change
+                    target,
+                    source,
+                    rng,
+                    c.synthetic_noise_opacity,
+                    c.synthetic_noise_scales,
+                    c.synthetic_noise_min_change,
+                    c.synthetic_noise_window,
                 )
             images.append(image)
             masks.append(mask)

@@ -114,6 +114,7 @@ def noise_anomaly(
     opacity: tuple[float, float] = (0.2, 1.0),
     scales: tuple[int, int] = (2, 6),
     min_change: float = 0.0,
+    window: tuple[float, float] | None = None,
     attempts: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A DRAEM-style synthetic anomaly: ``target`` blended with a foreign texture under a noise mask.
@@ -135,7 +136,11 @@ def noise_anomaly(
         scales: (min, max) scale of :func:`noise_mask`; a larger min makes only small blobs (H/8 across at 3).
         min_change: grey levels (0-255, largest over the channels) a pixel must move to count as anomalous;
             0: every pixel under the noise mask counts, as in DRAEM.
-        attempts: new draws when fewer than 16 pixels changed visibly; the last draw is returned regardless.
+        window: (min, max) side of a random square, as a fraction of the image side, outside which the noise mask is
+            cleared; None: the whole image. Noise blobs cover ~10,000 pixels of a 256² image where a real defect
+            may cover 150, so a pixel-wise loss would learn mostly from them; a window bounds their size.
+        attempts: new draws when fewer than 16 pixels are left in the mask (with ``min_change`` or ``window``); the
+            last draw is returned regardless.
 
     Returns:
         The new image, uint8 (H, W, 3), and its mask, bool (H, W).
@@ -143,6 +148,12 @@ def noise_anomaly(
     H, W = target.shape[:2]
     for _ in range(max(attempts, 1)):
         mask = noise_mask(H, W, rng, min_scale=scales[0], max_scale=scales[1])
+        if window is not None:
+            side = max(2, round(float(rng.uniform(*window)) * min(H, W)))
+            y0, x0 = int(rng.integers(0, H - side + 1)), int(rng.integers(0, W - side + 1))
+            inside = np.zeros_like(mask)
+            inside[y0 : y0 + side, x0 : x0 + side] = True
+            mask &= inside
         if rng.random() < 0.25:
             texture = np.broadcast_to(rng.integers(0, 256, 3).astype(np.float32), (H, W, 3))
         else:
@@ -155,11 +166,12 @@ def noise_anomaly(
         blended = target.astype(np.float32)
         blended[mask] = (1 - a) * blended[mask] + a * texture[mask]
         image = np.round(blended).astype(np.uint8)
-        if min_change <= 0:
+        if min_change <= 0 and window is None:
             return image, mask
-        change = np.abs(image.astype(np.int16) - target.astype(np.int16)).max(axis=-1)  # (H, W)
-        mask &= change >= min_change
-        image[~mask] = target[~mask]
+        if min_change > 0:
+            change = np.abs(image.astype(np.int16) - target.astype(np.int16)).max(axis=-1)  # (H, W)
+            mask &= change >= min_change
+            image[~mask] = target[~mask]
         if mask.sum() >= 16:
             break
     return image, mask

@@ -94,9 +94,23 @@ def test_noise_anomaly_min_change_labels_exactly_the_visibly_changed_pixels() ->
     assert np.mean(faint_share) > 0.05  # the case is one where the rule matters
 
 
+def test_noise_anomaly_window_bounds_the_blob_and_keeps_the_mask_exact() -> None:
+    rng = np.random.default_rng(4)
+    target = rng.integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+    texture = rng.integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+    for seed in range(20):
+        img, mask = noise_anomaly(target, texture, np.random.default_rng(seed), window=(0.1, 0.2), opacity=(1.0, 1.0))
+        ys, xs = np.nonzero(mask)
+        assert len(ys) >= 16 and np.ptp(ys) < 0.2 * 128 and np.ptp(xs) < 0.2 * 128  # in a square of side <= 26 px
+        assert np.array_equal(img[~mask], target[~mask])
+    whole = [noise_anomaly(target, texture, np.random.default_rng(s))[1].sum() for s in range(20)]
+    assert np.mean(whole) > 0.2**2 * 128**2  # without a window, blobs are larger than the largest window
+
+
 @pytest.mark.parametrize(
     "bad",
     [
+        {"synthetic_noise_window": (0.5, 0.2)},
         {"synthetic_noise_min_change": -1.0},
         {"synthetic_noise_opacity": (0.0, 0.5)},
         {"synthetic_noise_opacity": (0.2,)},
