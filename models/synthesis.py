@@ -137,7 +137,7 @@ def noise_anomaly(
         min_change: grey levels (0-255, largest over the channels) a pixel must move to count as anomalous;
             0: every pixel under the noise mask counts, as in DRAEM.
         window: (min, max) side of a random square, as a fraction of the image side, outside which the noise mask is
-            cleared; None: the whole image. Noise blobs cover ~10,000 pixels of a 256² image where a real defect
+            cleared; None: the whole image. Noise blobs cover a median 18,000 pixels of a 256² image where a real defect
             may cover 150, so a pixel-wise loss would learn mostly from them; a window bounds their size.
         attempts: new draws when fewer than 16 pixels are left in the mask (with ``min_change`` or ``window``); the
             last draw is returned regardless.
