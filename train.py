@@ -186,8 +186,8 @@ def load_preset(algo: str, env_id: str, preset: str) -> dict[str, Any]:
     the algorithm's file names (a study's ``best_preset.yml`` pasted there) is self-contained: its ``env_kwargs``
     are all the env settings."""
     hyperparams = _preset_table(HYPERPARAMS_DIR / f"{algo}.yml", env_id, preset, f"algo {algo!r}")
-    env_table = (yaml.safe_load((HYPERPARAMS_DIR / "env.yml").read_text()) or {}).get(env_id) or {}
-    env_kwargs = _preset_table(HYPERPARAMS_DIR / "env.yml", env_id, preset, "the env") if preset in env_table else {}
+    env_presets = (yaml.safe_load((HYPERPARAMS_DIR / "env.yml").read_text()) or {}).get(env_id) or {}
+    env_kwargs = copy.deepcopy(env_presets.get(preset) or {})
     hyperparams["env_kwargs"] = deep_merge(env_kwargs, hyperparams.get("env_kwargs") or {})
     return hyperparams
 
