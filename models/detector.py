@@ -110,6 +110,9 @@ class DetectorConfig:
         synthetic_refresh_updates: renew the synthetic images at least every N predictor updates (the warm-up
             has no AE update to trigger a refresh, and should still see thousands of different anomalies).
         pred_flip: flip predictor training crops horizontally and vertically at random.
+        pred_jitter: photometric jitter j of the image that the predictor reads (training crops only): each crop's
+            image is scaled by a gain in [1 - j, 1 + j] and shifted by an offset in [-j/2, j/2] (images in [0, 1]),
+            so that a handful of labelled images does not teach it their absolute brightness; 0: none.
         pred_loss: "bce" (eq. 8) or "bce_dice" (eq. 8 plus a batch soft-Dice term).
         map_smoothing_sigma: Gaussian sigma (pixels) applied to anomaly maps at inference; 0: none.
         predictor_ema: decay of an exponential moving average of the predictor's weights, used for the anomaly
@@ -152,6 +155,7 @@ class DetectorConfig:
     synthetic_noise_min_change: float = 0.0
     synthetic_noise_window: tuple[float, float] | None = None
     pred_flip: bool = False
+    pred_jitter: float = 0.0
     pred_loss: str = "bce"
     map_smoothing_sigma: float = 0.0
     predictor_ema: float = 0.0
@@ -194,6 +198,8 @@ class DetectorConfig:
                 raise ValueError(f"synthetic_noise_window must be None or (min, max) with 0 < min <= max <= 1, got {w}")
         if not 0.0 <= self.synthetic_noise_min_change <= 255.0:
             raise ValueError(f"synthetic_noise_min_change must be in [0, 255], got {self.synthetic_noise_min_change}")
+        if not 0.0 <= self.pred_jitter < 1.0:
+            raise ValueError(f"pred_jitter must be in [0, 1), got {self.pred_jitter}")
         if not 0.0 <= self.predictor_ema < 1.0:
             raise ValueError(f"predictor_ema must be in [0, 1), got {self.predictor_ema}")
         if self.map_smoothing_sigma < 0:
@@ -663,6 +669,11 @@ class Detector:
             ims_.append(self._pred_images[i, :, y0 : y0 + c, x0 : x0 + c])
             ys_.append(self._pred_masks[i, y0 : y0 + c, x0 : x0 + c])
         images = self._to_float(torch.stack(ims_))  # (n, 3, c, c)
+        j = self.config.pred_jitter
+        if j and "image" in self.config.predictor_inputs:
+            gain = 1.0 + j * (2.0 * torch.rand(n, 1, 1, 1, generator=g) - 1.0)  # (n, 1, 1, 1) in [1 - j, 1 + j]
+            offset = 0.5 * j * (2.0 * torch.rand(n, 1, 1, 1, generator=g) - 1.0)  # in [-j/2, j/2]
+            images = (images * gain.to(images.device) + offset.to(images.device)).clamp_(0.0, 1.0)
         x = self._predictor_input(torch.stack(xs_), images)  # (n, C_in, c, c)
         y = torch.stack(ys_).unsqueeze(1).to(self.device, torch.float32)  # (n, 1, c, c)
         if self.config.pred_flip:

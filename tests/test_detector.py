@@ -419,3 +419,28 @@ def test_predictor_average_follows_the_weights_and_makes_the_maps(data: Data, tm
     assert np.array_equal(again.anomaly_map(data[1]), maps)
     with pytest.raises(ValueError, match="predictor_ema"):
         DetectorConfig(predictor_ema=1.0)
+
+
+def test_pred_jitter_changes_only_the_image_input_by_a_bounded_affine_map(data: Data) -> None:
+    cfg = dict(predictor_inputs=("profile", "image"))
+    plain_det = Detector(tiny_config(**cfg), *data, seed=0)
+    jitter_det = Detector(tiny_config(pred_jitter=0.3, **cfg), *data, seed=0)
+    for det in (plain_det, jitter_det):
+        det.refresh_profiles()
+    x0, y0 = plain_det._sample_crops(16)
+    x1, y1 = jitter_det._sample_crops(16)
+    assert torch.equal(y0, y1) and torch.equal(x0[:, :3], x1[:, :3])  # same crops and masks, profiles untouched
+    assert not torch.equal(x0[:, 3:], x1[:, 3:])
+    for before, after in zip(x0[:, 3:], x1[:, 3:]):  # per crop: after = clamp(gain * before + offset, 0, 1)
+        a, b = before.flatten().double(), after.flatten().double()
+        free = (b > 0) & (b < 1)  # fit on the pixels that were not clamped (the bright defects can reach 1)
+        af, bf = a[free], b[free]
+        gain = float(((af - af.mean()) * (bf - bf.mean())).sum() / ((af - af.mean()) ** 2).sum())
+        offset = float(bf.mean() - gain * af.mean())
+        assert 0.7 - 1e-4 <= gain <= 1.3 + 1e-4 and abs(offset) <= 0.15 + 1e-4
+        assert torch.allclose(b, (gain * a + offset).clamp(0, 1), atol=1e-4)
+
+
+def test_pred_jitter_is_validated() -> None:
+    with pytest.raises(ValueError, match="pred_jitter"):
+        tiny_config(pred_jitter=1.5)
