@@ -169,7 +169,7 @@ def test_bad_input_gives_one_line_errors(reinforce_run: Path, data_root: Path, t
     cases = [
         (train.main, ["--algo", "sac", "--dry-run"], "valid: reinforce"),
         (train.main, ["--env", "CartPole-v1", "--dry-run"], "valid: MVTecPatch-v0"),
-        (train.main, ["--preset", "fast", "--dry-run"], "valid: default, paper"),
+        (train.main, ["--preset", "fast", "--dry-run"], "valid: default, default-v1, paper"),
         (
             train.main,
             ["--env-kwargs", "observation:depth", "--data-root", str(data_root), "--category", "widget", "--dry-run"],
