@@ -115,6 +115,8 @@ class DetectorConfig:
             so that a handful of labelled images does not teach it their absolute brightness; 0: none.
         pred_loss: "bce" (eq. 8) or "bce_dice" (eq. 8 plus a batch soft-Dice term).
         map_smoothing_sigma: Gaussian sigma (pixels) applied to anomaly maps at inference; 0: none.
+        map_flip_tta: average each anomaly map with the map of the image's horizontal mirror (mirrored back), as
+            test-time augmentation: twice the inference cost for maps that depend less on one network's quirks.
         predictor_ema: decay of an exponential moving average of the predictor's weights, used for the anomaly
             maps (0: the raw weights, the paper). A few labelled images make single updates noisy; the average
             removes the update-to-update swings of validation scores.
@@ -158,6 +160,7 @@ class DetectorConfig:
     pred_jitter: float = 0.0
     pred_loss: str = "bce"
     map_smoothing_sigma: float = 0.0
+    map_flip_tta: bool = False
     predictor_ema: float = 0.0
     ae_lr_after_pretrain: float | None = None
     ae_grad_clip: float = 0.0
@@ -749,13 +752,19 @@ class Detector:
         K = self.config.profile_stack
         out = []
         bs = self.config.inference_batch_size
+        def probabilities(x: torch.Tensor) -> torch.Tensor:  # (b, 3, H, W) -> (b, H, W)
+            prof = (x - self.ae(x)).abs()  # (b, 3, H, W)
+            if K > 1:
+                prof = prof.repeat(1, K, 1, 1)  # (b, 3K, H, W)
+            return predictor(self._predictor_input(prof, x))[:, 0]
+
         with torch.inference_mode():
             for i in range(0, len(images), bs):
                 x = self._to_float(images[i : i + bs])  # (b, 3, H, W)
-                prof = (x - self.ae(x)).abs()  # (b, 3, H, W)
-                if K > 1:
-                    prof = prof.repeat(1, K, 1, 1)  # (b, 3K, H, W)
-                out.append(predictor(self._predictor_input(prof, x))[:, 0].cpu())  # (b, H, W)
+                p = probabilities(x)  # (b, H, W)
+                if self.config.map_flip_tta:
+                    p = 0.5 * (p + probabilities(x.flip(-1)).flip(-1))
+                out.append(p.cpu())
         if not out:
             H, W = images.shape[1:3] if isinstance(images, np.ndarray) else images.shape[-2:]
             return np.zeros((0, H, W), np.float32)

@@ -444,3 +444,14 @@ def test_pred_jitter_changes_only_the_image_input_by_a_bounded_affine_map(data: 
 def test_pred_jitter_is_validated() -> None:
     with pytest.raises(ValueError, match="pred_jitter"):
         tiny_config(pred_jitter=1.5)
+
+
+def test_map_flip_tta_averages_the_image_and_its_mirror(data: Data) -> None:
+    raw = Detector(tiny_config(predictor_inputs=("profile", "image")), *data, seed=0)
+    tta = Detector(tiny_config(predictor_inputs=("profile", "image"), map_flip_tta=True), *data, seed=0)
+    images = data[1]
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    assert not np.allclose(raw.anomaly_map(mirrored)[:, :, ::-1], raw.anomaly_map(images), atol=1e-5)  # not equivariant
+    expected = 0.5 * (raw.anomaly_map(images) + raw.anomaly_map(mirrored)[:, :, ::-1])
+    np.testing.assert_allclose(tta.anomaly_map(images), expected, atol=1e-6)
+    np.testing.assert_allclose(tta.anomaly_map(mirrored)[:, :, ::-1], tta.anomaly_map(images), atol=1e-6)  # equivariant
