@@ -49,7 +49,15 @@ from models.runtime import atomic_torch_save, plain
 from models.structural import DEFAULT_FUSED_WEIGHTS, fused_structural_map
 from models.synthesis import noise_anomaly, paste_defect
 
-__all__ = ["DetectorConfig", "Detector", "ae_baseline_maps", "CHECKPOINT_FORMAT", "PREDICTOR_INPUTS", "PREDICTOR_LOSSES"]
+__all__ = [
+    "DetectorConfig",
+    "Detector",
+    "ae_baseline_maps",
+    "smooth_maps",
+    "CHECKPOINT_FORMAT",
+    "PREDICTOR_INPUTS",
+    "PREDICTOR_LOSSES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +203,8 @@ class DetectorConfig:
         if len(scales) != 2 or not 0 <= scales[0] <= scales[1] <= 8:
             raise ValueError(f"synthetic_noise_scales must be (min, max) with 0 <= min <= max <= 8, got {scales}")
         if self.synthetic_noise_window is not None:
-            self.synthetic_noise_window = tuple(float(v) for v in self.synthetic_noise_window)  # type: ignore[assignment]
-            w = self.synthetic_noise_window
+            w = tuple(float(v) for v in self.synthetic_noise_window)
+            self.synthetic_noise_window = w  # type: ignore[assignment]
             if len(w) != 2 or not 0.0 < w[0] <= w[1] <= 1.0:
                 raise ValueError(f"synthetic_noise_window must be None or (min, max) with 0 < min <= max <= 1, got {w}")
         if not 0.0 <= self.synthetic_noise_min_change <= 255.0:
@@ -265,6 +273,13 @@ class DetectorConfig:
         if unknown:
             raise ValueError(f"unknown DetectorConfig keys {sorted(unknown)}; valid keys: {sorted(valid)}")
         return cls(**d)
+
+
+def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of float32 (N, H, W) anomaly maps (reflected borders); sigma 0 returns them as they are."""
+    if sigma <= 0 or not len(maps):
+        return maps
+    return np.stack([cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) for m in maps])
 
 
 def _images_to_uint8_chw(images: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
@@ -672,10 +687,10 @@ class Detector:
             ims_.append(self._pred_images[i, :, y0 : y0 + c, x0 : x0 + c])
             ys_.append(self._pred_masks[i, y0 : y0 + c, x0 : x0 + c])
         images = self._to_float(torch.stack(ims_))  # (n, 3, c, c)
-        j = self.config.pred_jitter
-        if j and "image" in self.config.predictor_inputs:
-            gain = 1.0 + j * (2.0 * torch.rand(n, 1, 1, 1, generator=g) - 1.0)  # (n, 1, 1, 1) in [1 - j, 1 + j]
-            offset = 0.5 * j * (2.0 * torch.rand(n, 1, 1, 1, generator=g) - 1.0)  # in [-j/2, j/2]
+        jitter = self.config.pred_jitter
+        if jitter and "image" in self.config.predictor_inputs:
+            gain = 1.0 + jitter * (2.0 * torch.rand(n, 1, 1, 1, generator=g) - 1.0)  # (n, 1, 1, 1) in [1 - j, 1 + j]
+            offset = 0.5 * jitter * (2.0 * torch.rand(n, 1, 1, 1, generator=g) - 1.0)  # in [-j/2, j/2]
             images = (images * gain.to(images.device) + offset.to(images.device)).clamp_(0.0, 1.0)
         x = self._predictor_input(torch.stack(xs_), images)  # (n, C_in, c, c)
         y = torch.stack(ys_).unsqueeze(1).to(self.device, torch.float32)  # (n, 1, c, c)
@@ -752,6 +767,7 @@ class Detector:
         K = self.config.profile_stack
         out = []
         bs = self.config.inference_batch_size
+
         def probabilities(x: torch.Tensor) -> torch.Tensor:  # (b, 3, H, W) -> (b, H, W)
             prof = (x - self.ae(x)).abs()  # (b, 3, H, W)
             if K > 1:
@@ -768,11 +784,7 @@ class Detector:
         if not out:
             H, W = images.shape[1:3] if isinstance(images, np.ndarray) else images.shape[-2:]
             return np.zeros((0, H, W), np.float32)
-        maps = torch.cat(out).numpy()  # (N, H, W)
-        sigma = self.config.map_smoothing_sigma
-        if sigma > 0:
-            maps = np.stack([cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) for m in maps])
-        return maps
+        return smooth_maps(torch.cat(out).numpy(), self.config.map_smoothing_sigma)  # (N, H, W)
 
     # ------------------------------------------------------------------ the no-RL control
     def fit_random(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import evaluate
 import train
@@ -188,3 +190,19 @@ def test_bad_input_gives_one_line_errors(reinforce_run: Path, data_root: Path, t
     (broken / "detector.pt").write_bytes(b"not a checkpoint")
     assert evaluate.main(["--run", str(broken)]) == 2
     assert "detector.pt" in capsys.readouterr().err
+
+
+def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import map_options
+
+    detector_config = yaml.safe_load((reinforce_run / "config.yml").read_text())["env_kwargs"]["detector"]
+    own = (bool(detector_config.get("map_flip_tta", False)), float(detector_config.get("map_smoothing_sigma", 0.0)))
+    rows = map_options.run_rows(reinforce_run, sorted({0.0, 8.0, own[1]}))
+    assert {(r["split"], r["tta"]) for r in rows} == {(s, t) for s in ("val", "test") for t in (False, True)}
+    metrics = json.loads((reinforce_run / "metrics.json").read_text())
+    (same,) = [r for r in rows if r["split"] == "test" and (r["tta"], r["sigma"]) == own]
+    assert same["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)  # the options are the run's own
+    assert same["pixel_f1max"] == pytest.approx(metrics["pixel_f1max"], abs=1e-4)
+    assert len({r["pixel_auroc"] for r in rows if r["split"] == "test"}) > 1  # and the others change the maps
+    assert "| flip TTA | sigma |" in map_options.table(rows, "val")

@@ -1,0 +1,103 @@
+"""Inference-only map options on trained runs: Gaussian smoothing sigma and flip test-time augmentation.
+
+    python benchmarks/map_options.py --runs runs/issue8b/cells/*/tuned-paste-only/seed*/logs/reinforce/MVTecPatch-v0_1
+
+Both options change only how a trained detector's maps are made (``map_smoothing_sigma``, ``map_flip_tta``), so they
+can be compared on finished runs without training again: each run's best detector is loaded as ``evaluate.py`` does,
+its raw maps of the validation and test splits are computed with and without the mirrored pass, and smoothed with each
+``--sigmas``. Prints a Markdown table per split of the mean pixel AUROC / F1max / AP over the runs of each category;
+choose on the validation split (the checkpoint was chosen there with the run's own options, so the gain of a full run
+with the new options can differ a little). ``--log`` appends one JSON line per run, split and option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from evaluate import load_run  # noqa: E402
+from models.detector import Detector, smooth_maps  # noqa: E402
+from models.metrics import compute_metrics  # noqa: E402
+
+KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap")
+
+
+def run_rows(run: Path, sigmas: list[float]) -> list[dict]:
+    """One row per (split, TTA, sigma) for one run: the metrics of its best detector's maps."""
+    _, data, split, detector = load_run(run)
+    if not isinstance(detector, Detector):
+        raise ValueError(f"'{run}' is a {type(detector).__name__} run: map options apply to the method's detector")
+    detector.config.map_smoothing_sigma = 0.0  # raw maps here; each sigma is applied below
+    rows = []
+    for part in ("val", "test"):
+        index = getattr(split, part)
+        images, masks = data.images[index], data.masks[index]  # (N, H, W, 3) uint8, (N, H, W) bool
+        labels = np.array([data.samples[i].is_anomalous for i in index])
+        for tta in (False, True):
+            detector.config.map_flip_tta = tta
+            raw = detector.anomaly_map(images)  # (N, H, W)
+            for sigma in sigmas:
+                metrics = compute_metrics(smooth_maps(raw, sigma), masks, image_labels=labels)
+                rows.append(
+                    {"run": str(run), "category": data.name, "split": part, "tta": tta, "sigma": sigma}
+                    | {k: round(float(metrics[k]), 4) for k in KEYS}
+                )
+    return rows
+
+
+def table(rows: list[dict], part: str) -> str:
+    categories = sorted({r["category"] for r in rows})
+    lines = [
+        f"**{part} split** (mean over runs: pixel AUROC / F1max / AP)",
+        "",
+        "| flip TTA | sigma | "
+        + " | ".join(f"{c} ({len({r['run'] for r in rows if r['category'] == c})} runs)" for c in categories)
+        + " |",
+        "|---|---|" + "---|" * len(categories),
+    ]
+    options = sorted({(r["tta"], r["sigma"]) for r in rows})
+    for tta, sigma in options:
+        cells = []
+        for c in categories:
+            sel = [r for r in rows if r["category"] == c and r["split"] == part and r["tta"] == tta and r["sigma"] == sigma]
+            cells.append(" / ".join(f"{np.mean([r[k] for r in sel]):.3f}" for k in KEYS))
+        lines.append(f"| {'yes' if tta else 'no'} | {sigma:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="run folders written by train.py (the method's runs)")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--log", default=None, help="append one JSON line per run, split and option here")
+    args = parser.parse_args(argv)
+    if any(s < 0 for s in args.sigmas):
+        print("error: --sigmas must be >= 0", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    rows = []
+    for run in args.runs:
+        try:
+            new = run_rows(Path(run), args.sigmas)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        rows += new
+        if args.log:
+            with open(args.log, "a") as log:
+                log.writelines(json.dumps(r) + "\n" for r in new)
+        print(f"[map_options] {run}: done", file=sys.stderr, flush=True)
+    print("\n\n".join(table(rows, part) for part in ("val", "test")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
