@@ -51,10 +51,26 @@ def parse_sets(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     return env, det
 
 
+def preset_env_kwargs(path: Path, preset: str) -> dict[str, Any]:
+    """A preset's env settings: through train.load_preset (env.yml merged) for an algorithm's file in
+    agents/hyperparams, else the preset's own ``env_kwargs`` in the YAML file."""
+    import train
+
+    if path.resolve().parent == train.HYPERPARAMS_DIR.resolve() and path.stem != "env":
+        try:
+            return train.load_preset(path.stem, "MVTecPatch-v0", preset)["env_kwargs"]
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from error
+    table = (yaml.safe_load(path.read_text()) or {}).get("MVTecPatch-v0") or {}
+    if not isinstance(table.get(preset), dict) or "env_kwargs" not in table[preset]:
+        raise SystemExit(f"error: '{path}' has no preset {preset!r} with env_kwargs under MVTecPatch-v0")
+    return table[preset]["env_kwargs"]
+
+
 def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     env_kwargs, det_kwargs = parse_sets(args.set or [])
     if args.preset_env:
-        base = yaml.safe_load(Path(args.preset_env).read_text())["MVTecPatch-v0"][args.preset]["env_kwargs"]
+        base = preset_env_kwargs(Path(args.preset_env), args.preset)
         merged = copy.deepcopy(base)
         merged_det = merged.pop("detector", None) or {}
         for k, v in det_kwargs.items():

@@ -206,3 +206,16 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     assert same["pixel_f1max"] == pytest.approx(metrics["pixel_f1max"], abs=1e-4)
     assert len({r["pixel_auroc"] for r in rows if r["split"] == "test"}) > 1  # and the others change the maps
     assert "| flip TTA | sigma |" in map_options.table(rows, "val")
+
+
+def test_per_type_scores_every_defect_type_of_the_test_split(reinforce_run: Path, capsys) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import per_type
+
+    split = json.loads((reinforce_run / "split.json").read_text())
+    test_types = {Path(p).parent.name for p in split["test"]} - {"good"}
+    scores = per_type.per_type(reinforce_run)
+    assert set(scores) == test_types
+    assert all(0.0 <= auroc <= 1.0 and 0.0 <= f1 <= 1.0 and pixels > 0 for auroc, f1, pixels in scores.values())
+    assert per_type.main(["--runs", str(reinforce_run.parent)]) == 2  # not a run folder: a one-line error
+    assert capsys.readouterr().err.startswith("error:")
