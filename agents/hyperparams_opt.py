@@ -73,6 +73,9 @@ ENV_SPACE: Space = {
     "detector.synthetic_paste_fraction": ("float", 0.0, 1.0),
     "detector.pred_loss": ("cat", ["bce", "bce_dice"]),
     "detector.predictor_ema": ("cat", [0.0, 0.99, 0.999]),
+    "detector.map_flip_tta": ("cat", [False, True]),
+    "detector.pred_jitter": ("cat", [0.0, 0.1, 0.2]),
+    "detector.synthetic_paste_rotate": ("cat", [True, False]),
 }
 
 

@@ -109,6 +109,8 @@ class DetectorConfig:
             from training images (:mod:`models.synthesis`); 0: the paper's pool of labelled + normal images only.
         synthetic_paste_fraction: share of those made by pasting a labelled defect; the rest are noise-mask
             anomalies with a foreign texture.
+        synthetic_paste_rotate: a defect pasted away from its own place may also be rotated by a multiple of 90
+            degrees; False: flipped and rescaled only, so a directional texture keeps its direction.
         synthetic_noise_opacity: (min, max) blend factor of a noise-mask anomaly's texture (1: full replacement).
         synthetic_noise_scales: (min, max) scale of the noise that shapes the mask: blobs about H/2^s across.
         synthetic_noise_min_change: grey levels a pixel must visibly change to be labelled anomalous (0: the whole
@@ -159,6 +161,7 @@ class DetectorConfig:
     profile_refresh_every: int = 1
     synthetic_pool_size: int = 0
     synthetic_paste_fraction: float = 0.5
+    synthetic_paste_rotate: bool = True
     synthetic_refresh_updates: int = 16
     synthetic_noise_opacity: tuple[float, float] = (0.2, 1.0)
     synthetic_noise_scales: tuple[int, int] = (2, 6)
@@ -630,7 +633,8 @@ class Detector:
             target = hwc[int(rng.integers(len(train)))].numpy()
             if self._pool_positives and rng.random() < self.config.synthetic_paste_fraction:
                 i = self._pool_positives[int(rng.integers(len(self._pool_positives)))][0]
-                image, mask = paste_defect(target, pool[i].permute(1, 2, 0).numpy(), pool_masks[i].numpy(), rng)
+                source, source_mask = pool[i].permute(1, 2, 0).numpy(), pool_masks[i].numpy()
+                image, mask = paste_defect(target, source, source_mask, rng, rotate=self.config.synthetic_paste_rotate)
             else:
                 source = hwc[int(rng.integers(len(train)))].numpy()
                 c = self.config

@@ -31,6 +31,10 @@ class PredictorConfig:
             hundredths); normalising the first layer's output makes training insensitive to their scale.
         norm: the normalisation when ``batch_norm`` is on: "batch" (BatchNorm2d, the paper) or "group"
             (GroupNorm with 8 channels per group: the same in training and eval mode, whatever the batch holds).
+        global_context: after the dilated body, give every position the image-wide mean of the body's features
+            too (ParseNet's global context, Liu et al. 2015): a 1x1 convolution of [local, global] features, so a
+            region can be judged against the rest of its image. Train on whole images (``pred_crop_size`` = image
+            size), or the mean differs between training crops and inference.
     """
 
     in_channels: int = 3
@@ -42,6 +46,7 @@ class PredictorConfig:
     padding_mode: str = "zeros"  # "zeros" (paper) | "reflect" | "replicate": no border stripes in the maps
     arch: str = "dilated"  # "dilated" (the paper's body, above) | "unet": models.unet.UNet (width, unet_levels, norm)
     unet_levels: int = 4
+    global_context: bool = False
 
     def __post_init__(self) -> None:
         self.dilations = tuple(int(d) for d in self.dilations)
@@ -61,6 +66,8 @@ class PredictorConfig:
             raise ValueError(f"arch must be 'dilated' or 'unet', got {self.arch!r}")
         if not 1 <= self.unet_levels <= 6:
             raise ValueError(f"unet_levels must be in 1..6, got {self.unet_levels}")
+        if self.global_context and self.arch != "dilated":
+            raise ValueError("global_context needs arch 'dilated' (the U-Net has no dilated body to extend)")
 
     @property
     def receptive_field(self) -> int:
@@ -98,9 +105,10 @@ class Predictor(nn.Module):
         pad: Any = config.padding_mode  # a validated str; torch's stubs want a Literal
         bias = not config.batch_norm
 
-        def block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+        def block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1, kernel: int = 3) -> nn.Sequential:
+            padding = dilation * (kernel // 2)
             layers: list[nn.Module] = [
-                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=bias, padding_mode=pad)
+                nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias, padding_mode=pad)
             ]
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(c_out) if config.norm == "batch" else nn.GroupNorm(max(1, c_out // 8), c_out))
@@ -120,6 +128,7 @@ class Predictor(nn.Module):
             c = w_body
         # the paper's layout (downsample 1) keeps its flat Sequential: body.0.weight, body.1, ...
         self.body = nn.Sequential(*[m for b in body for m in b]) if not self.widths else nn.Sequential(*body)
+        self.context = block(2 * c, c, kernel=1) if config.global_context else None
         self.up = nn.ModuleList()
         for w in reversed(self.widths[:-1]):  # from the second-deepest level up to half resolution
             self.up.append(block(c + w, w))
@@ -150,6 +159,9 @@ class Predictor(nn.Module):
             h = down(h)  # (B, w_l, H / 2^l, W / 2^l)
             skips.append(h)
         h = self.body(h)  # (B, w_L, H / 2^L, W / 2^L)
+        if self.context is not None:
+            g = h.mean(dim=(-2, -1), keepdim=True).expand_as(h)  # (B, w_L, H / 2^L, W / 2^L): the image-wide mean
+            h = self.context(torch.cat([h, g], dim=1))  # (B, w_L, H / 2^L, W / 2^L)
         for up, skip in zip(self.up, reversed(skips[:-1])):
             h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = up(torch.cat([h, skip], dim=1))  # (B, w_l, H / 2^l, W / 2^l)

@@ -45,14 +45,17 @@ def noise_mask(
     return mask
 
 
-def _random_view(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, scale: tuple[float, float]) -> tuple:
-    """Flip, rotate by k * 90 degrees and rescale an image crop and its mask together."""
+def _random_view(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, scale: tuple[float, float], rotate: bool = True
+) -> tuple:
+    """Flip, rotate by k * 90 degrees (if ``rotate``) and rescale an image crop and its mask together."""
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
     if rng.random() < 0.5:
         image, mask = image[::-1], mask[::-1]
-    k = int(rng.integers(4))
-    image, mask = np.rot90(image, k), np.rot90(mask, k)
+    if rotate:
+        k = int(rng.integers(4))
+        image, mask = np.rot90(image, k), np.rot90(mask, k)
     f = float(rng.uniform(*scale))
     h, w = mask.shape
     nh, nw = max(1, round(h * f)), max(1, round(w * f))
@@ -69,6 +72,7 @@ def paste_defect(
     rng: np.random.Generator,
     same_place: float = 0.5,
     scale: tuple[float, float] = (0.75, 1.25),
+    rotate: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paste the defect of ``source`` (its pixels under ``source_mask``) into ``target``.
 
@@ -80,6 +84,8 @@ def paste_defect(
         same_place: probability of pasting at the defect's own position without any transform (the
             natural place for aligned objects); otherwise flipped/rotated/rescaled and placed at random.
         scale: range of the rescaling factor.
+        rotate: also rotate by a random multiple of 90 degrees when moving the defect; False keeps the texture's
+            orientation (flips only), for surfaces with a direction (brushed or ground metal, wood, fabric).
 
     Returns:
         The new image, uint8 (H, W, 3), and its mask, bool (H, W): exactly the pixels that were replaced.
@@ -93,7 +99,7 @@ def paste_defect(
     if rng.random() < same_place:
         py, px = int(y0), int(x0)
     else:
-        patch, patch_mask = _random_view(patch, patch_mask, rng, scale)
+        patch, patch_mask = _random_view(patch, patch_mask, rng, scale, rotate)
         ph, pw = patch_mask.shape
         if ph > H or pw > W:  # a rescaled defect larger than the image: crop it
             patch, patch_mask = patch[:H, :W], patch_mask[:H, :W]

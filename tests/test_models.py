@@ -270,3 +270,20 @@ def test_predictor_unet_arch_reads_every_input_at_full_resolution() -> None:
     with pytest.raises(ValueError, match="arch"):
         PredictorConfig(arch="resnet")
     assert Predictor(PredictorConfig()).unet is None  # the default keeps the paper's dilated body
+
+
+def test_predictor_global_context_lets_a_far_region_move_the_output() -> None:
+    """Beyond the 31-px receptive field nothing reaches an output pixel, unless the image-wide mean is fed back in."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 96, 96)
+    far = x.clone()
+    far[..., :8, :8] += 1.0  # a change in one corner, 88 px from the other
+    for context in (False, True):
+        p = Predictor(PredictorConfig(in_channels=3, width=8, norm="batch", global_context=context)).eval()
+        with torch.no_grad():  # eval BatchNorm is per pixel: no image-wide statistic of its own
+            moved = float((p.logits(far) - p.logits(x))[0, 0, -1, -1].abs())
+        assert (moved > 0) is context
+    deep = Predictor(PredictorConfig(in_channels=3, width=8, downsample=8, norm="group", global_context=True))
+    assert deep(x).shape == (1, 1, 96, 96)
+    with pytest.raises(ValueError, match="global_context"):
+        PredictorConfig(arch="unet", global_context=True)

@@ -37,6 +37,21 @@ def test_paste_replaces_exactly_the_mask_pixels_with_defect_pixels(same_place: f
             assert np.array_equal(mask, source_mask) and np.array_equal(image[mask], source[source_mask])
 
 
+def test_paste_without_rotation_keeps_the_defect_direction() -> None:
+    """The source defect is wider than tall (rows 5-8, columns 10-21): flips and rescales keep that, quarter turns not."""
+    rng = np.random.default_rng(0)
+    source, source_mask = _source(rng)
+    target = np.full((SIZE, SIZE, 3), 100, np.uint8)
+
+    def wide(rotate: bool, seed: int) -> bool:
+        _, mask = paste_defect(target, source, source_mask, np.random.default_rng(seed), same_place=0.0, rotate=rotate)
+        ys, xs = np.nonzero(mask)
+        return bool(np.ptp(xs) > np.ptp(ys))
+
+    assert all(wide(False, seed) for seed in range(40))
+    assert not all(wide(True, seed) for seed in range(40))
+
+
 def test_paste_rejects_an_empty_defect() -> None:
     with pytest.raises(ValueError, match="empty"):
         blank = np.zeros((8, 8, 3), np.uint8)
