@@ -76,6 +76,8 @@ class DetectorConfig:
         ae_batch_size: patches per AE update (the paper: 32); used by pre-training and :meth:`Detector.fit_random`.
         lr: Adam learning rate of the AE (the paper: 1e-3).
         pred_lr: Adam learning rate of the predictor; None: same as ``lr``.
+        pred_weight_decay: decoupled weight decay of the predictor (AdamW; 0: plain Adam, the paper). Twenty-five
+            labelled images are few enough for the predictor to memorise them.
         pred_batch_size: crops per predictor update (the paper: 32).
         pred_crop_size: side of the predictor's training crops. The predictor is fully convolutional with a
             31-pixel receptive field, so 64x64 crops teach it the same function as whole images at 1/16 of the cost.
@@ -143,6 +145,7 @@ class DetectorConfig:
     ae_batch_size: int = 32
     lr: float = 1e-3
     pred_lr: float | None = None
+    pred_weight_decay: float = 0.0
     pred_batch_size: int = 32
     pred_crop_size: int = 64
     pred_positive_fraction: float = 0.25  # best of 0.2 / 0.25 / 0.5 on magnetic_tile; see the docstring
@@ -244,6 +247,8 @@ class DetectorConfig:
             )
         if self.lr <= 0 or (self.pred_lr is not None and self.pred_lr <= 0):
             raise ValueError(f"learning rates must be > 0, got lr={self.lr}, pred_lr={self.pred_lr}")
+        if self.pred_weight_decay < 0:
+            raise ValueError(f"pred_weight_decay must be >= 0, got {self.pred_weight_decay}")
         if not 0.0 <= self.pred_positive_fraction <= 1.0:
             raise ValueError(f"pred_positive_fraction must be in [0, 1], got {self.pred_positive_fraction}")
         if self.alpha_start < 0 or self.alpha_end < 0:
@@ -354,7 +359,12 @@ class Detector:
         # The weights' moving average that makes the maps (predictor_ema > 0); a copy, never trained directly
         self.predictor_average = copy.deepcopy(self.predictor).requires_grad_(False) if config.predictor_ema else None
         self.ae_optimizer = torch.optim.Adam(self.ae.parameters(), lr=config.lr)
-        self.predictor_optimizer = torch.optim.Adam(self.predictor.parameters(), lr=config.pred_lr or config.lr)
+        pred_lr = config.pred_lr or config.lr
+        self.predictor_optimizer: torch.optim.Optimizer = (
+            torch.optim.AdamW(self.predictor.parameters(), lr=pred_lr, weight_decay=config.pred_weight_decay)
+            if config.pred_weight_decay
+            else torch.optim.Adam(self.predictor.parameters(), lr=pred_lr)
+        )
 
         self.ae_updates = 0
         self.ae_train_updates = 0  # AE updates outside pretrain_ae: the ae_reset_every cadence counts these

@@ -455,3 +455,21 @@ def test_map_flip_tta_averages_the_image_and_its_mirror(data: Data) -> None:
     expected = 0.5 * (raw.anomaly_map(images) + raw.anomaly_map(mirrored)[:, :, ::-1])
     np.testing.assert_allclose(tta.anomaly_map(images), expected, atol=1e-6)
     np.testing.assert_allclose(tta.anomaly_map(mirrored)[:, :, ::-1], tta.anomaly_map(images), atol=1e-6)  # equivariant
+
+
+def test_pred_weight_decay_shrinks_the_predictor_and_survives_a_checkpoint(data: Data, tmp_path: Path) -> None:
+    def norm_after(decay: float) -> tuple[Detector, float]:
+        det = Detector(tiny_config(pred_weight_decay=decay, pred_lr=1e-2), *data, seed=0)
+        for _ in range(20):
+            det.predictor_update()
+        return det, float(sum(p.detach().pow(2).sum() for p in det.predictor.parameters()))
+
+    _, plain = norm_after(0.0)
+    decayed, shrunk = norm_after(5.0)
+    assert shrunk < plain
+    assert isinstance(decayed.predictor_optimizer, torch.optim.AdamW)
+    decayed.save(tmp_path / "d.pt")
+    again = Detector.from_checkpoint(tmp_path / "d.pt", *data)
+    assert again.predictor_optimizer.param_groups[0]["weight_decay"] == 5.0
+    with pytest.raises(ValueError, match="pred_weight_decay"):
+        tiny_config(pred_weight_decay=-1.0)
