@@ -47,7 +47,7 @@ from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.predictor import Predictor, PredictorConfig, soft_dice_loss, weighted_bce
 from models.runtime import atomic_torch_save, plain
 from models.structural import DEFAULT_FUSED_WEIGHTS, fused_structural_map
-from models.synthesis import noise_anomaly, paste_defect
+from models.synthesis import noise_anomaly, paste_defect, shift_anomaly
 
 __all__ = [
     "DetectorConfig",
@@ -111,6 +111,8 @@ class DetectorConfig:
             from training images (:mod:`models.synthesis`); 0: the paper's pool of labelled + normal images only.
         synthetic_paste_fraction: share of those made by pasting a labelled defect; the rest are noise-mask
             anomalies with a foreign texture.
+        synthetic_shift_fraction: share of the synthetic images that are a region's brightness/contrast shift
+            (:func:`models.synthesis.shift_anomaly`), drawn before the paste/noise choice; 0: none.
         synthetic_paste_rotate: a defect pasted away from its own place may also be rotated by a multiple of 90
             degrees; False: flipped and rescaled only, so a directional texture keeps its direction.
         synthetic_noise_opacity: (min, max) blend factor of a noise-mask anomaly's texture (1: full replacement).
@@ -165,6 +167,7 @@ class DetectorConfig:
     synthetic_pool_size: int = 0
     synthetic_paste_fraction: float = 0.5
     synthetic_paste_rotate: bool = True
+    synthetic_shift_fraction: float = 0.0
     synthetic_refresh_updates: int = 16
     synthetic_noise_opacity: tuple[float, float] = (0.2, 1.0)
     synthetic_noise_scales: tuple[int, int] = (2, 6)
@@ -199,6 +202,8 @@ class DetectorConfig:
             raise ValueError(f"synthetic_pool_size must be >= 0, got {self.synthetic_pool_size}")
         if self.synthetic_pool_size and self.profile_stack > 1:
             raise ValueError("synthetic_pool_size > 0 needs profile_stack = 1 (synthetic images change at every refresh)")
+        if not 0.0 <= self.synthetic_shift_fraction <= 1.0:
+            raise ValueError(f"synthetic_shift_fraction must be in [0, 1], got {self.synthetic_shift_fraction}")
         if not 0.0 <= self.synthetic_paste_fraction <= 1.0:
             raise ValueError(f"synthetic_paste_fraction must be in [0, 1], got {self.synthetic_paste_fraction}")
         self.synthetic_noise_opacity = tuple(float(a) for a in self.synthetic_noise_opacity)  # type: ignore[assignment]
@@ -641,7 +646,10 @@ class Detector:
         hwc = train.permute(0, 2, 3, 1)  # (N, H, W, 3) view
         for _ in range(self.config.synthetic_pool_size):
             target = hwc[int(rng.integers(len(train)))].numpy()
-            if self._pool_positives and rng.random() < self.config.synthetic_paste_fraction:
+            # drawn only when enabled, so the streams of configurations without shifts stay as they were
+            if self.config.synthetic_shift_fraction and rng.random() < self.config.synthetic_shift_fraction:
+                image, mask = shift_anomaly(target, rng)
+            elif self._pool_positives and rng.random() < self.config.synthetic_paste_fraction:
                 i = self._pool_positives[int(rng.integers(len(self._pool_positives)))][0]
                 source, source_mask = pool[i].permute(1, 2, 0).numpy(), pool_masks[i].numpy()
                 image, mask = paste_defect(target, source, source_mask, rng, rotate=self.config.synthetic_paste_rotate)

@@ -9,6 +9,9 @@ made from them and from the normal images, as few-shot and unsupervised segmente
 * :func:`noise_anomaly` blends a blob-shaped region of a normal image with a texture taken from another normal
   image of the same category, or with a flat random colour, under a smooth-noise mask (DRAEM's recipe, Zavrtanik
   et al., ICCV 2021, with value noise in place of Perlin noise and without external texture datasets).
+* :func:`shift_anomaly` changes the brightness and contrast of a large region of a normal image, bounded by one or
+  two straight edges (a discoloured or differently finished area, as magnetic_tile's `uneven` and MVTec AD's
+  `color` defects): its texture stays the image's own, so only the comparison with the rest of the image gives it away.
 
 Only the images given to these functions are used: the detector passes its training images and its pool's
 labelled anomalies, never validation or test images. All randomness comes from the ``numpy`` generator passed in.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["noise_mask", "paste_defect", "noise_anomaly"]
+__all__ = ["noise_mask", "paste_defect", "noise_anomaly", "region_mask", "shift_anomaly"]
 
 
 def noise_mask(
@@ -179,5 +182,55 @@ def noise_anomaly(
             mask &= change >= min_change
             image[~mask] = target[~mask]
         if mask.sum() >= 16:
+            break
+    return image, mask
+
+
+def region_mask(height: int, width: int, rng: np.random.Generator, band: float = 0.5) -> np.ndarray:
+    """A bool (H, W) mask of a large region with straight edges: one side of a random line (a half-plane) or, with
+    probability ``band``, the strip between two parallel lines. The line's direction is uniform; the region covers
+    roughly 10-60% of the image.
+    """
+    theta = float(rng.uniform(0.0, np.pi))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    # signed distance along the line's normal, scaled to [-1, 1] over the image
+    d = (np.cos(theta) * (xs - width / 2) + np.sin(theta) * (ys - height / 2)) / (0.5 * np.hypot(height, width))
+    if rng.random() < band:
+        centre, half = float(rng.uniform(-0.6, 0.6)), float(rng.uniform(0.1, 0.35))
+        return np.abs(d - centre) < half
+    cut = float(rng.uniform(0.1, 0.6))  # the region's depth from the image's edge, in the same units
+    return d > 1.0 - 2.0 * cut if rng.random() < 0.5 else d < 2.0 * cut - 1.0
+
+
+def shift_anomaly(
+    target: np.ndarray,
+    rng: np.random.Generator,
+    gain: tuple[float, float] = (0.6, 1.4),
+    bias: tuple[float, float] = (-40.0, 40.0),
+    min_change: float = 12.0,
+    attempts: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A region of ``target`` (:func:`region_mask`) with its brightness and contrast changed: ``(x - m) * g + m + b``
+    for the region's mean colour ``m``, a gain ``g`` and an offset ``b`` drawn from ``gain`` and ``bias``.
+
+    The region is the defect, as a real discoloured area's mask is drawn; a draw whose pixels move by a median of
+    less than ``min_change`` grey levels (largest over the channels) is invisible as a region and is redrawn, up to
+    ``attempts`` times (the last draw is returned regardless).
+
+    Returns:
+        The new image, uint8 (H, W, 3), and its mask, bool (H, W): exactly the region, outside which nothing changed.
+    """
+    H, W = target.shape[:2]
+    image, mask = target.copy(), np.zeros((H, W), bool)
+    for _ in range(max(attempts, 1)):
+        mask = region_mask(H, W, rng)
+        g, b = float(rng.uniform(*gain)), float(rng.uniform(*bias))
+        pixels = target[mask].astype(np.float32)  # (n, 3)
+        mean = pixels.mean(axis=0, keepdims=True) if len(pixels) else 0.0
+        shifted = np.clip(np.round((pixels - mean) * g + mean + b), 0, 255).astype(np.uint8)
+        image = target.copy()
+        image[mask] = shifted
+        moved = np.abs(shifted.astype(np.int16) - target[mask].astype(np.int16)).max(axis=-1)  # (n,)
+        if mask.sum() >= 16 and float(np.median(moved)) >= min_change:
             break
     return image, mask

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.detector import Detector
-from models.synthesis import noise_anomaly, noise_mask, paste_defect
+from models.synthesis import noise_anomaly, noise_mask, paste_defect, region_mask, shift_anomaly
 from tests.test_detector import SIZE, make_data, tiny_config
 
 
@@ -142,6 +142,42 @@ def test_noise_shape_options_are_checked(bad: dict) -> None:
 def test_noise_mask_is_never_empty() -> None:
     for seed in range(30):
         assert noise_mask(16, 24, np.random.default_rng(seed)).any()
+
+
+def test_region_mask_is_a_large_straight_edged_region() -> None:
+    sizes = []
+    for seed in range(40):
+        mask = region_mask(64, 64, np.random.default_rng(seed))
+        sizes.append(mask.mean())
+        rows = [np.nonzero(r)[0] for r in mask if r.any()]
+        assert all(len(r) == r[-1] - r[0] + 1 for r in rows)  # convex: each row of a half-plane or strip is one run
+    assert 0.1 < float(np.median(sizes)) < 0.6 and max(sizes) < 0.95
+
+
+def test_shift_anomaly_changes_exactly_its_region_visibly_and_is_seeded() -> None:
+    target = np.random.default_rng(0).integers(80, 160, size=(48, 48, 3), dtype=np.uint8)
+    for seed in range(20):
+        image, mask = shift_anomaly(target, np.random.default_rng(seed))
+        again, mask2 = shift_anomaly(target, np.random.default_rng(seed))
+        assert np.array_equal(image, again) and np.array_equal(mask, mask2)
+        assert mask.sum() >= 16
+        assert np.array_equal(image[~mask], target[~mask])  # nothing outside the region moves
+        moved = np.abs(image[mask].astype(int) - target[mask].astype(int)).max(axis=-1)
+        assert np.median(moved) >= 12  # the region is visibly different
+
+
+def test_detector_shift_fraction_makes_only_shift_anomalies() -> None:
+    train, pool, masks = make_data(seed=4, n_train=6, n_pool=6)
+    det = Detector(tiny_config(synthetic_pool_size=6, synthetic_shift_fraction=1.0), train, pool, masks, seed=5)
+    det.refresh_profiles()
+    assert det._pred_images is not None and det._pred_masks is not None
+    train_set = {t.tobytes() for t in train}
+    for k in range(len(pool), len(det._pred_images)):
+        img, m = det._pred_images[k].permute(1, 2, 0).numpy(), det._pred_masks[k].numpy()
+        # some training image equals this one outside the mask: the region was shifted in place, nothing pasted
+        assert any(np.array_equal(img[~m], t[~m]) for t in train) and img.tobytes() not in train_set
+    with pytest.raises(ValueError, match="synthetic_shift_fraction"):
+        tiny_config(synthetic_shift_fraction=1.5)
 
 
 def test_detector_synthetic_pool_uses_only_its_own_images_and_is_seeded() -> None:
