@@ -176,6 +176,7 @@ def test_detector_shift_fraction_makes_only_shift_anomalies() -> None:
         img, m = det._pred_images[k].permute(1, 2, 0).numpy(), det._pred_masks[k].numpy()
         # some training image equals this one outside the mask: the region was shifted in place, nothing pasted
         assert any(np.array_equal(img[~m], t[~m]) for t in train) and img.tobytes() not in train_set
+        assert (img[m] < 250).all()  # no pool defect (250) was pasted: the region holds the training image, shifted
     with pytest.raises(ValueError, match="synthetic_shift_fraction"):
         tiny_config(synthetic_shift_fraction=1.5)
 
