@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     log_folder = Path(args.log_folder or tempfile.mkdtemp(prefix="kill_resume_"))
+    log_folder.mkdir(parents=True, exist_ok=True)  # a new folder given with -f
     flags = [("-n", args.n_timesteps), ("--save-freq", args.save_freq), ("--eval-freq", args.eval_freq)]
     extra = [str(x) for flag, value in flags if value is not None for x in (flag, value)]
     first = [sys.executable, "train.py", "--seed", str(args.seed), "-f", str(log_folder), "--no-progress", *extra]
