@@ -28,7 +28,10 @@ import yaml  # noqa: E402
 from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_env_data  # noqa: E402
 from models.metrics import compute_metrics, f1_at_threshold  # noqa: E402
 
+# MVTecPatchConfig fields that --set passes to the env config (the split's and the detector's schedule); others are
+# DetectorConfig fields
 ENV_FIELDS = {"pretrain_epochs", "predictor_warmup_updates", "alpha_decay_updates", "ae_reset_every", "profile_stack"}
+ENV_FIELDS |= {"k_shot", "normal_pool", "val_fraction", "image_size"}
 
 
 def parse_sets(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -40,6 +43,11 @@ def parse_sets(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         if not sep:
             raise SystemExit(f"error: --set expects key=value, got {pair!r}")
         value = yaml.safe_load(text)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if key in ENV_FIELDS:
             env[key] = value
             continue

@@ -219,3 +219,14 @@ def test_per_type_scores_every_defect_type_of_the_test_split(reinforce_run: Path
     assert all(0.0 <= auroc <= 1.0 and 0.0 <= f1 <= 1.0 and pixels > 0 for auroc, f1, pixels in scores.values())
     assert per_type.main(["--runs", str(reinforce_run.parent)]) == 2  # not a run folder: a one-line error
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_detector_quality_sets_split_fields_on_the_env_and_the_rest_on_the_detector() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from detector_quality import parse_sets
+
+    env, det = parse_sets(["k_shot=15", "pretrain_epochs=3", "ae.norm=none", "pred_lr=1e-3", "map_flip_tta=true"])
+    assert env == {"k_shot": 15, "pretrain_epochs": 3}
+    assert det == {"ae": {"norm": "none"}, "pred_lr": 1e-3, "map_flip_tta": True}
+    with pytest.raises(SystemExit, match="key=value"):
+        parse_sets(["k_shot"])
