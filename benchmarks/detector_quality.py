@@ -75,7 +75,7 @@ def preset_env_kwargs(path: Path, preset: str) -> dict[str, Any]:
     return table[preset]["env_kwargs"]
 
 
-def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def run(args: argparse.Namespace, seed: int, stream: int = 0) -> dict[str, Any]:
     env_kwargs, det_kwargs = parse_sets(args.set or [])
     if args.preset_env:
         base = preset_env_kwargs(Path(args.preset_env), args.preset)
@@ -93,6 +93,8 @@ def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     )
     category, split = load_env_data(config)
     detector = build_detector(config, category, split)
+    if stream:  # same split and initial weights, another random stream (stream 0: the seed's own, as train.py)
+        detector.reseed(seed * 1_000_003 + stream)
     val_x, val_y = category.images[split.val], category.masks[split.val]
     test_x, test_y = category.images[split.test], category.masks[split.test]
     start = time.perf_counter()
@@ -136,6 +138,7 @@ def run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return {
         "category": args.category,
         "seed": seed,
+        "stream": stream,
         "set": args.set,
         "preset": args.preset if args.preset_env else None,
         "cycles": args.cycles,
@@ -162,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=192, help="AE updates after the warm-ups (6144 env steps / 32)")
     parser.add_argument("--eval-every", type=int, default=48)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="random streams per seed (same split and initialisation; 0 is the seed's own): one run's noise",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log", default="logs/detector_quality.jsonl")
     parser.add_argument("--tag", default="")
@@ -170,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:
-        result = {"tag": args.tag, **run(args, seed)}
+    for seed, stream in ((seed, stream) for seed in args.seeds for stream in args.streams):
+        result = {"tag": args.tag, **run(args, seed, stream)}
         line = json.dumps(result)
         print(line, flush=True)
         with open(args.log, "a") as f:

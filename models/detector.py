@@ -457,6 +457,12 @@ class Detector:
         patches = torch.stack([train[i, :, y : y + p, x : x + p] for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist())])
         return patches.float() / 255.0  # (n, 3, p, p)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the private generator (patches, crops, flips, synthetic images, dropout) from ``seed``, keeping
+        the networks as they are: a new training stream on the same split and initialisation, which measures how
+        much one run's figures owe to its random stream alone."""
+        self._gen.manual_seed(int(seed))
+
     def reset_ae(self) -> None:
         """Re-initialise the AE and a fresh Adam optimiser (Chu & Kitani's periodic reset)."""
         self.ae = self._new_ae()

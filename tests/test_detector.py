@@ -473,3 +473,15 @@ def test_pred_weight_decay_shrinks_the_predictor_and_survives_a_checkpoint(data:
     assert again.predictor_optimizer.param_groups[0]["weight_decay"] == 5.0
     with pytest.raises(ValueError, match="pred_weight_decay"):
         tiny_config(pred_weight_decay=-1.0)
+
+
+def test_reseed_changes_the_stream_but_not_the_networks(data: Data) -> None:
+    a, b = Detector(tiny_config(), *data, seed=1), Detector(tiny_config(), *data, seed=1)
+    b.reseed(12345)
+    assert all(torch.equal(p, q) for p, q in zip(a.predictor.parameters(), b.predictor.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.ae.parameters(), b.ae.parameters()))
+    first = b.random_patches(5)
+    assert not torch.equal(a.random_patches(5), first)
+    c = Detector(tiny_config(), *data, seed=1)
+    c.reseed(12345)
+    assert torch.equal(c.random_patches(5), first)  # a reseeded stream is itself reproducible
