@@ -88,9 +88,12 @@ def run(args: argparse.Namespace, seed: int, stream: int = 0) -> dict[str, Any]:
                 merged_det[k] = v
         env_kwargs = {**merged, **env_kwargs}
         det_kwargs = merged_det
-    config = MVTecPatchConfig.from_kwargs(
-        data_root=args.data_root, category=args.category, seed=seed, detector=det_kwargs or None, **env_kwargs
-    )
+    try:
+        config = MVTecPatchConfig.from_kwargs(
+            data_root=args.data_root, category=args.category, seed=seed, detector=det_kwargs or None, **env_kwargs
+        )
+    except (TypeError, ValueError) as error:  # an unknown or invalid --set field: one line, not a traceback
+        raise SystemExit(f"error: {error}") from error
     category, split = load_env_data(config)
     detector = build_detector(config, category, split)
     if stream:  # same split and initial weights, another random stream (stream 0: the seed's own, as train.py)

@@ -230,3 +230,13 @@ def test_detector_quality_sets_split_fields_on_the_env_and_the_rest_on_the_detec
     assert det == {"ae": {"norm": "none"}, "pred_lr": 1e-3, "map_flip_tta": True}
     with pytest.raises(SystemExit, match="key=value"):
         parse_sets(["k_shot"])
+
+
+def test_detector_quality_rejects_an_unknown_field_in_one_line(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import detector_quality
+
+    with pytest.raises(SystemExit, match="error: .*no_such_field"):
+        detector_quality.main(
+            ["--data-root", str(tmp_path), "--category", "x", "--set", "no_such_field=1", "--log", str(tmp_path / "l")]
+        )
