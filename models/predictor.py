@@ -16,7 +16,7 @@ from torch import nn
 
 from models.unet import UNet, UNetConfig
 
-__all__ = ["PredictorConfig", "Predictor", "weighted_bce", "soft_dice_loss"]
+__all__ = ["PredictorConfig", "Predictor", "coordinate_channels", "weighted_bce", "soft_dice_loss"]
 
 
 @dataclass
@@ -35,6 +35,10 @@ class PredictorConfig:
             too (ParseNet's global context, Liu et al. 2015): a 1x1 convolution of [local, global] features, so a
             region can be judged against the rest of its image. Train on whole images (``pred_crop_size`` = image
             size), or the mean differs between training crops and inference.
+        coord_channels: append two channels holding each pixel's row and column in [-1, 1] (CoordConv, Liu et al.
+            2018), so the network knows where the image's border is: padding that copies the border (reflect,
+            replicate) hides it, and a defect that lies along a side of a part (a band between an edge and the
+            border) is judged by its position. Train on whole images, or the positions are the crop's.
     """
 
     in_channels: int = 3
@@ -47,6 +51,7 @@ class PredictorConfig:
     arch: str = "dilated"  # "dilated" (the paper's body, above) | "unet": models.unet.UNet (width, unet_levels, norm)
     unet_levels: int = 4
     global_context: bool = False
+    coord_channels: bool = False
 
     def __post_init__(self) -> None:
         self.dilations = tuple(int(d) for d in self.dilations)
@@ -98,8 +103,9 @@ class Predictor(nn.Module):
         super().__init__()
         self.config = config = config or PredictorConfig()
         self.unet: UNet | None = None
+        n_in = config.in_channels + 2 * config.coord_channels  # the network's own input channels
         if config.arch == "unet":  # a full U-Net reading the same inputs (README "Design choices")
-            net = UNetConfig(config.in_channels, config.width, config.unet_levels, config.norm, config.padding_mode)
+            net = UNetConfig(n_in, config.width, config.unet_levels, config.norm, config.padding_mode)
             self.unet = UNet(net)
             return
         pad: Any = config.padding_mode  # a validated str; torch's stubs want a Literal
@@ -117,7 +123,7 @@ class Predictor(nn.Module):
 
         self.widths = [config.width * min(2**level, 2) for level in range(config.levels)]  # per encoder level
         self.down = nn.ModuleList()
-        c = config.in_channels
+        c = n_in
         for w in self.widths:
             self.down.append(block(c, w, stride=2))
             c = w
@@ -150,6 +156,8 @@ class Predictor(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid scores, shape (B, 1, H, W)."""
+        if self.config.coord_channels:
+            x = torch.cat([x, coordinate_channels(x)], dim=1)  # (B, C_in + 2, H, W)
         if self.unet is not None:
             return self.unet(x)  # (B, 1, H, W)
         H, W = x.shape[-2:]
@@ -169,6 +177,14 @@ class Predictor(nn.Module):
         if self.down:
             z = nn.functional.interpolate(z, size=(H, W), mode="bilinear", align_corners=False)  # (B, 1, H, W)
         return z
+
+
+def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
+    """Each pixel's (row, column) in [-1, 1] for a batch like x (B, C, H, W): shape (B, 2, H, W), x's dtype."""
+    B, _, H, W = x.shape
+    rows = torch.linspace(-1.0, 1.0, H, device=x.device, dtype=x.dtype).view(1, 1, H, 1).expand(B, 1, H, W)
+    cols = torch.linspace(-1.0, 1.0, W, device=x.device, dtype=x.dtype).view(1, 1, 1, W).expand(B, 1, H, W)
+    return torch.cat([rows, cols], dim=1)  # (B, 2, H, W)
 
 
 def weighted_bce(pred: torch.Tensor, target: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:

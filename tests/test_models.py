@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
-from models.predictor import Predictor, PredictorConfig, weighted_bce
+from models.predictor import Predictor, PredictorConfig, coordinate_channels, weighted_bce
 from models.structural import fused_structural_map, gradient_magnitude, local_variance, sobel_magnitude
 
 
@@ -287,3 +287,17 @@ def test_predictor_global_context_lets_a_far_region_move_the_output() -> None:
     assert deep(x).shape == (1, 1, 96, 96)
     with pytest.raises(ValueError, match="global_context"):
         PredictorConfig(arch="unet", global_context=True)
+
+
+@pytest.mark.parametrize("arch", ["dilated", "unet"])
+def test_predictor_coord_channels_tell_positions_apart_on_a_uniform_image(arch: str) -> None:
+    """Replicate padding makes a uniform input look the same everywhere; the coordinate channels break that tie."""
+    torch.manual_seed(0)
+    x = torch.full((1, 3, 32, 32), 0.5)
+    for coords in (False, True):
+        cfg = PredictorConfig(in_channels=3, width=8, norm="batch", padding_mode="replicate", arch=arch, coord_channels=coords)
+        p = Predictor(cfg).eval()
+        with torch.no_grad():
+            z = p.logits(x)  # (1, 1, 32, 32)
+        assert (float(z.max() - z.min()) > 1e-4) is coords
+    assert coordinate_channels(x)[0, 0, 0, 0] == -1.0 and coordinate_channels(x)[0, 1, -1, -1] == 1.0  # (row, column)
