@@ -76,6 +76,7 @@ ENV_SPACE: Space = {
     "detector.map_flip_tta": ("cat", [False, True]),
     "detector.pred_jitter": ("cat", [0.0, 0.1, 0.2]),
     "detector.synthetic_paste_rotate": ("cat", [True, False]),
+    "detector.predictor.padding_mode": ("cat", ["reflect", "replicate", "zeros"]),
 }
 
 

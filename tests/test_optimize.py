@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import train
-from agents.hyperparams_opt import ALGO_SPACES, ENV_SPACE, grid, space_for, suggest, to_config
+from agents.hyperparams_opt import ALGO_SPACES, ENV_SPACE, deep_merge, grid, space_for, suggest, to_config
 from tests.test_train import SMALL_ALGO, SMALL_ENV, data_root  # noqa: F401 - the module-scoped data fixture
 
 
@@ -56,7 +56,7 @@ def test_spaces_suggest_and_nest() -> None:
     assert set(values) == set(ALGO_SPACES["reinforce"]) | {f"env_kwargs.{k}" for k in ENV_SPACE}
     hyperparams, env_kwargs = to_config(values)
     assert set(hyperparams) == set(ALGO_SPACES["reinforce"])
-    assert set(env_kwargs["detector"]) == {k.split(".", 1)[1] for k in ENV_SPACE if k.startswith("detector.")}
+    assert set(env_kwargs["detector"]) == {k.split(".")[1] for k in ENV_SPACE if k.startswith("detector.")}
     assert 1e-4 <= env_kwargs["detector"]["lr"] <= 1e-3 and env_kwargs["pretrain_epochs"] in range(20, 61, 10)
     lattice = grid(space_for("reinforce", "algo"))
     assert lattice["n_steps"] == [32, 64, 128] and len(lattice["learning_rate"]) == 3
@@ -143,3 +143,12 @@ def test_two_workers_share_one_study(data_root: Path, tmp_path: Path) -> None:  
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2  # one trial per worker
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 2  # the workers' samplers differ
     assert (tmp_path / "reinforce" / "optuna" / "tiny" / "best_preset.yml").is_file()
+
+
+def test_a_network_knob_nests_into_its_config_and_merges_over_the_preset() -> None:
+    """``detector.predictor.padding_mode`` becomes ``detector: {predictor: {padding_mode}}``, other fields kept."""
+    _, env_kwargs = to_config({"env_kwargs.detector.predictor.padding_mode": "reflect"})
+    assert env_kwargs == {"detector": {"predictor": {"padding_mode": "reflect"}}}
+    preset = {"detector": {"predictor": {"width": 16, "padding_mode": "replicate"}, "lr": 1e-3}}
+    merged = deep_merge(preset, env_kwargs)
+    assert merged["detector"] == {"predictor": {"width": 16, "padding_mode": "reflect"}, "lr": 1e-3}
