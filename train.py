@@ -301,9 +301,10 @@ def new_run_dir(log_folder: str, algo: str, env_id: str) -> Path:
 
 
 def dry_run(config: dict[str, Any]) -> dict:
-    from envs.mvtec_patch import MVTecPatchConfig, load_env_data
+    from envs.mvtec_patch import MVTecPatchConfig, detector_config, load_env_data
 
     env_config = MVTecPatchConfig.from_kwargs(**config["env_kwargs"])
+    detector_config(env_config)  # a bad detector value stops here, not after the data and the warm-up
     category, split = load_env_data(env_config)
     return split.summary(category)
 

@@ -495,7 +495,14 @@ def build_detector(config: MVTecPatchConfig, category: Category, split: Split) -
     """The detector an env config trains: the AE on ``train/good``, the predictor on the labelled anomalies plus the
     normal pool. evaluate.py rebuilds it the same way from a run's config before loading the weights."""
     pool = np.concatenate([split.labelled, split.normal_pool])
-    detector_config = DetectorConfig(
+    return Detector(
+        detector_config(config), category.images[split.train], category.images[pool], category.masks[pool], seed=config.seed
+    )
+
+
+def detector_config(config: MVTecPatchConfig) -> DetectorConfig:
+    """The env config's DetectorConfig (validated: a bad value raises ValueError naming it), without building networks."""
+    return DetectorConfig(
         patch_size=config.patch_size,
         ae_batch_size=config.ae_batch_size,
         alpha_decay_updates=config.alpha_decay_updates,
@@ -505,7 +512,4 @@ def build_detector(config: MVTecPatchConfig, category: Category, split: Split) -
         profile_stack=config.profile_stack,
         device=config.device,
         **copy.deepcopy(config.detector or {}),
-    )
-    return Detector(
-        detector_config, category.images[split.train], category.images[pool], category.masks[pool], seed=config.seed
     )

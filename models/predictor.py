@@ -86,6 +86,17 @@ class PredictorConfig:
         return self.downsample.bit_length() - 1
 
 
+class _Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose reflect padding falls back to replicate on a map too small to reflect (padding >= side):
+    at 1/8 resolution a 64-px image is an 8-cell map, which a dilation-8 layer cannot reflect 8 cells deep."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode == "reflect" and min(x.shape[-2:]) <= max(self._reversed_padding_repeated_twice):
+            x = nn.functional.pad(x, self._reversed_padding_repeated_twice, mode="replicate")
+            return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return super().forward(x)
+
+
 class Predictor(nn.Module):
     """FCN of dilated 3x3 convolutions, a 1x1 head and a sigmoid.
 
@@ -114,7 +125,7 @@ class Predictor(nn.Module):
         def block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1, kernel: int = 3) -> nn.Sequential:
             padding = dilation * (kernel // 2)
             layers: list[nn.Module] = [
-                nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias, padding_mode=pad)
+                _Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias, padding_mode=pad)
             ]
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(c_out) if config.norm == "batch" else nn.GroupNorm(max(1, c_out // 8), c_out))

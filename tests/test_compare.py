@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import subprocess
 import sys
@@ -95,3 +96,19 @@ def test_compare_rejects_an_unknown_method(grid: tuple[Path, Path, Path], capsys
     root, variants, out = grid
     assert run(root, variants, out, "nonsense") == 2
     assert "unknown method 'nonsense'" in capsys.readouterr().err
+
+
+def test_every_variant_of_the_ablation_file_is_a_valid_configuration(grid: tuple[Path, Path, Path]) -> None:
+    """benchmarks/ablation.yml is what the README's tables are rerun from: each variant must resolve and its merged
+    env config validate (train.py --dry-run builds MVTecPatchConfig and DetectorConfig), or a grid fails hours in."""
+    import train
+
+    root = grid[0]
+    ablation = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.yml"
+    variants = compare.load_variants(str(ablation))
+    assert {"reflect-pad", "default-s5"} <= set(variants)
+    args = argparse.Namespace(data_root=str(root), threads=1)
+    for name in variants:
+        _, spec, _ = compare.resolve_method(name, variants, "default")
+        command = compare.train_command(spec, "widget", 0, args, root / "unused")
+        assert train.main([*command[2:], "--dry-run"]) == 0, name

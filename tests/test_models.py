@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.predictor import Predictor, PredictorConfig, coordinate_channels, weighted_bce
@@ -301,3 +302,20 @@ def test_predictor_coord_channels_tell_positions_apart_on_a_uniform_image(arch: 
             z = p.logits(x)  # (1, 1, 32, 32)
         assert (float(z.max() - z.min()) > 1e-4) is coords
     assert coordinate_channels(x)[0, 0, 0, 0] == -1.0 and coordinate_channels(x)[0, 1, -1, -1] == 1.0  # (row, column)
+
+
+def test_predictor_reflect_padding_falls_back_on_a_map_too_small_to_reflect() -> None:
+    """At 1/8 resolution a 64-px image is 8 cells, which a dilation-8 layer cannot reflect 8 deep: replicate there,
+    reflect (torch's own) on larger maps; a flat image still gives a flat map either way."""
+    torch.manual_seed(0)
+    p = Predictor(PredictorConfig(in_channels=3, width=8, downsample=8, norm="group", padding_mode="reflect")).eval()
+    with torch.no_grad():
+        small = p.logits(torch.full((1, 3, 64, 64), 0.3))  # (1, 1, 64, 64): the fallback
+        big_x = torch.rand(1, 3, 256, 256)
+        big = p.logits(big_x)
+    assert small.shape == (1, 1, 64, 64) and float(small.std()) < 1e-5
+    body = p.body[-1][0]  # the dilation-8 convolution at 1/8 resolution
+    h = torch.rand(1, body.in_channels, 32, 32)
+    reference = nn.Conv2d(body.in_channels, body.out_channels, 3, padding=8, dilation=8, bias=False, padding_mode="reflect")
+    reference.load_state_dict(body.state_dict())
+    assert torch.equal(body(h), reference(h)) and big.shape == big_x[:, :1].shape

@@ -177,6 +177,12 @@ def test_bad_input_gives_one_line_errors(reinforce_run: Path, data_root: Path, t
             ["--env-kwargs", "observation:depth", "--data-root", str(data_root), "--category", "widget", "--dry-run"],
             "observation",
         ),
+        (  # a bad detector value: caught by the dry run, before any data or warm-up
+            train.main,
+            ["--env-kwargs", "detector:{'predictor': {'padding_mode': 'bogus'}}", "--data-root", str(data_root)]
+            + ["--category", "widget", "--dry-run"],
+            "padding_mode must be",
+        ),
         (train.main, ["-i", str(tmp_path)], "not a run folder"),
         (evaluate.main, ["--run", str(tmp_path)], "not a run folder"),
     ]
