@@ -36,7 +36,7 @@ class PredictorConfig:
             region can be judged against the rest of its image. Train on whole images (``pred_crop_size`` = image
             size), or the mean differs between training crops and inference.
         coord_channels: append two channels holding each pixel's row and column in [-1, 1] (CoordConv, Liu et al.
-            2018), so the network knows where the image's border is: padding that copies the border (reflect,
+            2018), so the network knows where the image's border is: padding that continues the image (reflect,
             replicate) hides it, and a defect that lies along a side of a part (a band between an edge and the
             border) is judged by its position. Train on whole images, or the positions are the crop's.
     """

@@ -112,3 +112,14 @@ def test_every_variant_of_the_ablation_file_is_a_valid_configuration(grid: tuple
         _, spec, _ = compare.resolve_method(name, variants, "default")
         command = compare.train_command(spec, "widget", 0, args, root / "unused")
         assert train.main([*command[2:], "--dry-run"]) == 0, name
+
+
+def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid, capsys) -> None:
+    import ae_health
+
+    root = grid[0]
+    assert ae_health.main(["--data-root", str(root), "--category", "widget", "--epochs", "0", "--images", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("initialised: output 0.") and "max grad" in line  # a fresh AE's sigmoid sits near 0.5
+    assert ae_health.main(["--data-root", str(root), "--category", "widget", "--preset", "fast"]) == 2
+    assert "unknown preset 'fast'" in capsys.readouterr().err

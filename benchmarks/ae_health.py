@@ -1,0 +1,81 @@
+"""Is the AE alive? Prints the range of its reconstructions and the size of its gradients on training images.
+
+A saturated output sigmoid reconstructs every pixel as 0 (or 1) and passes no gradient: the "loss profile" is then the
+image itself and the sampler's patches cannot change anything (README "Detection quality", known problem).
+
+    python benchmarks/ae_health.py --run runs/.../MVTecPatch-v0_1            # a trained run's best detector
+    python benchmarks/ae_health.py --data-root ../shared/data --category tire --epochs 3   # pre-training, epoch by epoch
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def health(detector: Any, images: torch.Tensor) -> str:
+    """Output range (eval mode) and the largest gradient of the MSE (train mode) on ``images`` (B, 3, H, W) in [0, 1]."""
+    ae = detector.ae
+    ae.eval()
+    with torch.no_grad():
+        out = ae(images)  # (B, 3, H, W)
+    ae.train()
+    ae.zero_grad(set_to_none=True)
+    loss = torch.mean((ae(images) - images) ** 2)
+    loss.backward()
+    grad = max(float(p.grad.abs().max()) for p in ae.parameters() if p.grad is not None)
+    ae.zero_grad(set_to_none=True)
+    span = f"output {float(out.min()):.3g}..{float(out.max()):.3g}  image mean {float(images.mean()):.3f}"
+    return f"{span}  mse {float(loss.detach()):.5f}  max grad {grad:.3g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_env_data
+    from evaluate import load_run
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default=None, help="a train.py run folder: check its best detector")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--category", default=None)
+    parser.add_argument("--preset", default="default", help="env.yml preset for a fresh detector (without --run)")
+    parser.add_argument("--epochs", type=int, default=3, help="pre-training epochs to follow (without --run)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=8, help="training images to check (256 px)")
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    try:
+        if args.run is not None:
+            _, category, split, detector = load_run(Path(args.run), args.data_root, args.category)
+        else:
+            presets = yaml.safe_load((ROOT / "agents" / "hyperparams" / "env.yml").read_text())["MVTecPatch-v0"]
+            if args.preset not in presets:
+                raise ValueError(f"unknown preset {args.preset!r} (valid: {', '.join(presets)})")
+            config = MVTecPatchConfig.from_kwargs(
+                **presets[args.preset], data_root=args.data_root, category=args.category, seed=args.seed
+            )
+            category, split = load_env_data(config)
+            detector = build_detector(config, category, split)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    images = torch.from_numpy(category.images[split.train][: args.images]).permute(0, 3, 1, 2).float() / 255.0
+    if args.run is not None:
+        print(f"{args.run}: {health(detector, images)}")
+        return 0
+    print(f"initialised: {health(detector, images)}", flush=True)
+    for epoch in range(1, args.epochs + 1):
+        detector.pretrain_ae(epochs=1)
+        print(f"after pre-training epoch {epoch}: {health(detector, images)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
