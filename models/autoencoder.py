@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["AutoencoderConfig", "Autoencoder", "NORMS", "PADDING_MODES", "UPSAMPLES"]
+__all__ = ["AutoencoderConfig", "Autoencoder", "NORMS", "OUTPUTS", "PADDING_MODES", "UPSAMPLES"]
 
 NORMS = ("batch", "none")
 PADDING_MODES = ("zeros", "reflect")
 UPSAMPLES = ("transpose", "resize")
+OUTPUTS = ("sigmoid", "linear")
 
 
 @dataclass
@@ -44,6 +45,9 @@ class AutoencoderConfig:
             zero padding leaves in the residual along the image border.
         upsample: "transpose" (4x4 transposed convolutions) or "resize" (nearest x2 then a 3x3 convolution),
             which has no checkerboard pattern in the residual.
+        output: "sigmoid" (the paper: reconstructions in (0, 1)) or "linear" (no squashing). Without BatchNorm, Adam
+            can drive a sigmoid output into saturation on a dark category within a few dozen updates (every pixel 0,
+            no gradient, the "loss profile" is the image itself); a linear output always passes the MSE's gradient.
     """
 
     in_channels: int = 3
@@ -54,6 +58,7 @@ class AutoencoderConfig:
     norm: str = "batch"  # one of NORMS
     padding_mode: str = "zeros"  # "zeros" | "reflect" (encoder and bottleneck convolutions)
     upsample: str = "transpose"  # one of UPSAMPLES
+    output: str = "sigmoid"  # one of OUTPUTS
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -71,6 +76,8 @@ class AutoencoderConfig:
             raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {self.padding_mode!r}")
         if self.upsample not in UPSAMPLES:
             raise ValueError(f"upsample must be one of {', '.join(UPSAMPLES)}, got {self.upsample!r}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
 
     @property
     def stride(self) -> int:
@@ -113,7 +120,7 @@ def _up(c_in: int, c_out: int, cfg: AutoencoderConfig) -> nn.Sequential:
 
 
 class Autoencoder(nn.Module):
-    """Symmetric CNN encoder-decoder without skip connections; sigmoid output for inputs in [0, 1].
+    """Symmetric CNN encoder-decoder without skip connections, for inputs in [0, 1] (sigmoid or linear output).
 
     Args:
         config: the hyperparameters; defaults give the paper's kind of network sized for CPU speed.
@@ -137,7 +144,7 @@ class Autoencoder(nn.Module):
         )
         rev = chans[::-1]  # (w_last, ..., w_0, in_channels)
         ups: list[nn.Module] = [_up(rev[i], rev[i + 1], config) for i in range(len(config.widths) - 1)]
-        # Last stage: plain upsampling conv + sigmoid, so reconstructions live in [0, 1] like the inputs
+        # Last stage: plain upsampling conv (+ sigmoid, so reconstructions live in [0, 1] like the inputs)
         ups += _upsampler(rev[-2], rev[-1], config, bias=True)
         self.decoder = nn.Sequential(*ups)
 
@@ -153,7 +160,7 @@ class Autoencoder(nn.Module):
             x: float images in [0, 1], shape (B, C, H, W) with H and W multiples of :attr:`stride`.
 
         Returns:
-            The reconstruction, shape (B, C, H, W), values in (0, 1).
+            The reconstruction, shape (B, C, H, W): values in (0, 1) with the sigmoid output, unbounded with "linear".
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"expected input of shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
@@ -163,4 +170,5 @@ class Autoencoder(nn.Module):
             raise ValueError(f"input height and width must be multiples of the total stride {s}, got {H}x{W}")
         z = self.encoder(x)  # (B, widths[-1], H/s, W/s)
         z = self.bottleneck(z)  # (B, widths[-1], H/s, W/s)
-        return torch.sigmoid(self.decoder(z))  # (B, C, H, W)
+        out = self.decoder(z)  # (B, C, H, W)
+        return torch.sigmoid(out) if self.config.output == "sigmoid" else out

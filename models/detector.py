@@ -583,10 +583,27 @@ class Detector:
             self._pretraining = False
         if history:
             logger.info("AE pre-training: %d epochs x %d updates, final loss %.5f", epochs, n_batches, history[-1])
+            self._warn_if_saturated()
         if self.config.ae_lr_after_pretrain is not None:
             for group in self.ae_optimizer.param_groups:
                 group["lr"] = self.config.ae_lr_after_pretrain
         return history
+
+    def _warn_if_saturated(self) -> None:
+        """Warn when the AE reconstructs (almost) every pixel of the first training images as 0 or 1: a saturated
+        sigmoid passes no gradient, so it never recovers and the loss profile is the image itself."""
+        if self.config.ae.output != "sigmoid":
+            return
+        with torch.inference_mode():
+            self.ae.eval()
+            recon = self.ae(self._to_float(self._require("train")[:4]))  # (<=4, 3, H, W); no randomness in eval
+        saturated = float(((recon < 1e-4) | (recon > 1 - 1e-4)).float().mean())
+        if saturated > 0.99:
+            logger.warning(
+                "the AE's sigmoid output is saturated on %.0f%% of the pixels after pre-training (it reconstructs black or "
+                "white, with no gradient): use ae.output=linear, ae.norm=batch, a lower lr or ae_grad_clip",
+                100 * saturated,
+            )
 
     # ------------------------------------------------------------------ predictor
     @property

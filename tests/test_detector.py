@@ -485,3 +485,19 @@ def test_reseed_changes_the_stream_but_not_the_networks(data: Data) -> None:
     c = Detector(tiny_config(), *data, seed=1)
     c.reseed(12345)
     assert torch.equal(c.random_patches(5), first)  # a reseeded stream is itself reproducible
+
+
+def test_pretraining_warns_when_the_sigmoid_output_saturates(caplog: pytest.LogCaptureFixture) -> None:
+    """A dark category, no BatchNorm, a sigmoid output: pre-training kills the AE and says so; a linear one lives."""
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 40, size=(8, SIZE, SIZE, 3), dtype=np.uint8)  # mean ~0.08, like tire
+    _, pool, masks = make_data()
+    for output, warned in (("sigmoid", True), ("linear", False)):
+        ae = AutoencoderConfig(
+            widths=(8, 16, 32), latent_channels=8, norm="none", padding_mode="reflect", upsample="resize", output=output
+        )
+        config = tiny_config(ae=ae, lr=1e-3, ae_batch_size=32, pretrain_patches_per_epoch=32 * 40, pretrain_epochs=1)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="models.detector"):
+            Detector(config, train, pool, masks, seed=0).pretrain_ae()
+        assert ("sigmoid output is saturated" in caplog.text) is warned

@@ -319,3 +319,40 @@ def test_predictor_reflect_padding_falls_back_on_a_map_too_small_to_reflect() ->
     reference = nn.Conv2d(body.in_channels, body.out_channels, 3, padding=8, dilation=8, bias=False, padding_mode="reflect")
     reference.load_state_dict(body.state_dict())
     assert torch.equal(body(h), reference(h)) and big.shape == big_x[:, :1].shape
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_linear_output_keeps_the_autoencoder_alive_on_a_dark_category(seed: int) -> None:
+    """Without BatchNorm, Adam drives a sigmoid output into saturation on dark images within a few dozen updates
+    (every pixel ~0, no gradient: the loss profile becomes the image itself); a linear output keeps reconstructing."""
+    x = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 0.15  # mean 0.075, like tire
+    outputs = {}
+    for output in ("sigmoid", "linear"):
+        torch.manual_seed(seed)
+        config = AutoencoderConfig(
+            widths=(8, 16, 32), latent_channels=8, norm="none", padding_mode="reflect", upsample="resize", output=output
+        )
+        ae = Autoencoder(config)
+        optimizer = torch.optim.Adam(ae.parameters(), lr=1e-3)
+        for _ in range(40):
+            loss = torch.mean((ae(x) - x) ** 2)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            outputs[output] = ae.eval()(x)  # (32, 3, 16, 16)
+    assert float(outputs["sigmoid"].max()) < 1e-3  # dead: reconstructs black
+    assert 0.03 < float(outputs["linear"].mean()) < 0.12  # alive: the images' mean level
+    assert float(torch.mean((outputs["linear"] - x) ** 2)) < 0.5 * float(torch.mean((outputs["sigmoid"] - x) ** 2))
+
+
+def test_autoencoder_output_option_bounds_the_reconstruction_only_with_the_sigmoid() -> None:
+    x = torch.rand(2, 3, 16, 16)
+    torch.manual_seed(0)
+    sigmoid = Autoencoder(AutoencoderConfig(widths=(8, 16), latent_channels=4)).eval()
+    torch.manual_seed(0)
+    linear = Autoencoder(AutoencoderConfig(widths=(8, 16), latent_channels=4, output="linear")).eval()
+    with torch.no_grad():
+        assert torch.allclose(sigmoid(x), torch.sigmoid(linear(x)), atol=1e-6)  # same weights, same logits
+    with pytest.raises(ValueError, match="output must be one of sigmoid, linear"):
+        AutoencoderConfig(output="tanh")
