@@ -1,10 +1,12 @@
 """Is the AE alive? Prints the range of its reconstructions and the size of its gradients on training images.
 
 A saturated output sigmoid reconstructs every pixel as 0 (or 1) and passes no gradient: the "loss profile" is then the
-image itself and the sampler's patches cannot change anything (README "Detection quality", known problem).
+image itself and the sampler's patches cannot change anything. It happened to the session-7 default on tire (README
+"Detection quality", session 8); the default's linear output (``ae.output: linear``) has nothing to saturate.
 
     python benchmarks/ae_health.py --run runs/.../MVTecPatch-v0_1            # a trained run's best detector
     python benchmarks/ae_health.py --data-root ../shared/data --category tire --epochs 3   # pre-training, epoch by epoch
+    python benchmarks/ae_health.py --data-root ../shared/data --category tire --epochs 3 --set ae.output=sigmoid
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def health(detector: Any, images: torch.Tensor) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from detector_quality import parse_sets
+
+    from agents.hyperparams_opt import deep_merge
     from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_env_data
     from evaluate import load_run
 
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--category", default=None)
     parser.add_argument("--preset", default="default", help="env.yml preset for a fresh detector (without --run)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="K=V", help="override fields as detector_quality.py does")
     parser.add_argument("--epochs", type=int, default=3, help="pre-training epochs to follow (without --run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=8, help="training images to check (256 px)")
@@ -58,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             presets = yaml.safe_load((ROOT / "agents" / "hyperparams" / "env.yml").read_text())["MVTecPatch-v0"]
             if args.preset not in presets:
                 raise ValueError(f"unknown preset {args.preset!r} (valid: {', '.join(presets)})")
-            config = MVTecPatchConfig.from_kwargs(
-                **presets[args.preset], data_root=args.data_root, category=args.category, seed=args.seed
-            )
+            env_kwargs, det_kwargs = parse_sets(args.set)
+            overrides = {**env_kwargs, "detector": det_kwargs} if det_kwargs else env_kwargs
+            preset = deep_merge(presets[args.preset] or {}, overrides)
+            config = MVTecPatchConfig.from_kwargs(**preset, data_root=args.data_root, category=args.category, seed=args.seed)
             category, split = load_env_data(config)
             detector = build_detector(config, category, split)
     except (ValueError, OSError) as error:

@@ -137,7 +137,8 @@ class DetectorConfig:
         ae_lr_after_pretrain: the AE's learning rate once pre-training is done (None: keep ``lr``); a smaller
             rate keeps the residual space the predictor has learned from drifting.
         ae_grad_clip: clip the AE's gradient to this global norm before each step (0: no clipping). Without
-            BatchNorm a rare large gradient can saturate the sigmoid output for good (seen on the synthetic category).
+            BatchNorm a rare large gradient can saturate the sigmoid output for good (seen on the synthetic category;
+            ``ae.output="linear"`` removes the sigmoid instead).
         ae: the autoencoder's config.
         predictor: the predictor's config; its ``in_channels`` is set here from ``predictor_inputs`` and ``profile_stack``.
         device: torch device for the networks and the cached profiles ("cpu", "cuda", "cuda:1", ...).

@@ -118,8 +118,11 @@ def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid,
     import ae_health
 
     root = grid[0]
-    assert ae_health.main(["--data-root", str(root), "--category", "widget", "--epochs", "0", "--images", "2"]) == 0
+    common = ["--data-root", str(root), "--category", "widget", "--epochs", "0", "--images", "2"]
+    assert ae_health.main([*common, "--set", "ae.output=sigmoid"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("initialised: output 0.") and "max grad" in line  # a fresh AE's sigmoid sits near 0.5
+    assert line.startswith("initialised: output 0.4") and "max grad" in line  # a fresh AE's sigmoid sits near 0.5
+    assert ae_health.main(common) == 0  # the default's linear output starts near 0
+    assert abs(float(capsys.readouterr().out.split("output ")[1].split("..")[0])) < 0.2
     assert ae_health.main(["--data-root", str(root), "--category", "widget", "--preset", "fast"]) == 2
     assert "unknown preset 'fast'" in capsys.readouterr().err
