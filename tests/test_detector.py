@@ -501,3 +501,15 @@ def test_pretraining_warns_when_the_sigmoid_output_saturates(caplog: pytest.LogC
         with caplog.at_level("WARNING", logger="models.detector"):
             Detector(config, train, pool, masks, seed=0).pretrain_ae()
         assert ("sigmoid output is saturated" in caplog.text) is warned
+
+
+def test_a_checkpoint_saved_before_the_output_option_rebuilds_a_sigmoid_ae(tmp_path: Path, data: Data) -> None:
+    """Checkpoints of session 7 and before have no ``ae.output``: they were trained with the sigmoid and must keep it."""
+    detector = Detector(tiny_config(ae=AutoencoderConfig(widths=(8, 16), latent_channels=4, output="sigmoid")), *data)
+    state = detector.state_dict()
+    del state["config"]["ae"]["output"]
+    torch.save(state, tmp_path / "old.pt")
+    rebuilt = Detector.from_checkpoint(tmp_path / "old.pt")
+    assert rebuilt.config.ae.output == "sigmoid"
+    _, pool, _ = data
+    assert np.array_equal(rebuilt.anomaly_map(pool), detector.anomaly_map(pool))
