@@ -126,3 +126,22 @@ def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid,
     assert abs(float(capsys.readouterr().out.split("output ")[1].split("..")[0])) < 0.2
     assert ae_health.main(["--data-root", str(root), "--category", "widget", "--preset", "fast"]) == 2
     assert "unknown preset 'fast'" in capsys.readouterr().err
+
+
+def test_entropy_curve_reads_the_policy_entropy_from_tensorboard(tmp_path: Path, capsys) -> None:
+    import entropy_curve
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    with SummaryWriter(str(run / "tensorboard" / "reinforce_1")) as writer:
+        for step, entropy in ((100, 2.197), (1000, 2.0), (2000, 1.5), (3000, 1.9)):
+            writer.add_scalar("train/entropy_loss", -entropy, step)
+    curve = entropy_curve.entropy_curve(run)
+    assert [step for step, _ in curve] == [100, 1000, 2000, 3000]
+    assert [value for _, value in curve] == pytest.approx([2.197, 2.0, 1.5, 1.9])
+    assert entropy_curve.main(["--runs", str(run), "--every", "1000"]) == 0
+    rows = {line.split()[0]: float(line.split()[1]) for line in capsys.readouterr().out.splitlines()[3:]}
+    assert rows == pytest.approx({"100": 2.197, "1000": 2.0, "2000": 1.5, "3000": 1.9, "min": 1.5})
+    (tmp_path / "empty").mkdir()
+    assert entropy_curve.main(["--runs", str(tmp_path / "empty")]) == 2
+    assert "no TensorBoard event file" in capsys.readouterr().err
