@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from detector_quality import parse_sets
 
     from agents.hyperparams_opt import deep_merge
-    from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_env_data
+    from envs.mvtec_patch import MVTecPatchConfig, build_detector, detector_config, load_env_data
     from evaluate import load_run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {**env_kwargs, "detector": det_kwargs} if det_kwargs else env_kwargs
             preset = deep_merge(presets[args.preset] or {}, overrides)
             config = MVTecPatchConfig.from_kwargs(**preset, data_root=args.data_root, category=args.category, seed=args.seed)
+            detector_config(config)  # a bad --set value stops here, before the data are read
             category, split = load_env_data(config)
             detector = build_detector(config, category, split)
     except (ValueError, OSError) as error:
