@@ -124,6 +124,10 @@ class DetectorConfig:
         synthetic_refresh_updates: renew the synthetic images at least every N predictor updates (the warm-up
             has no AE update to trigger a refresh, and should still see thousands of different anomalies).
         pred_flip: flip predictor training crops horizontally and vertically at random.
+        pred_zoom: largest zoom of the random-scale crops (1: none). Each training crop is a window of side
+            ``crop / z``, z uniform in [1, pred_zoom], resized back to the crop's side (bilinear; the mask
+            thresholded at 0.5): with whole-image crops the predictor would otherwise see its few labelled
+            images in one framing only (flips aside), and a defect at one scale and position.
         pred_jitter: photometric jitter j of the image that the predictor reads (training crops only): each crop's
             image is scaled by a gain in [1 - j, 1 + j] and shifted by an offset in [-j/2, j/2] (images in [0, 1]),
             so that a handful of labelled images does not teach it their absolute brightness; 0: none.
@@ -175,6 +179,7 @@ class DetectorConfig:
     synthetic_noise_min_change: float = 0.0
     synthetic_noise_window: tuple[float, float] | None = None
     pred_flip: bool = False
+    pred_zoom: float = 1.0
     pred_jitter: float = 0.0
     pred_loss: str = "bce"
     map_smoothing_sigma: float = 0.0
@@ -221,6 +226,8 @@ class DetectorConfig:
                 raise ValueError(f"synthetic_noise_window must be None or (min, max) with 0 < min <= max <= 1, got {w}")
         if not 0.0 <= self.synthetic_noise_min_change <= 255.0:
             raise ValueError(f"synthetic_noise_min_change must be in [0, 255], got {self.synthetic_noise_min_change}")
+        if not 1.0 <= self.pred_zoom <= 4.0:
+            raise ValueError(f"pred_zoom must be in [1, 4] (1: no zoom), got {self.pred_zoom}")
         if not 0.0 <= self.pred_jitter < 1.0:
             raise ValueError(f"pred_jitter must be in [0, 1), got {self.pred_jitter}")
         if not 0.0 <= self.predictor_ema < 1.0:
@@ -287,6 +294,22 @@ class DetectorConfig:
         if unknown:
             raise ValueError(f"unknown DetectorConfig keys {sorted(unknown)}; valid keys: {sorted(valid)}")
         return cls(**d)
+
+
+def _zoom_crop(
+    profile: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, side: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Resize one training window to ``side`` x ``side``: profile and image bilinearly, the mask thresholded at 0.5.
+
+    (C, w, w) float, (3, w, w) uint8 and (w, w) bool -> (C, side, side), (3, side, side) uint8, (side, side) bool.
+    """
+
+    def resize(x: torch.Tensor) -> torch.Tensor:  # (C, w, w) -> (C, side, side) float
+        return torch.nn.functional.interpolate(x[None].float(), size=(side, side), mode="bilinear", align_corners=False)[0]
+
+    image = resize(image).round_().clamp_(0, 255).to(torch.uint8)
+    mask = resize(mask[None])[0] >= 0.5
+    return resize(profile).to(profile.dtype), image, mask
 
 
 def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
@@ -716,22 +739,31 @@ class Detector:
         c = min(self.config.pred_crop_size, H, W)
         g = self._gen
         xs_, ims_, ys_ = [], [], []
+        zoom = self.config.pred_zoom
         for _ in range(n):
+            w = c  # the window's side: c, or c / z for a zoomed crop (drawn only when enabled: other streams unchanged)
+            if zoom > 1.0:
+                w = max(1, round(c / (1.0 + (zoom - 1.0) * float(torch.rand((), generator=g)))))
             if self._positives and float(torch.rand((), generator=g)) < self.config.pred_positive_fraction:
-                # Centre (with jitter up to a quarter crop) on a random defect pixel of a random anomaly
+                # Centre (with jitter up to a quarter window) on a random defect pixel of a random anomaly
                 j = int(torch.randint(0, len(self._positives), (), generator=g))
                 i, flat = self._positives[j]
                 pix = int(flat[int(torch.randint(0, len(flat), (), generator=g))])
-                jy, jx = (torch.randint(-(c // 4), c // 4 + 1, (2,), generator=g)).tolist()
-                y0 = min(max(pix // W + jy - c // 2, 0), H - c)
-                x0 = min(max(pix % W + jx - c // 2, 0), W - c)
+                jy, jx = (torch.randint(-(w // 4), w // 4 + 1, (2,), generator=g)).tolist()
+                y0 = min(max(pix // W + jy - w // 2, 0), H - w)
+                x0 = min(max(pix % W + jx - w // 2, 0), W - w)
             else:
                 i = int(torch.randint(0, M, (), generator=g))
-                y0 = int(torch.randint(0, H - c + 1, (), generator=g))
-                x0 = int(torch.randint(0, W - c + 1, (), generator=g))
-            xs_.append(self._profiles[i, :, y0 : y0 + c, x0 : x0 + c])
-            ims_.append(self._pred_images[i, :, y0 : y0 + c, x0 : x0 + c])
-            ys_.append(self._pred_masks[i, y0 : y0 + c, x0 : x0 + c])
+                y0 = int(torch.randint(0, H - w + 1, (), generator=g))
+                x0 = int(torch.randint(0, W - w + 1, (), generator=g))
+            prof = self._profiles[i, :, y0 : y0 + w, x0 : x0 + w]  # (3K, w, w)
+            im = self._pred_images[i, :, y0 : y0 + w, x0 : x0 + w]  # (3, w, w) uint8
+            mask = self._pred_masks[i, y0 : y0 + w, x0 : x0 + w]  # (w, w) bool
+            if w != c:
+                prof, im, mask = _zoom_crop(prof, im, mask, c)
+            xs_.append(prof)
+            ims_.append(im)
+            ys_.append(mask)
         images = self._to_float(torch.stack(ims_))  # (n, 3, c, c)
         jitter = self.config.pred_jitter
         if jitter and "image" in self.config.predictor_inputs:

@@ -513,3 +513,26 @@ def test_a_checkpoint_saved_before_the_output_option_rebuilds_a_sigmoid_ae(tmp_p
     assert rebuilt.config.ae.output == "sigmoid"
     _, pool, _ = data
     assert np.array_equal(rebuilt.anomaly_map(pool), detector.anomaly_map(pool))
+
+
+def test_pred_zoom_resamples_windows_with_image_and_mask_aligned() -> None:
+    """Zoomed crops are smaller windows resized to the crop's side; the mask follows the image pixel for pixel."""
+    rng = np.random.default_rng(0)
+    train = rng.integers(60, 120, size=(6, SIZE, SIZE, 3), dtype=np.uint8)
+    masks = np.zeros((4, SIZE, SIZE), dtype=bool)
+    masks[:2, ::3] = True  # every third row of the two anomalous images is a defect...
+    pool = np.repeat(np.where(masks[..., None], 255, 0), 3, axis=-1).astype(np.uint8)  # ...and white exactly there
+    cfg = dict(predictor_inputs=("image",), pred_crop_size=24, pred_positive_fraction=0.5)
+    plain_det = Detector(tiny_config(**cfg), train, pool, masks, seed=0)
+    zoom_det = Detector(tiny_config(pred_zoom=3.0, **cfg), train, pool, masks, seed=0)
+    for det in (plain_det, zoom_det):
+        det.refresh_profiles()
+    x0, _ = plain_det._sample_crops(32)
+    x, y = zoom_det._sample_crops(32)
+    assert x.shape == x0.shape == (32, 3, 24, 24) and y.shape == (32, 1, 24, 24)
+    assert set(x0.unique().tolist()) <= {0.0, 1.0}  # unzoomed crops copy pixels
+    assert len(x.unique()) > 2  # zoomed ones interpolate between the rows
+    # the same bilinear weights make the image >= half-white exactly where the mask is >= 0.5
+    assert torch.equal(y[:, 0] > 0.5, x[:, 0] >= 0.5 - 1e-6)
+    with pytest.raises(ValueError, match="pred_zoom"):
+        DetectorConfig(pred_zoom=0.5)
