@@ -246,3 +246,26 @@ def test_detector_quality_rejects_an_unknown_field_in_one_line(tmp_path: Path) -
         detector_quality.main(
             ["--data-root", str(tmp_path), "--category", "x", "--set", "no_such_field=1", "--log", str(tmp_path / "l")]
         )
+
+
+def test_common_test_scores_a_subset_and_refuses_images_the_run_did_not_keep_for_test(
+    reinforce_run: Path, tmp_path: Path, capsys
+) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import common_test
+
+    files = common_test.test_files(reinforce_run)
+    own = common_test.score_on(reinforce_run, files)
+    metrics = json.loads((reinforce_run / "metrics.json").read_text())
+    assert own["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)  # its own test split: its own figures
+    assert own["pixel_f1max"] == pytest.approx(metrics["pixel_f1max"], abs=1e-4)
+    defective = [f for f in files if not f.startswith("test/good/")]
+    subset = [f for f in files if f.startswith("test/good/")] + defective[: len(defective) // 2]
+    assert common_test.score_on(reinforce_run, subset)["pixel_auroc"] != own["pixel_auroc"]  # a subset is scored
+    # a reference whose test split holds a validation image of the run: refused, one line
+    split = json.loads((reinforce_run / "split.json").read_text())
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "split.json").write_text(json.dumps({**split, "test": files + split["val"][:1]}))
+    assert common_test.main(["--reference", str(reference), "--runs", str(reinforce_run)]) == 2
+    assert "not in this run's test split" in capsys.readouterr().err
