@@ -74,6 +74,7 @@ ENV_SPACE: Space = {
     "detector.pred_loss": ("cat", ["bce", "bce_dice"]),
     "detector.predictor_ema": ("cat", [0.0, 0.99, 0.999]),
     "detector.map_flip_tta": ("cat", [False, True]),
+    "detector.map_predictor_flips": ("cat", [False, True]),
     "detector.pred_jitter": ("cat", [0.0, 0.1, 0.2]),
     "detector.synthetic_paste_rotate": ("cat", [True, False]),
     "detector.predictor.padding_mode": ("cat", ["reflect", "replicate", "zeros"]),

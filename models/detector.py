@@ -135,6 +135,9 @@ class DetectorConfig:
         map_smoothing_sigma: Gaussian sigma (pixels) applied to anomaly maps at inference; 0: none.
         map_flip_tta: average each anomaly map with the map of the image's horizontal mirror (mirrored back), as
             test-time augmentation: twice the inference cost for maps that depend less on one network's quirks.
+        map_predictor_flips: average the predictor's map over the four flips of its input (none, horizontal, vertical,
+            both; each map flipped back), the loss profile computed once: the flips it trained on with ``pred_flip``,
+            at the small predictor's cost only, since the AE does not run again.
         predictor_ema: decay of an exponential moving average of the predictor's weights, used for the anomaly
             maps (0: the raw weights, the paper). A few labelled images make single updates noisy; the average
             removes the update-to-update swings of validation scores.
@@ -184,6 +187,7 @@ class DetectorConfig:
     pred_loss: str = "bce"
     map_smoothing_sigma: float = 0.0
     map_flip_tta: bool = False
+    map_predictor_flips: bool = False
     predictor_ema: float = 0.0
     ae_lr_after_pretrain: float | None = None
     ae_grad_clip: float = 0.0
@@ -850,7 +854,13 @@ class Detector:
             prof = (x - self.ae(x)).abs()  # (b, 3, H, W)
             if K > 1:
                 prof = prof.repeat(1, K, 1, 1)  # (b, 3K, H, W)
-            return predictor(self._predictor_input(prof, x))[:, 0]
+            z = self._predictor_input(prof, x)  # (b, C_in, H, W)
+            if not self.config.map_predictor_flips:
+                return predictor(z)[:, 0]
+            maps = [predictor(z)[:, 0]]  # (b, H, W)
+            for dims in ((-1,), (-2,), (-2, -1)):  # mirrored, upside down, both: each map flipped back
+                maps.append(predictor(z.flip(dims))[:, 0].flip(dims))
+            return torch.stack(maps).mean(0)  # (b, H, W)
 
         with torch.inference_mode():
             for i in range(0, len(images), bs):

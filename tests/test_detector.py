@@ -457,6 +457,22 @@ def test_map_flip_tta_averages_the_image_and_its_mirror(data: Data) -> None:
     np.testing.assert_allclose(tta.anomaly_map(mirrored)[:, :, ::-1], tta.anomaly_map(images), atol=1e-6)  # equivariant
 
 
+def test_map_predictor_flips_averages_the_predictor_over_its_inputs_four_flips(data: Data) -> None:
+    det = Detector(tiny_config(predictor_inputs=("profile", "image"), map_predictor_flips=True), *data, seed=0)
+    images = data[1][:3]
+    ae_calls = []
+    det.ae.register_forward_hook(lambda *_: ae_calls.append(1))
+    maps = det.anomaly_map(images)  # (N, H, W)
+    assert len(ae_calls) == 1  # one batch, one AE pass: only the predictor sees the flips
+    with torch.inference_mode():
+        x = det._to_float(images)  # (N, 3, H, W)
+        z = det._predictor_input((x - det.ae(x)).abs(), x)
+        per_flip = [det.predictor(z.flip(d))[:, 0].flip(d).numpy() for d in ((-1,), (-2,), (-2, -1))]
+        plain = det.predictor(z)[:, 0].numpy()
+    assert not np.allclose(per_flip[0], plain, atol=1e-5)  # the predictor alone is not flip-equivariant
+    np.testing.assert_allclose(maps, (plain + sum(per_flip)) / 4, atol=1e-6)
+
+
 def test_pred_weight_decay_shrinks_the_predictor_and_survives_a_checkpoint(data: Data, tmp_path: Path) -> None:
     def norm_after(decay: float) -> tuple[Detector, float]:
         det = Detector(tiny_config(pred_weight_decay=decay, pred_lr=1e-2), *data, seed=0)
