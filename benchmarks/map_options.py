@@ -2,12 +2,14 @@
 
     python benchmarks/map_options.py --runs runs/issue8b/cells/*/tuned-paste-only/seed*/logs/reinforce/MVTecPatch-v0_1
 
-Both options change only how a trained detector's maps are made (``map_smoothing_sigma``, ``map_flip_tta``), so they
-can be compared on finished runs without training again: each run's best detector is loaded as ``evaluate.py`` does,
-its raw maps of the validation and test splits are computed with and without the mirrored pass, and smoothed with each
-``--sigmas``. Prints a Markdown table per split of the mean pixel AUROC / F1max / AP over the runs of each category;
-choose on the validation split (the checkpoint was chosen there with the run's own options, so the gain of a full run
-with the new options can differ a little). ``--log`` appends one JSON line per run, split and option.
+These options change only how a trained detector's maps are made (``map_smoothing_sigma``, and the test-time
+augmentations ``map_flip_tta`` and ``map_predictor_flips``), so they can be compared on finished runs without training
+again: each run's best detector is loaded as ``evaluate.py`` does, its raw maps of the validation and test splits are
+computed with each augmentation (none; "mirror": the image's mirror through AE and predictor; "flips4": the predictor
+on its input's four flips; both), and smoothed with each ``--sigmas``. Prints a Markdown table per split of the mean
+pixel AUROC / F1max / AP over the runs of each category; choose on the validation split (the checkpoint was chosen
+there with the run's own options, so the gain of a full run with the new options can differ a little). ``--log``
+appends one JSON line per run, split and option.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from models.detector import Detector, smooth_maps  # noqa: E402
 from models.metrics import compute_metrics  # noqa: E402
 
 KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap")
+TTA = {"none": (False, False), "mirror": (True, False), "flips4": (False, True), "mirror+flips4": (True, True)}
 
 
 def run_rows(run: Path, sigmas: list[float]) -> list[dict]:
@@ -40,8 +43,8 @@ def run_rows(run: Path, sigmas: list[float]) -> list[dict]:
         index = getattr(split, part)
         images, masks = data.images[index], data.masks[index]  # (N, H, W, 3) uint8, (N, H, W) bool
         labels = np.array([data.samples[i].is_anomalous for i in index])
-        for tta in (False, True):
-            detector.config.map_flip_tta = tta
+        for tta, (mirror, flips) in TTA.items():
+            detector.config.map_flip_tta, detector.config.map_predictor_flips = mirror, flips
             raw = detector.anomaly_map(images)  # (N, H, W)
             for sigma in sigmas:
                 metrics = compute_metrics(smooth_maps(raw, sigma), masks, image_labels=labels)
@@ -57,18 +60,18 @@ def table(rows: list[dict], part: str) -> str:
     lines = [
         f"**{part} split** (mean over runs: pixel AUROC / F1max / AP)",
         "",
-        "| flip TTA | sigma | "
+        "| TTA | sigma | "
         + " | ".join(f"{c} ({len({r['run'] for r in rows if r['category'] == c})} runs)" for c in categories)
         + " |",
         "|---|---|" + "---|" * len(categories),
     ]
-    options = sorted({(r["tta"], r["sigma"]) for r in rows})
+    options = sorted({(r["tta"], r["sigma"]) for r in rows}, key=lambda o: (list(TTA).index(o[0]), o[1]))
     for tta, sigma in options:
         cells = []
         for c in categories:
             sel = [r for r in rows if r["category"] == c and r["split"] == part and r["tta"] == tta and r["sigma"] == sigma]
             cells.append(" / ".join(f"{np.mean([r[k] for r in sel]):.3f}" for k in KEYS))
-        lines.append(f"| {'yes' if tta else 'no'} | {sigma:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {tta} | {sigma:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

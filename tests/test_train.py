@@ -203,15 +203,16 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     import map_options
 
     detector_config = yaml.safe_load((reinforce_run / "config.yml").read_text())["env_kwargs"]["detector"]
-    own = (bool(detector_config.get("map_flip_tta", False)), float(detector_config.get("map_smoothing_sigma", 0.0)))
+    flips = (bool(detector_config.get("map_flip_tta", False)), bool(detector_config.get("map_predictor_flips", False)))
+    own = ({v: k for k, v in map_options.TTA.items()}[flips], float(detector_config.get("map_smoothing_sigma", 0.0)))
     rows = map_options.run_rows(reinforce_run, sorted({0.0, 8.0, own[1]}))
-    assert {(r["split"], r["tta"]) for r in rows} == {(s, t) for s in ("val", "test") for t in (False, True)}
+    assert {(r["split"], r["tta"]) for r in rows} == {(s, t) for s in ("val", "test") for t in map_options.TTA}
     metrics = json.loads((reinforce_run / "metrics.json").read_text())
     (same,) = [r for r in rows if r["split"] == "test" and (r["tta"], r["sigma"]) == own]
     assert same["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)  # the options are the run's own
     assert same["pixel_f1max"] == pytest.approx(metrics["pixel_f1max"], abs=1e-4)
     assert len({r["pixel_auroc"] for r in rows if r["split"] == "test"}) > 1  # and the others change the maps
-    assert "| flip TTA | sigma |" in map_options.table(rows, "val")
+    assert "| TTA | sigma |" in map_options.table(rows, "val")
 
 
 def test_per_type_scores_every_defect_type_of_the_test_split(reinforce_run: Path, capsys) -> None:
