@@ -54,6 +54,7 @@ __all__ = [
     "Detector",
     "ae_baseline_maps",
     "smooth_maps",
+    "texture_channels",
     "CHECKPOINT_FORMAT",
     "PREDICTOR_INPUTS",
     "PREDICTOR_LOSSES",
@@ -63,7 +64,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "rl-batch-sampler/detector"
 CHECKPOINT_VERSION = 1
-PREDICTOR_INPUTS = ("profile", "image")  # the loss profile (paper) and the image itself (as DRAEM's discriminator)
+# the loss profile (paper), the image itself (as DRAEM's discriminator), and the image's local texture statistics
+PREDICTOR_INPUTS = ("profile", "image", "texture")
+TEXTURE_CHANNELS = 2  # local mean and local standard deviation of the grey image
 PREDICTOR_LOSSES = ("bce", "bce_dice")
 
 
@@ -102,7 +105,11 @@ class DetectorConfig:
         channels_last: run the convolutions in channels-last memory format (oneDNN's fast path on CPU).
         predictor_inputs: what the predictor reads, a subset of ``PREDICTOR_INPUTS``: ("profile",) is the paper;
             ("profile", "image") adds the RGB image, so the predictor can tell a residual caused by a defect from
-            one caused by normal but hard-to-reconstruct structure.
+            one caused by normal but hard-to-reconstruct structure. "texture" adds :func:`texture_channels`: each
+            pixel's local brightness and contrast as robust z-scores within its image, so a region whose texture
+            differs from the rest of its image (a large low-contrast defect the AE reconstructs well) stands out.
+            Train on whole images (``pred_crop_size`` = image size), or the statistics are a crop's.
+        texture_sigma: Gaussian sigma (pixels) of the local window of the "texture" input.
         predictor_updates_per_ae_update: predictor steps per AE update (in the env and in :meth:`fit_random`);
             the paper's one step per 32 patches gives the predictor only a few hundred steps on a CPU budget.
         profile_refresh_every: recompute the pool's loss profiles at most every N AE updates (1: after every
@@ -170,6 +177,7 @@ class DetectorConfig:
     fused_weights: tuple[float, float, float] = DEFAULT_FUSED_WEIGHTS
     fused_blur_sigma: float = 2.0
     predictor_inputs: tuple[str, ...] = ("profile",)
+    texture_sigma: float = 8.0
     predictor_updates_per_ae_update: int = 1
     profile_refresh_every: int = 1
     synthetic_pool_size: int = 0
@@ -279,7 +287,9 @@ class DetectorConfig:
         # The predictor reads K stacked 3-channel profiles, and the 3-channel image if asked
         n_in = self.ae.in_channels * (
             self.profile_stack * ("profile" in self.predictor_inputs) + ("image" in self.predictor_inputs)
-        )
+        ) + TEXTURE_CHANNELS * ("texture" in self.predictor_inputs)
+        if self.texture_sigma <= 0:
+            raise ValueError(f"texture_sigma must be > 0, got {self.texture_sigma}")
         self.predictor = replace(self.predictor, in_channels=n_in)
         try:
             torch.device(self.device)
@@ -314,6 +324,52 @@ def _zoom_crop(
     image = resize(image).round_().clamp_(0, 255).to(torch.uint8)
     mask = resize(mask[None])[0] >= 0.5
     return resize(profile).to(profile.dtype), image, mask
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), reflect padding (replicate where the map is too small to reflect)."""
+    radius = max(1, int(3.0 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()  # (2r + 1,)
+    B, C, H, W = x.shape
+    mode = "reflect" if min(H, W) > radius else "replicate"
+    y = x.reshape(B * C, 1, H, W)
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(y, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(y, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
+    return y.reshape(B, C, H, W)
+
+
+def texture_channels(images: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
+    """Local brightness and contrast of each pixel, as robust z-scores within its own image.
+
+    The grey image's Gaussian-weighted local mean and standard deviation (window sigma ``sigma``), each centred on
+    its image's median and divided by its median absolute deviation: a region brighter, darker, smoother or rougher
+    than the rest of its image scores far from 0, whatever the image's overall exposure.
+
+    Args:
+        images: float (B, 3, H, W) in [0, 1].
+        sigma: the local window's Gaussian sigma in pixels.
+
+    Returns:
+        (B, 2, H, W): [local mean, local standard deviation], standardised per image and channel.
+    """
+    H, W = images.shape[-2:]
+    grey = images.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    moments = torch.cat([grey, grey * grey], dim=1)  # (B, 2, H, W): x, x^2
+    k = max(1, min(int(sigma // 2), H, W))  # the window is wide: its moments can be taken on k x k block means
+    if k > 1:
+        moments = torch.nn.functional.avg_pool2d(moments, k)  # (B, 2, H / k, W / k)
+    blurred = _gaussian_blur(moments, sigma / k)  # (B, 2, h, w): local E[x], E[x^2]
+    if k > 1:
+        blurred = torch.nn.functional.interpolate(blurred, size=(H, W), mode="bilinear", align_corners=False)
+    mean = blurred[:, :1]
+    std = (blurred[:, 1:] - mean * mean).clamp_min(0.0).sqrt()
+    stats = torch.cat([mean, std], dim=1)  # (B, 2, H, W)
+    flat = stats.flatten(2)  # (B, 2, H*W)
+    median = flat.median(dim=-1).values[..., None, None]  # (B, 2, 1, 1)
+    mad = (stats - median).abs().flatten(2).median(dim=-1).values[..., None, None]
+    return (stats - median) / (mad + 1e-4)  # (B, 2, H, W)
 
 
 def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
@@ -734,6 +790,8 @@ class Detector:
         parts = [profiles] if "profile" in self.config.predictor_inputs else []
         if "image" in self.config.predictor_inputs:
             parts.append(images)
+        if "texture" in self.config.predictor_inputs:
+            parts.append(texture_channels(images, self.config.texture_sigma))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def _sample_crops(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from models.autoencoder import AutoencoderConfig
-from models.detector import Detector, DetectorConfig, ae_baseline_maps
+from models.detector import Detector, DetectorConfig, ae_baseline_maps, texture_channels
 from models.predictor import PredictorConfig
 
 SIZE = 32
@@ -552,3 +552,28 @@ def test_pred_zoom_resamples_windows_with_image_and_mask_aligned() -> None:
     assert torch.equal(y[:, 0] > 0.5, x[:, 0] >= 0.5 - 1e-6)
     with pytest.raises(ValueError, match="pred_zoom"):
         DetectorConfig(pred_zoom=0.5)
+
+
+def test_texture_channels_single_out_a_region_unlike_the_rest_of_its_image() -> None:
+    g = torch.Generator().manual_seed(0)
+    images = 0.3 + 0.2 * torch.rand(2, 1, 64, 64, generator=g).expand(2, 3, 64, 64)  # (2, 3, 64, 64) grey noise
+    images = images.clone()
+    images[0, :, 8:24, 8:24] += 0.3  # a brighter square
+    images[1, :, 40:56, 40:56] = 0.4  # a smooth square: lower local contrast
+    tex = texture_channels(images, sigma=2.0)  # (2, 2, 64, 64)
+    assert tex.shape == (2, 2, 64, 64)
+    assert tex[0, 0, 12:20, 12:20].mean() > 5 * tex[0, 0, 32:, 32:].abs().mean()  # brightness stands out
+    assert tex[1, 1, 44:52, 44:52].mean() < -2 * tex[1, 1, :32, :32].abs().mean()  # and so does smoothness
+    # robust z-scores within each image: the same whatever the image's exposure and contrast
+    torch.testing.assert_close(texture_channels(0.5 * images + 0.2, sigma=2.0), tex, atol=0.1, rtol=0.05)
+    assert texture_channels(torch.full((1, 3, 16, 16), 0.3), sigma=2.0).abs().max() == 0  # a flat image: nothing
+
+
+def test_texture_input_adds_two_channels_to_the_predictor(data: Data) -> None:
+    det = Detector(tiny_config(predictor_inputs=("profile", "image", "texture"), texture_sigma=2.0), *data, seed=0)
+    assert det.predictor.config.in_channels == 3 + 3 + 2
+    det.predictor_update()
+    maps = det.anomaly_map(data[1][:2])
+    assert maps.shape == (2, *data[1].shape[1:3]) and np.isfinite(maps).all()
+    with pytest.raises(ValueError, match="texture_sigma"):
+        tiny_config(predictor_inputs=("profile", "texture"), texture_sigma=0.0)
