@@ -284,7 +284,7 @@ class DetectorConfig:
             raise ValueError(f"patch_size {self.patch_size} must be a multiple of the AE's total stride {self.ae.stride}")
         if self.ae.in_channels != 3:
             raise ValueError(f"ae.in_channels must be 3 (RGB images), got {self.ae.in_channels}")
-        # The predictor reads K stacked 3-channel profiles, and the 3-channel image if asked
+        # The predictor reads K stacked 3-channel profiles, the 3-channel image and 2 texture channels, as asked
         n_in = self.ae.in_channels * (
             self.profile_stack * ("profile" in self.predictor_inputs) + ("image" in self.predictor_inputs)
         ) + TEXTURE_CHANNELS * ("texture" in self.predictor_inputs)
