@@ -67,6 +67,7 @@ CHECKPOINT_VERSION = 1
 # the loss profile (paper), the image itself (as DRAEM's discriminator), and the image's local texture statistics
 PREDICTOR_INPUTS = ("profile", "image", "texture")
 TEXTURE_CHANNELS = 2  # local mean and local standard deviation of the grey image
+TEXTURE_CLIP = 10.0  # bound of the texture channels' robust z-scores
 PREDICTOR_LOSSES = ("bce", "bce_dice")
 
 
@@ -290,6 +291,11 @@ class DetectorConfig:
         ) + TEXTURE_CHANNELS * ("texture" in self.predictor_inputs)
         if self.texture_sigma <= 0:
             raise ValueError(f"texture_sigma must be > 0, got {self.texture_sigma}")
+        if self.map_predictor_flips and (not self.pred_flip or self.predictor.coord_channels):
+            logger.warning(
+                "map_predictor_flips averages the predictor over flips of its input that it %s",
+                "never trains on (pred_flip is off)" if not self.pred_flip else "sees with unflipped coordinate channels",
+            )
         self.predictor = replace(self.predictor, in_channels=n_in)
         try:
             torch.device(self.device)
@@ -352,7 +358,8 @@ def texture_channels(images: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
         sigma: the local window's Gaussian sigma in pixels.
 
     Returns:
-        (B, 2, H, W): [local mean, local standard deviation], standardised per image and channel.
+        (B, 2, H, W): [local mean, local standard deviation], standardised per image and channel, clipped to
+        ±``TEXTURE_CLIP``.
     """
     H, W = images.shape[-2:]
     grey = images.mean(dim=1, keepdim=True)  # (B, 1, H, W)
@@ -369,7 +376,8 @@ def texture_channels(images: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
     flat = stats.flatten(2)  # (B, 2, H*W)
     median = flat.median(dim=-1).values[..., None, None]  # (B, 2, 1, 1)
     mad = (stats - median).abs().flatten(2).median(dim=-1).values[..., None, None]
-    return (stats - median) / (mad + 1e-4)  # (B, 2, H, W)
+    # clipped: where over half an image has the same statistics (a flat background) the MAD is ~0
+    return ((stats - median) / (mad + 1e-4)).clamp(-TEXTURE_CLIP, TEXTURE_CLIP)  # (B, 2, H, W)
 
 
 def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:

@@ -473,6 +473,32 @@ def test_map_predictor_flips_averages_the_predictor_over_its_inputs_four_flips(d
     np.testing.assert_allclose(maps, (plain + sum(per_flip)) / 4, atol=1e-6)
 
 
+def test_map_predictor_flips_use_the_weight_average_and_compose_with_the_mirror(data: Data) -> None:
+    det = Detector(tiny_config(predictor_inputs=("profile", "image"), predictor_ema=0.5, pred_flip=True), *data, seed=0)
+    for _ in range(3):
+        det.predictor_update()
+    images = data[1][:3]
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    det.config.map_predictor_flips = True
+    flips = det.anomaly_map(images)
+    assert det.predictor_average is not None
+    raw_predictor, det.predictor = det.predictor, det.predictor_average  # the average makes the maps, not the raw weights
+    det.predictor_average = None
+    np.testing.assert_allclose(det.anomaly_map(images), flips, atol=1e-6)
+    det.predictor, det.predictor_average = raw_predictor, det.predictor
+    assert not np.allclose(det.anomaly_map(images), Detector(det.config, *data, seed=0).anomaly_map(images), atol=1e-5)
+    det.config.map_flip_tta = True  # both: the mirror's four-flip map averaged with the image's
+    np.testing.assert_allclose(det.anomaly_map(images), 0.5 * (flips + _flips_map(det, mirrored)[:, :, ::-1]), atol=1e-6)
+
+
+def _flips_map(det: Detector, images: np.ndarray) -> np.ndarray:
+    det.config.map_flip_tta = False
+    try:
+        return det.anomaly_map(images)
+    finally:
+        det.config.map_flip_tta = True
+
+
 def test_pred_weight_decay_shrinks_the_predictor_and_survives_a_checkpoint(data: Data, tmp_path: Path) -> None:
     def norm_after(decay: float) -> tuple[Detector, float]:
         det = Detector(tiny_config(pred_weight_decay=decay, pred_lr=1e-2), *data, seed=0)
@@ -567,6 +593,9 @@ def test_texture_channels_single_out_a_region_unlike_the_rest_of_its_image() -> 
     # robust z-scores within each image: the same whatever the image's exposure and contrast
     torch.testing.assert_close(texture_channels(0.5 * images + 0.2, sigma=2.0), tex, atol=0.1, rtol=0.05)
     assert texture_channels(torch.full((1, 3, 16, 16), 0.3), sigma=2.0).abs().max() == 0  # a flat image: nothing
+    half_flat = images[:1].clone()
+    half_flat[..., :40] = 0.0  # a black background over most of the image: its MAD is 0
+    assert texture_channels(half_flat, sigma=2.0).abs().max() <= 10.0  # bounded all the same
 
 
 def test_texture_input_adds_two_channels_to_the_predictor(data: Data) -> None:
