@@ -1019,6 +1019,14 @@ class Detector:
             ours, theirs = getattr(self.config, name), getattr(saved, name)
             if ours != theirs:
                 raise ValueError(f"saved {name} config {theirs} does not match this detector's {ours}")
+        # What the predictor reads: two input sets with the same channel count would otherwise load into each other
+        # silently (the stacking order is fixed, so the sets are compared, not the tuples)
+        ours_in, theirs_in = set(self.config.predictor_inputs), set(saved.predictor_inputs)
+        if ours_in != theirs_in:
+            raise ValueError(f"saved predictor_inputs {sorted(theirs_in)} do not match this detector's {sorted(ours_in)}")
+        if "texture" in ours_in and saved.texture_sigma != self.config.texture_sigma:
+            ours_sigma, theirs_sigma = self.config.texture_sigma, saved.texture_sigma
+            raise ValueError(f"saved texture_sigma {theirs_sigma} does not match this detector's {ours_sigma}")
         try:
             self.ae.load_state_dict(state["ae"])
             self.predictor.load_state_dict(state["predictor"])

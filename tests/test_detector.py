@@ -279,6 +279,21 @@ def test_corrupt_or_wrong_checkpoint_raises_value_error(tmp_path: Path, detector
         bigger.load_weights(good)
 
 
+def test_a_checkpoint_with_other_predictor_inputs_of_the_same_width_is_refused(tmp_path: Path, data: Data) -> None:
+    # (image, texture) and (profile, texture) both give the predictor 5 input channels: only the inputs differ
+    saved = Detector(tiny_config(predictor_inputs=("image", "texture")), *data)
+    saved.save(tmp_path / "d.pt")
+    other = Detector(tiny_config(predictor_inputs=("profile", "texture")), *data)
+    assert other.config.predictor.in_channels == saved.config.predictor.in_channels
+    with pytest.raises(ValueError, match="d.pt.*predictor_inputs"):
+        other.load_weights(tmp_path / "d.pt")
+    wider = Detector(tiny_config(predictor_inputs=("texture", "image"), texture_sigma=4.0), *data)
+    with pytest.raises(ValueError, match="d.pt.*texture_sigma"):
+        wider.load_weights(tmp_path / "d.pt")
+    same = Detector(tiny_config(predictor_inputs=("texture", "image")), *data)  # the order does not matter
+    same.load_weights(tmp_path / "d.pt")
+
+
 def test_same_seed_same_training_and_global_rng_untouched(data: Data) -> None:
     torch.manual_seed(123)
     expected_next = torch.rand(3)
