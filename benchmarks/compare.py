@@ -39,6 +39,15 @@ run folders stay on the machine that trained them. Failed cells are queued again
 Writes ``OUT/results.csv`` (one row per cell; ``seconds`` is wall-clock, ``cpu_seconds`` the cell's own CPU time)
 and ``OUT/table.md``: per category, a row per method with every metric
 as mean ± std over seeds, then the paper's two tables (pixel F1max and pixel AUROC, category x method).
+
+*Recorded rows* (``--recorded CSV ...``): rows of earlier grids' ``results.csv`` files (``benchmarks/results/`` keeps
+the ones behind the README's tables) count as finished cells: a (category, method, seed) recorded there is not
+trained again and its row joins the tables, unless a finished cell in ``OUT`` has it (the cell wins). So a table can
+combine grids that ran on other machines or in other checkouts, whose run folders are gone::
+
+    python benchmarks/compare.py --data-root ../shared/data --categories magnetic_tile tire \
+        --variants benchmarks/ablation.yml --methods warm3000 warm3000-random --seeds 0 1 2 \
+        --recorded benchmarks/results/*.csv --table-only --out runs/table
 """
 
 from __future__ import annotations
@@ -90,6 +99,38 @@ def load_variants(path: str | None) -> dict[str, dict[str, Any]]:
         if unknown:
             raise ValueError(f"'{path}': variant {name!r} has unknown keys {sorted(unknown)} (valid: {sorted(allowed)})")
     return table
+
+
+def load_recorded(paths: list[str] | None) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Rows of earlier grids' ``results.csv`` files, keyed by (category, method, seed); a later file wins a tie.
+
+    Raises:
+        ValueError: a file is unreadable or not a ``results.csv`` of this runner (the message names it).
+    """
+    recorded: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for path in paths or []:
+        try:
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
+                if missing:
+                    raise ValueError(f"'{path}': not a compare.py results.csv (lacks columns {sorted(missing)})")
+                for line, r in enumerate(reader, start=2):
+                    try:
+                        key = (r["category"], r["method"], int(r["seed"]))
+                        row: dict[str, Any] = {
+                            "category": key[0],
+                            "method": key[1],
+                            "seed": key[2],
+                            **{k: float(r[k]) for k in (*METRICS, "seconds")},
+                            "cpu_seconds": float(r["cpu_seconds"] or "nan"),
+                        }
+                    except (TypeError, ValueError) as error:
+                        raise ValueError(f"'{path}', line {line}: expected numbers in {CSV_COLUMNS[2:]} ({error})") from error
+                    recorded[key] = row
+        except OSError as error:
+            raise ValueError(f"'{path}': cannot read recorded rows ({error.strerror or error})") from error
+    return recorded
 
 
 def resolve_method(method: str, variants: dict[str, dict[str, Any]], preset: str) -> tuple[str, dict[str, Any], bool]:
@@ -538,6 +579,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: cores / parallel)")
     parser.add_argument("--table-only", action="store_true", help="train nothing: tables of the cells already finished")
     parser.add_argument(
+        "--recorded",
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="results.csv files of earlier grids: their rows count as finished cells (see the module docstring)",
+    )
+    parser.add_argument(
         "--storage",
         default=None,
         help="worker mode: the grid's Optuna study lives here, an RDB URL (sqlite:///grid.db, postgresql://...) or a "
@@ -583,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
         categories = args.categories or ["synthetic"]
         variants = load_variants(args.variants)
         plan = [(m, *resolve_method(m, variants, args.preset)) for m in args.methods]
+        if args.recorded and args.study_mode:
+            raise ValueError("--recorded works without --storage/--workers (a study keeps its own rows)")
+        recorded = load_recorded(args.recorded)
     except (ValueError, OSError, yaml.YAMLError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -593,12 +644,16 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for _, base, spec, _ in plan:
                 trainings.setdefault((category, base, seed), spec)
+    # A training whose every row is recorded (its methods: itself and its "ae" rows in this grid) is not run again
+    needed = {(c, base, s) for c in categories for s in args.seeds for m, base, *_ in plan if (c, m, s) not in recorded}
+    all_trainings = trainings
+    trainings = {key: spec for key, spec in trainings.items() if key in needed}
     if args.study_mode:
         return run_study(args, argv, plan, categories, trainings)
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
     failed: list[str] = []
     if args.table_only:
-        for key in trainings:
+        for key in all_trainings:
             done = Path(args.out) / "cells" / key[0] / key[1] / f"seed{key[2]}" / "result.json"
             if done.is_file():
                 results[key] = json.loads(done.read_text())
@@ -612,10 +667,12 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(str(error))
     rows = [
         cell_row(category, method, seed, results[(category, base, seed)], ae_only)
+        if (category, base, seed) in results
+        else recorded[(category, method, seed)]
         for category in categories
         for method, base, _, ae_only in plan
         for seed in args.seeds
-        if (category, base, seed) in results
+        if (category, base, seed) in results or (category, method, seed) in recorded
     ]
     table = write_tables(Path(args.out), rows, [m for m, *_ in plan], categories)
     print(table)

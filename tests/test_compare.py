@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,48 @@ def test_compare_runs_every_cell_once_and_writes_the_tables(grid: tuple[Path, Pa
         == 0
     )
     assert [r["seed"] for r in csv.DictReader((out / "results.csv").open())] == ["0"]
+
+
+def test_recorded_rows_count_as_finished_cells(grid: tuple[Path, Path, Path], tmp_path: Path, monkeypatch, capsys) -> None:
+    root, variants, _ = grid
+    recorded = tmp_path / "recorded.csv"
+    values = {k: 0.5 for k in compare.METRICS}
+    with recorded.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=compare.CSV_COLUMNS)
+        writer.writeheader()
+        for method, auroc in (("tiny", 0.123), ("ae@tiny", 0.456)):
+            writer.writerow(
+                {"category": "widget", "method": method, "seed": 3, **values, "pixel_auroc": auroc}
+                | {"seconds": 60, "cpu_seconds": ""}
+            )
+
+    def no_training(*args: object, **kwargs: object) -> int:
+        raise AssertionError("a recorded cell was trained")
+
+    monkeypatch.setattr(subprocess, "Popen", no_training)
+    out = tmp_path / "out"
+    argv = ["--data-root", str(root), "--categories", "widget", "--methods", "tiny", "ae@tiny", "--seeds", "3"]
+    argv += ["--variants", str(variants), "--out", str(out), "--recorded", str(recorded)]
+    assert compare.main(argv) == 0  # every row recorded: nothing trains
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], r["seed"], float(r["pixel_auroc"])) for r in rows] == [("tiny", "3", 0.123), ("ae@tiny", "3", 0.456)]
+    assert "| tiny | 1 | 0.123 |" in (out / "table.md").read_text()
+    # a finished cell in --out wins over its recorded rows
+    cell = out / "cells" / "widget" / "tiny" / "seed3"
+    run_dir = cell / "logs" / "random" / "MVTecPatch-v0_1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({k: 0.9 for k in compare.METRICS}))
+    (run_dir / "ae_baseline").mkdir()
+    (run_dir / "ae_baseline" / "metrics.json").write_text(json.dumps({k: 0.8 for k in compare.METRICS}))
+    (cell / "result.json").write_text(json.dumps({"run": str(run_dir), "seconds": 1.0, "cpu_seconds": 1.0}))
+    assert compare.main([*argv, "--table-only"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], float(r["pixel_auroc"])) for r in rows] == [("tiny", 0.9), ("ae@tiny", 0.8)]
+    # a file that is not a results.csv: one line naming it, exit 2, the tables already written are kept
+    bad = tmp_path / "bad.csv"
+    bad.write_text("category,method\nwidget,tiny\n")
+    assert compare.main([*argv[:-1], str(bad)]) == 2
+    assert "bad.csv" in capsys.readouterr().err and (out / "table.md").is_file()
 
 
 def test_compare_restarts_an_interrupted_cell(grid: tuple[Path, Path, Path]) -> None:
