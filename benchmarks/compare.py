@@ -40,13 +40,15 @@ Writes ``OUT/results.csv`` (one row per cell; ``seconds`` is wall-clock, ``cpu_s
 and ``OUT/table.md``: per category, a row per method with every metric
 as mean ± std over seeds, then the paper's two tables (pixel F1max and pixel AUROC, category x method).
 
-*Recorded rows* (``--recorded CSV ...``): rows of earlier grids' ``results.csv`` files (``benchmarks/results/`` keeps
-the ones behind the README's tables) count as finished cells: a (category, method, seed) recorded there is not
-trained again and its row joins the tables, unless a finished cell in ``OUT`` has it (the cell wins). So a table can
-combine grids that ran on other machines or in other checkouts, whose run folders are gone::
+*Recorded rows* (``--recorded CSV ...``, not with worker mode): rows of earlier grids' ``results.csv`` files
+(``benchmarks/results/`` keeps this project's) stand in for cells, so a table can combine grids that ran on other
+machines or in other checkouts, whose run folders are gone. A training is skipped when every row of it that the grid
+asks for is recorded (its method and, if asked, its ``ae@`` row); otherwise it runs, and a finished cell in ``OUT``
+always wins over recorded rows. Rows are matched by (category, method, seed) alone, so record pinned variants: a
+recorded ``reinforce`` row is whatever ``--preset`` meant when it was recorded (the runner warns when it uses one)::
 
-    python benchmarks/compare.py --data-root ../shared/data --categories magnetic_tile tire \
-        --variants benchmarks/ablation.yml --methods warm3000 warm3000-random --seeds 0 1 2 \
+    python benchmarks/compare.py --data-root ../shared/data --categories magnetic_tile tire \\
+        --variants benchmarks/ablation.yml --methods warm3000 warm3000-random --seeds 0 1 2 \\
         --recorded benchmarks/results/*.csv --table-only --out runs/table
 """
 
@@ -102,20 +104,21 @@ def load_variants(path: str | None) -> dict[str, dict[str, Any]]:
 
 
 def load_recorded(paths: list[str] | None) -> dict[tuple[str, str, int], dict[str, Any]]:
-    """Rows of earlier grids' ``results.csv`` files, keyed by (category, method, seed); a later file wins a tie.
+    """Rows of earlier grids' ``results.csv`` files, keyed by (category, method, seed); a later row wins a tie.
 
     Raises:
         ValueError: a file is unreadable or not a ``results.csv`` of this runner (the message names it).
     """
     recorded: dict[tuple[str, str, int], dict[str, Any]] = {}
+    required = set(CSV_COLUMNS) - {"cpu_seconds"}  # absent from the files of the runner's first grids
     for path in paths or []:
         try:
             with open(path, newline="") as handle:
                 reader = csv.DictReader(handle)
-                missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
+                missing = required - set(reader.fieldnames or [])
                 if missing:
                     raise ValueError(f"'{path}': not a compare.py results.csv (lacks columns {sorted(missing)})")
-                for line, r in enumerate(reader, start=2):
+                for r in reader:
                     try:
                         key = (r["category"], r["method"], int(r["seed"]))
                         row: dict[str, Any] = {
@@ -123,13 +126,17 @@ def load_recorded(paths: list[str] | None) -> dict[tuple[str, str, int], dict[st
                             "method": key[1],
                             "seed": key[2],
                             **{k: float(r[k]) for k in (*METRICS, "seconds")},
-                            "cpu_seconds": float(r["cpu_seconds"] or "nan"),
+                            "cpu_seconds": float(r.get("cpu_seconds") or "nan"),
                         }
                     except (TypeError, ValueError) as error:
-                        raise ValueError(f"'{path}', line {line}: expected numbers in {CSV_COLUMNS[2:]} ({error})") from error
+                        where = f"'{path}', line {reader.line_num}"
+                        raise ValueError(
+                            f"{where}: expected a whole seed and numbers in {CSV_COLUMNS[3:]} ({error})"
+                        ) from error
                     recorded[key] = row
-        except OSError as error:
-            raise ValueError(f"'{path}': cannot read recorded rows ({error.strerror or error})") from error
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise ValueError(f"'{path}': cannot read recorded rows ({reason})") from error
     return recorded
 
 
@@ -652,11 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_study(args, argv, plan, categories, trainings)
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
     failed: list[str] = []
+    # Finished cells are read even where their rows are recorded: a cell in --out wins over a recorded row
+    for key in all_trainings if args.table_only else set(all_trainings) - set(trainings):
+        done = Path(args.out) / "cells" / key[0] / key[1] / f"seed{key[2]}" / "result.json"
+        if done.is_file():
+            results[key] = json.loads(done.read_text())
     if args.table_only:
-        for key in all_trainings:
-            done = Path(args.out) / "cells" / key[0] / key[1] / f"seed{key[2]}" / "result.json"
-            if done.is_file():
-                results[key] = json.loads(done.read_text())
         trainings = {}
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = {key: pool.submit(run_cell, key[0], key[1], spec, key[2], args) for key, spec in trainings.items()}
@@ -665,15 +673,23 @@ def main(argv: list[str] | None = None) -> int:
                 results[key] = future.result()
             except RuntimeError as error:
                 failed.append(str(error))
-    rows = [
-        cell_row(category, method, seed, results[(category, base, seed)], ae_only)
-        if (category, base, seed) in results
-        else recorded[(category, method, seed)]
-        for category in categories
-        for method, base, _, ae_only in plan
-        for seed in args.seeds
-        if (category, base, seed) in results or (category, method, seed) in recorded
-    ]
+    rows: list[dict[str, Any]] = []
+    by_name: list[str] = []  # recorded rows whose meaning depends on --preset
+    for category in categories:
+        for method, base, _, ae_only in plan:
+            for seed in args.seeds:
+                if (category, base, seed) in results:
+                    rows.append(cell_row(category, method, seed, results[(category, base, seed)], ae_only))
+                elif (category, method, seed) in recorded:
+                    rows.append(recorded[(category, method, seed)])
+                    if base not in variants and method not in by_name:
+                        by_name.append(method)
+    if by_name:
+        print(
+            f"warning: the recorded rows of {', '.join(by_name)} were matched by name alone: they are what that name meant "
+            "when they were recorded (record pinned --variants for rows that stay valid)",
+            file=sys.stderr,
+        )
     table = write_tables(Path(args.out), rows, [m for m, *_ in plan], categories)
     print(table)
     for message in failed:

@@ -1004,7 +1004,8 @@ class Detector:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`. The networks' configs must match this detector's.
+        """Restore a :meth:`state_dict`. The networks' configs, the predictor's inputs (and their ``texture_sigma``) and
+        ``profile_stack`` must match this detector's.
 
         Raises:
             ValueError: the state is not a detector state or its networks do not fit this config.

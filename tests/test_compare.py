@@ -84,46 +84,81 @@ def test_compare_runs_every_cell_once_and_writes_the_tables(grid: tuple[Path, Pa
     assert [r["seed"] for r in csv.DictReader((out / "results.csv").open())] == ["0"]
 
 
-def test_recorded_rows_count_as_finished_cells(grid: tuple[Path, Path, Path], tmp_path: Path, monkeypatch, capsys) -> None:
-    root, variants, _ = grid
-    recorded = tmp_path / "recorded.csv"
-    values = {k: 0.5 for k in compare.METRICS}
-    with recorded.open("w", newline="") as handle:
+def write_recorded(path: Path, rows: list[tuple[str, str, int, float]]) -> Path:
+    """A results.csv of (category, method, seed, pixel AUROC) rows; the other metrics 0.5, CPU time not recorded."""
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=compare.CSV_COLUMNS)
         writer.writeheader()
-        for method, auroc in (("tiny", 0.123), ("ae@tiny", 0.456)):
+        for category, method, seed, auroc in rows:
+            metrics = {k: 0.5 for k in compare.METRICS} | {"pixel_auroc": auroc}
             writer.writerow(
-                {"category": "widget", "method": method, "seed": 3, **values, "pixel_auroc": auroc}
-                | {"seconds": 60, "cpu_seconds": ""}
+                {"category": category, "method": method, "seed": seed, **metrics, "seconds": 60, "cpu_seconds": ""}
             )
+    return path
 
-    def no_training(*args: object, **kwargs: object) -> int:
-        raise AssertionError("a recorded cell was trained")
 
-    monkeypatch.setattr(subprocess, "Popen", no_training)
+def fake_cell(out: Path, method: str, seed: int, score: float, ae_score: float) -> None:
+    """A finished cell of --out, as run_cell leaves it: result.json, the run's metrics and its AE-only metrics."""
+    cell = out / "cells" / "widget" / method / f"seed{seed}"
+    run_dir = cell / "logs" / "random" / "MVTecPatch-v0_1"
+    (run_dir / "ae_baseline").mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({k: score for k in compare.METRICS}))
+    (run_dir / "ae_baseline" / "metrics.json").write_text(json.dumps({k: ae_score for k in compare.METRICS}))
+    (cell / "result.json").write_text(json.dumps({"run": str(run_dir), "seconds": 1.0, "cpu_seconds": 1.0}))
+
+
+def aurocs(out: Path) -> list[tuple[str, str, float]]:
+    return [(r["method"], r["seed"], float(r["pixel_auroc"])) for r in csv.DictReader((out / "results.csv").open())]
+
+
+def test_recorded_rows_count_as_finished_cells(grid: tuple[Path, Path, Path], tmp_path: Path, monkeypatch, capsys) -> None:
+    root, variants, _ = grid
+    early = write_recorded(tmp_path / "early.csv", [("widget", "tiny", 3, 0.111), ("widget", "ae@tiny", 3, 0.456)])
+    late = write_recorded(tmp_path / "late.csv", [("widget", "tiny", 3, 0.123), ("widget", "tiny", 4, 0.7)])
+    trained: list[list[str]] = []
+
+    def fake_training(cmd: list[str], **kwargs: object) -> object:
+        trained.append(cmd)
+        seed = int(cmd[cmd.index("--seed") + 1])
+        fake_cell(out, "tiny", seed, 0.9, 0.8)  # what the training would leave, metrics included
+        raise AssertionError("stop here")  # the test's cells are made by fake_cell
+
+    monkeypatch.setattr(subprocess, "Popen", fake_training)
     out = tmp_path / "out"
     argv = ["--data-root", str(root), "--categories", "widget", "--methods", "tiny", "ae@tiny", "--seeds", "3"]
-    argv += ["--variants", str(variants), "--out", str(out), "--recorded", str(recorded)]
+    argv += ["--variants", str(variants), "--out", str(out), "--recorded", str(early), str(late)]
     assert compare.main(argv) == 0  # every row recorded: nothing trains
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [(r["method"], r["seed"], float(r["pixel_auroc"])) for r in rows] == [("tiny", "3", 0.123), ("ae@tiny", "3", 0.456)]
+    assert trained == []
+    assert aurocs(out) == [("tiny", "3", 0.123), ("ae@tiny", "3", 0.456)]  # the later file wins a tie
     assert "| tiny | 1 | 0.123 |" in (out / "table.md").read_text()
-    # a finished cell in --out wins over its recorded rows
-    cell = out / "cells" / "widget" / "tiny" / "seed3"
-    run_dir = cell / "logs" / "random" / "MVTecPatch-v0_1"
-    run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps({k: 0.9 for k in compare.METRICS}))
-    (run_dir / "ae_baseline").mkdir()
-    (run_dir / "ae_baseline" / "metrics.json").write_text(json.dumps({k: 0.8 for k in compare.METRICS}))
-    (cell / "result.json").write_text(json.dumps({"run": str(run_dir), "seconds": 1.0, "cpu_seconds": 1.0}))
-    assert compare.main([*argv, "--table-only"]) == 0
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [(r["method"], float(r["pixel_auroc"])) for r in rows] == [("tiny", 0.9), ("ae@tiny", 0.8)]
-    # a file that is not a results.csv: one line naming it, exit 2, the tables already written are kept
-    bad = tmp_path / "bad.csv"
-    bad.write_text("category,method\nwidget,tiny\n")
-    assert compare.main([*argv[:-1], str(bad)]) == 2
-    assert "bad.csv" in capsys.readouterr().err and (out / "table.md").is_file()
+    # seed 4: tiny is recorded but ae@tiny is not, so its training is needed (here it "fails" after making its cell)
+    with pytest.raises(AssertionError, match="stop here"):
+        compare.main([*argv, "--seeds", "4"])
+    assert len(trained) == 1 and trained[0][trained[0].index("--seed") + 1] == "4"
+    # a finished cell in --out wins over recorded rows, with and without --table-only
+    fake_cell(out, "tiny", 3, 0.9, 0.8)
+    for extra in ([], ["--table-only"]):
+        assert compare.main([*argv, *extra]) == 0
+        assert aurocs(out) == [("tiny", "3", 0.9), ("ae@tiny", "3", 0.8)]
+    assert len(trained) == 1
+    # a name that depends on --preset is matched by name alone: a warning says so
+    write_recorded(late, [("widget", "random", 3, 0.3)])
+    assert compare.main([*argv[:5], "random", *argv[7:]]) == 0
+    assert aurocs(out) == [("random", "3", 0.3)] and "matched by name" in capsys.readouterr().err
+    # files that are not results.csv files: one line naming the file, exit 2, the tables already written are kept
+    table = (out / "table.md").read_text()
+    (tmp_path / "columns.csv").write_text("category,method\nwidget,tiny\n")
+    write_recorded(tmp_path / "value.csv", [("widget", "tiny", 3, 0.5)])
+    (tmp_path / "value.csv").write_text((tmp_path / "value.csv").read_text().replace(",3,", ",three,"))
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00garbage")
+    for name in ("columns.csv", "value.csv", "binary.csv", "missing.csv"):
+        assert compare.main([*argv[:-2], str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert name in err and err.strip().count("\n") == 0, err
+    assert "line 2" in (compare.main([*argv[:-2], str(tmp_path / "value.csv")]), capsys.readouterr().err)[1]
+    assert (out / "table.md").read_text() == table
+    assert compare.main([*argv, "--workers", "2"]) == 2
+    assert "--recorded" in capsys.readouterr().err
 
 
 def test_compare_restarts_an_interrupted_cell(grid: tuple[Path, Path, Path]) -> None:

@@ -287,9 +287,9 @@ def test_a_checkpoint_with_other_predictor_inputs_of_the_same_width_is_refused(t
     assert other.config.predictor.in_channels == saved.config.predictor.in_channels
     with pytest.raises(ValueError, match="d.pt.*predictor_inputs"):
         other.load_weights(tmp_path / "d.pt")
-    wider = Detector(tiny_config(predictor_inputs=("texture", "image"), texture_sigma=4.0), *data)
+    other_sigma = Detector(tiny_config(predictor_inputs=("texture", "image"), texture_sigma=4.0), *data)
     with pytest.raises(ValueError, match="d.pt.*texture_sigma"):
-        wider.load_weights(tmp_path / "d.pt")
+        other_sigma.load_weights(tmp_path / "d.pt")
     same = Detector(tiny_config(predictor_inputs=("texture", "image")), *data)  # the order does not matter
     same.load_weights(tmp_path / "d.pt")
 
