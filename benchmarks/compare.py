@@ -205,9 +205,14 @@ def _child_options() -> dict[str, Any]:
     return {"preexec_fn": _die_with_parent}
 
 
+def cell_folder(out: str | Path, category: str, base: str, seed: int) -> Path:
+    """Where one training of the grid lives: ``OUT/cells/<category>/<method>/seed<k>``."""
+    return Path(out) / "cells" / category / base / f"seed{seed}"
+
+
 def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train one cell unless it is finished; returns its result.json (the run folder and the seconds it took)."""
-    cell = Path(args.out) / "cells" / category / base / f"seed{seed}"
+    cell = cell_folder(args.out, category, base, seed)
     done = cell / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -661,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     # Finished cells are read even where their rows are recorded: a cell in --out wins over a recorded row
     for key in all_trainings if args.table_only else set(all_trainings) - set(trainings):
-        done = Path(args.out) / "cells" / key[0] / key[1] / f"seed{key[2]}" / "result.json"
+        done = cell_folder(args.out, *key) / "result.json"
         if done.is_file():
             results[key] = json.loads(done.read_text())
     if args.table_only:

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from models.detector import smooth_maps
 from models.predictor import weighted_bce
 from models.runtime import atomic_torch_save, plain
 from models.unet import UNet, UNetConfig
@@ -241,10 +241,7 @@ class Baseline:
         if not out:
             return np.zeros((0, *images.shape[1:3]), np.float32)
         maps = torch.cat(out).numpy().astype(np.float32)  # (N, H, W)
-        sigma = self.config.map_smoothing_sigma
-        if sigma > 0:
-            maps = np.stack([cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) for m in maps])
-        return maps
+        return smooth_maps(maps, self.config.map_smoothing_sigma)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
