@@ -192,6 +192,28 @@ def test_every_variant_of_the_ablation_file_is_a_valid_configuration(grid: tuple
         assert train.main([*command[2:], "--dry-run"]) == 0, name
 
 
+def test_the_default_preset_is_the_variant_the_readme_names_as_the_default() -> None:
+    """The README reports the default's rows under a pinned variant name (warm3000 since session 12; ema-flips before):
+    the default preset must be that variant, and the previous default must differ from it only by the warm-up, or
+    rows recorded under one name describe another configuration."""
+    import train
+    from agents.hyperparams_opt import deep_merge
+
+    variants = compare.load_variants(str(Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.yml"))
+    default = train.load_preset("reinforce", "MVTecPatch-v0", "default")["env_kwargs"]
+
+    def merged(name: str) -> dict:
+        _, spec, _ = compare.resolve_method(name, variants, "default")
+        assert spec["preset"] == "default" and spec["algo"] in ("reinforce", "random")
+        return deep_merge(default, spec.get("env_kwargs") or {})
+
+    assert merged("warm3000") == default == merged("warm3000-random")
+    previous = merged("ema-flips")
+    assert previous == merged("ema-flips-random")
+    assert {k for k in default if default[k] != previous[k]} == {"predictor_warmup_updates"}
+    assert (previous["predictor_warmup_updates"], default["predictor_warmup_updates"]) == (1500, 3000)
+
+
 def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid, capsys) -> None:
     import ae_health
 
