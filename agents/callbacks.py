@@ -27,7 +27,7 @@ from agents.random_agent import RandomAgent
 
 logger = logging.getLogger(__name__)
 
-REWARD_TERMS = ("r_clone", "r_cover", "r_pred", "beta", "alpha", "ae_loss", "pred_loss")
+REWARD_TERMS = ("r_clone", "r_cover", "r_pred", "beta", "alpha", "pred_lr", "ae_loss", "pred_loss")
 NOT_TEXT = ("stdout", "log", "json", "csv")  # images go to TensorBoard only
 
 
@@ -38,7 +38,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class RewardTermsCallback(BaseCallback):
-    """Log the means of the env's reward terms, beta, alpha and the detector losses under ``env/``."""
+    """Log the means of the env's reward terms, beta, alpha, the predictor's rate and the detector losses under ``env/``."""
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", []):

@@ -359,6 +359,7 @@ class MVTecPatchEnv(gym.Env):
             "r_pred": -min(self.last_pred_loss, 1.0) if r_pred is None else r_pred,
             "beta": self.beta if beta is None else beta,
             "alpha": self.detector.alpha,
+            "pred_lr": self.detector.pred_lr,
             "ae_loss": self.last_ae_loss,
             "pred_loss": self.last_pred_loss,
             "global_step": self.global_step if step is None else step,

@@ -389,6 +389,37 @@ def test_ae_lr_after_pretrain_applies_once_pretraining_ends(data: Data) -> None:
     assert det.ae_optimizer.param_groups[0]["lr"] == 1e-4
 
 
+@pytest.mark.parametrize("updates,expected", [(0, 1.0), (5, 0.55), (10, 0.1), (40, 0.1)])
+def test_cosine_pred_lr_falls_over_the_warmup_to_its_floor_and_stays(data: Data, updates: int, expected: float) -> None:
+    det = Detector(tiny_config(pred_lr=2e-3, predictor_warmup_updates=10, pred_lr_schedule="cosine"), *data)
+    det.predictor_updates = updates
+    assert det.pred_lr == pytest.approx(2e-3 * expected)
+    constant = Detector(tiny_config(pred_lr=2e-3, predictor_warmup_updates=10), *data)
+    constant.predictor_updates = updates
+    assert constant.pred_lr == 2e-3
+
+
+def test_each_predictor_step_uses_the_scheduled_rate_and_a_resumed_run_continues_it(data: Data, tmp_path: Path) -> None:
+    config = tiny_config(pred_lr=1e-3, predictor_warmup_updates=4, pred_lr_schedule="cosine", pred_lr_floor=0.2)
+    det = Detector(config, *data, seed=0)
+    rates = []
+    for _ in range(6):
+        rate = det.pred_lr
+        det.predictor_update()
+        assert det.predictor_optimizer.param_groups[0]["lr"] == pytest.approx(rate)
+        rates.append(rate)
+    assert rates[0] == pytest.approx(1e-3) and rates[4] == rates[5] == pytest.approx(2e-4)
+    assert all(a > b for a, b in zip(rates[:4], rates[1:5]))
+    det.save(tmp_path / "d.pt")
+    resumed = Detector(config, *data, seed=0)
+    resumed.load_weights(tmp_path / "d.pt")
+    assert resumed.pred_lr == pytest.approx(2e-4)
+    with pytest.raises(ValueError, match="pred_lr_schedule"):
+        DetectorConfig(pred_lr_schedule="linear")
+    with pytest.raises(ValueError, match="pred_lr_floor"):
+        DetectorConfig(pred_lr_floor=1.5)
+
+
 def test_flip_and_dice_options_train(data: Data) -> None:
     det = Detector(tiny_config(pred_flip=True, pred_loss="bce_dice"), *data, seed=0)
     x, y = (det.refresh_profiles(), det._sample_crops(8))[1]

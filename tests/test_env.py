@@ -187,6 +187,7 @@ def test_beta_alpha_schedules_feedback_flag_and_frozen_predictor(env: MVTecPatch
     assert env.detector.predictor_updates > updates_after_warmup
     n = env.detector.predictor_updates
     assert env.detector.alpha == pytest.approx(max(0.15, 1.0 - (1.0 - 0.15) * n / 10))
+    assert infos[-1]["pred_lr"] == env.detector.pred_lr > 0  # the predictor's rate, for TensorBoard's env/pred_lr
 
 
 def test_bad_kwargs_name_the_kwarg(root: Path) -> None:
