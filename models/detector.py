@@ -84,6 +84,7 @@ class DetectorConfig:
         pred_lr_schedule: "constant", or "cosine": the predictor's rate falls from ``pred_lr`` to
             ``pred_lr_floor * pred_lr`` along a half cosine over the warm-up's updates and stays there (nanoGPT's
             decay): the warm-up's last updates settle the weights instead of jumping around them, at no extra cost.
+            Session 13 measured it below the constant rate on magnetic_tile (README "Session 13"), so it is off.
         pred_lr_floor: the cosine schedule's final rate as a fraction of ``pred_lr``.
         pred_weight_decay: decoupled weight decay of the predictor (AdamW; 0: plain Adam, the paper). Twenty-five
             labelled images are few enough for the predictor to memorise them.
