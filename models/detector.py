@@ -724,7 +724,7 @@ class Detector:
         """The predictor's learning rate for its next update (``pred_lr_schedule``); a function of the update count,
         so a resumed run continues the schedule without saving any scheduler state."""
         c = self.config
-        peak = c.pred_lr or c.lr
+        peak = self.predictor_optimizer.defaults["lr"]  # pred_lr, or lr when it is None (set once, in __init__)
         warmup = c.predictor_warmup_updates
         if c.pred_lr_schedule == "constant" or warmup <= 0:
             return float(peak)
