@@ -249,6 +249,23 @@ def test_detector_quality_rejects_an_unknown_field_in_one_line(tmp_path: Path) -
         )
 
 
+def test_detector_quality_warmup_curve_scores_every_n_updates(mvtec_root: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import detector_quality
+
+    log = tmp_path / "dq.jsonl"
+    sets = ["image_size=128", "pretrain_epochs=1", "predictor_warmup_updates=5", "k_shot=2", "pred_batch_size=2"]
+    argv = ["--data-root", str(mvtec_root), "--category", "widget", "--cycles", "0", "--log", str(log), "--set", *sets]
+    assert detector_quality.main([*argv, "--warmup-curve", "2"]) == 0
+    result = json.loads(log.read_text().splitlines()[-1])
+    assert [point[0] for point in result["warmup_curve"]] == [2, 4, 5]  # the last chunk stops at the warm-up's length
+    assert all(0.0 <= v <= 1.0 for point in result["warmup_curve"] for v in point[1:])
+    # the curve only scores: the detector trains exactly as without it (same final test figures)
+    assert detector_quality.main(argv) == 0
+    plain = json.loads(log.read_text().splitlines()[-1])
+    assert plain["warmup_curve"] == [] and plain["test"] == result["test"]
+
+
 def test_common_test_scores_a_subset_and_refuses_images_the_run_did_not_keep_for_test(
     reinforce_run: Path, tmp_path: Path, capsys
 ) -> None:
