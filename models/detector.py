@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
-from models.predictor import Predictor, PredictorConfig, soft_dice_loss, weighted_bce
+from models.predictor import Predictor, PredictorConfig, soft_dice_loss, weighted_bce, weighted_focal_loss
 from models.runtime import atomic_torch_save, plain
 from models.structural import DEFAULT_FUSED_WEIGHTS, fused_structural_map
 from models.synthesis import noise_anomaly, paste_defect, shift_anomaly
@@ -68,7 +68,7 @@ CHECKPOINT_VERSION = 1
 PREDICTOR_INPUTS = ("profile", "image", "texture")
 TEXTURE_CHANNELS = 2  # local mean and local standard deviation of the grey image
 TEXTURE_CLIP = 10.0  # bound of the texture channels' robust z-scores
-PREDICTOR_LOSSES = ("bce", "bce_dice")
+PREDICTOR_LOSSES = ("bce", "bce_dice", "focal")
 PRED_LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -145,7 +145,9 @@ class DetectorConfig:
         pred_jitter: photometric jitter j of the image that the predictor reads (training crops only): each crop's
             image is scaled by a gain in [1 - j, 1 + j] and shifted by an offset in [-j/2, j/2] (images in [0, 1]),
             so that a handful of labelled images does not teach it their absolute brightness; 0: none.
-        pred_loss: "bce" (eq. 8) or "bce_dice" (eq. 8 plus a batch soft-Dice term).
+        pred_loss: "bce" (eq. 8), "bce_dice" (eq. 8 plus a batch soft-Dice term) or "focal" (eq. 8 with the focal
+            modulation of exponent ``pred_focal_gamma``, as DRAEM's discriminative network trains).
+        pred_focal_gamma: the focal loss's exponent (``pred_loss: focal`` only; 0 gives eq. 8).
         map_smoothing_sigma: Gaussian sigma (pixels) applied to anomaly maps at inference; 0: none.
         map_flip_tta: average each anomaly map with the map of the image's horizontal mirror (mirrored back), as
             test-time augmentation: twice the inference cost for maps that depend less on one network's quirks.
@@ -202,6 +204,7 @@ class DetectorConfig:
     pred_zoom: float = 1.0
     pred_jitter: float = 0.0
     pred_loss: str = "bce"
+    pred_focal_gamma: float = 2.0
     map_smoothing_sigma: float = 0.0
     map_flip_tta: bool = False
     map_predictor_flips: bool = False
@@ -225,6 +228,8 @@ class DetectorConfig:
             raise ValueError(f"predictor_inputs must be a non-empty subset of {PREDICTOR_INPUTS}, got {self.predictor_inputs}")
         if self.pred_loss not in PREDICTOR_LOSSES:
             raise ValueError(f"pred_loss must be one of {', '.join(PREDICTOR_LOSSES)}, got {self.pred_loss!r}")
+        if self.pred_focal_gamma < 0:
+            raise ValueError(f"pred_focal_gamma must be >= 0, got {self.pred_focal_gamma}")
         if self.pred_lr_schedule not in PRED_LR_SCHEDULES:
             raise ValueError(f"pred_lr_schedule must be one of {', '.join(PRED_LR_SCHEDULES)}, got {self.pred_lr_schedule!r}")
         if not 0.0 <= self.pred_lr_floor <= 1.0:
@@ -886,7 +891,10 @@ class Detector:
         x, y = self._sample_crops(self.config.pred_batch_size)
         self.predictor.train()
         prob = self.predictor(x)  # (n, 1, c, c)
-        loss = weighted_bce(prob, y, self.alpha)
+        if self.config.pred_loss == "focal":
+            loss = weighted_focal_loss(prob, y, self.alpha, self.config.pred_focal_gamma)
+        else:
+            loss = weighted_bce(prob, y, self.alpha)
         if self.config.pred_loss == "bce_dice":
             loss = loss + soft_dice_loss(prob, y)
         self.predictor_optimizer.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ from torch import nn
 
 from models.unet import UNet, UNetConfig
 
-__all__ = ["PredictorConfig", "Predictor", "coordinate_channels", "weighted_bce", "soft_dice_loss"]
+__all__ = ["PredictorConfig", "Predictor", "coordinate_channels", "weighted_bce", "weighted_focal_loss", "soft_dice_loss"]
 
 
 @dataclass
@@ -218,6 +218,34 @@ def weighted_bce(pred: torch.Tensor, target: torch.Tensor, alpha: float, eps: fl
     p = pred.clamp(eps, 1.0 - eps)
     y = target.to(p.dtype)
     return -(y * torch.log(p) + alpha * (1.0 - y) * torch.log1p(-p)).mean()
+
+
+def weighted_focal_loss(
+    pred: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float = 2.0, eps: float = 1e-6
+) -> torch.Tensor:
+    """Eq. 8 with the focal modulation of Lin et al. (2017), as DRAEM trains its discriminative network.
+
+    ``-mean[y (1 - p)^gamma log p + alpha (1 - y) p^gamma log(1 - p)]``: each pixel's term is scaled down by how well it
+    is already classified, so the hard pixels (a faint defect's interior, a bright normal streak) weigh more than the
+    many easy ones; ``gamma = 0`` is :func:`weighted_bce`.
+
+    Args:
+        pred: probabilities, any shape; clamped to ``[eps, 1 - eps]`` before the logs.
+        target: labels in {0, 1}, same shape as ``pred``.
+        alpha: weight of the normal (y = 0) pixels, as in eq. 8.
+        gamma: the focusing exponent (>= 0).
+        eps: clamp margin that keeps the logs finite.
+
+    Returns:
+        The scalar loss.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    p = pred.clamp(eps, 1.0 - eps)
+    y = target.to(p.dtype)
+    positive = y * (1.0 - p).pow(gamma) * torch.log(p)
+    negative = alpha * (1.0 - y) * p.pow(gamma) * torch.log1p(-p)
+    return -(positive + negative).mean()
 
 
 def soft_dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

@@ -427,6 +427,19 @@ def test_flip_and_dice_options_train(data: Data) -> None:
     assert np.isfinite(det.predictor_update())
 
 
+def test_focal_loss_option_trains_on_the_focal_loss(data: Data) -> None:
+    focal = Detector(tiny_config(pred_loss="focal"), *data, seed=0)
+    bce = Detector(tiny_config(), *data, seed=0)
+    loss_focal, loss_bce = focal.predictor_update(), bce.predictor_update()  # same crops and weights, another loss
+    assert np.isfinite(loss_focal) and 0.0 < loss_focal < loss_bce
+    at_zero = Detector(tiny_config(pred_loss="focal", pred_focal_gamma=0.0), *data, seed=0)
+    assert at_zero.predictor_update() == pytest.approx(loss_bce, rel=1e-6)  # gamma 0 is eq. 8
+    with pytest.raises(ValueError, match="pred_focal_gamma"):
+        DetectorConfig(pred_focal_gamma=-1.0)
+    with pytest.raises(ValueError, match="pred_loss must be one of bce, bce_dice, focal"):
+        DetectorConfig(pred_loss="dice")
+
+
 def test_ae_reset_every_never_resets_during_pretraining(data: Data, monkeypatch: pytest.MonkeyPatch) -> None:
     det = Detector(tiny_config(ae_reset_every=2, pretrain_epochs=3, pretrain_patches_per_epoch=8), *data)  # 6 updates
     resets: list[tuple[bool, int]] = []

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
-from models.predictor import Predictor, PredictorConfig, coordinate_channels, weighted_bce
+from models.predictor import Predictor, PredictorConfig, coordinate_channels, weighted_bce, weighted_focal_loss
 from models.structural import fused_structural_map, gradient_magnitude, local_variance, sobel_magnitude
 
 
@@ -126,6 +126,30 @@ def test_weighted_bce_alpha_one_is_torch_bce() -> None:
     assert weighted_bce(p, y, 1.0).item() == pytest.approx(F.binary_cross_entropy(p, y).item(), rel=1e-5)
     w = torch.where(y > 0, 1.0, 0.15)  # alpha weights only the normal pixels
     assert weighted_bce(p, y, 0.15).item() == pytest.approx(F.binary_cross_entropy(p, y, weight=w).item(), rel=1e-5)
+
+
+# By hand, gamma 2, alpha 0.15: y=1 terms 0.1^2 ln 0.9 + 0.9^2 ln 0.1 = -1.8661475; y=0 terms 0.2^2 ln 0.8 + 0.6^2 ln 0.4
+# = -0.3387904; (1.8661475 + 0.15 * 0.3387904) / 4 = 0.4792415
+def test_weighted_focal_loss_matches_hand_computation_and_is_eq8_at_gamma_zero() -> None:
+    assert weighted_focal_loss(_P, _Y, 0.15, gamma=2.0).item() == pytest.approx(0.4792415, abs=1e-6)
+    p = torch.rand(2, 1, 8, 8) * 0.98 + 0.01
+    y = (torch.rand(2, 1, 8, 8) > 0.7).float()
+    assert weighted_focal_loss(p, y, 0.15, gamma=0.0).item() == pytest.approx(weighted_bce(p, y, 0.15).item(), rel=1e-6)
+
+
+def test_weighted_focal_loss_weighs_hard_pixels_over_easy_ones() -> None:
+    """Against eq. 8, an easy pixel's gradient shrinks far more than a hard one's: the point of the focal term."""
+    y = torch.tensor([0.0, 0.0])
+    grads = {}
+    for name, loss_fn in (("bce", lambda p: weighted_bce(p, y, 1.0)), ("focal", lambda p: weighted_focal_loss(p, y, 1.0))):
+        p = torch.tensor([0.05, 0.6], requires_grad=True)  # an easy normal pixel, a hard one
+        loss_fn(p).backward()
+        assert p.grad is not None
+        grads[name] = p.grad.abs()
+    ratio = grads["focal"] / grads["bce"]  # (easy, hard)
+    assert ratio[0] < 0.02 and ratio[1] > 0.3
+    with pytest.raises(ValueError, match="same shape"):
+        weighted_focal_loss(_P, _Y[:1], 0.5)
 
 
 def test_weighted_bce_is_finite_at_saturated_predictions() -> None:
