@@ -63,7 +63,7 @@ ALGO_SPACES: dict[str, Space] = {
 # The detector and schedule knobs with the largest effects in the issue-8 ablation (README "Detection quality")
 ENV_SPACE: Space = {
     "pretrain_epochs": ("int", 20, 60, 10),
-    "predictor_warmup_updates": ("cat", [500, 1000, 1500, 2000]),
+    "predictor_warmup_updates": ("cat", [500, 1000, 1500, 2000, 3000]),
     "alpha_decay_updates": ("cat", [200, 500, 1000, 2000]),
     "beta_decay_steps": ("cat", [1000, 2000, 4000]),
     "detector.lr": ("log", 1e-4, 1e-3),
@@ -71,7 +71,8 @@ ENV_SPACE: Space = {
     "detector.pred_lr": ("log", 3e-4, 3e-3),
     "detector.map_smoothing_sigma": ("cat", [0.0, 2.0, 4.0, 8.0]),
     "detector.synthetic_paste_fraction": ("float", 0.0, 1.0),
-    "detector.pred_loss": ("cat", ["bce", "bce_dice"]),
+    "detector.pred_loss": ("cat", ["bce", "bce_dice", "focal"]),
+    "detector.pred_lr_schedule": ("cat", ["constant", "cosine"]),
     "detector.predictor_ema": ("cat", [0.0, 0.99, 0.999]),
     "detector.map_flip_tta": ("cat", [False, True]),
     "detector.map_predictor_flips": ("cat", [False, True]),
