@@ -198,6 +198,16 @@ def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows, cols], dim=1)  # (B, 2, H, W)
 
 
+def _clamped_probabilities_and_labels(
+    pred: torch.Tensor, target: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cross-entropy losses' inputs: pred clamped to ``[eps, 1 - eps]`` (finite logs) and target in its dtype."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    p = pred.clamp(eps, 1.0 - eps)
+    return p, target.to(p.dtype)
+
+
 def weighted_bce(pred: torch.Tensor, target: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
     """Weighted binary cross-entropy of the paper's eq. 8.
 
@@ -213,10 +223,7 @@ def weighted_bce(pred: torch.Tensor, target: torch.Tensor, alpha: float, eps: fl
     Returns:
         The scalar loss.
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    p = pred.clamp(eps, 1.0 - eps)
-    y = target.to(p.dtype)
+    p, y = _clamped_probabilities_and_labels(pred, target, eps)
     return -(y * torch.log(p) + alpha * (1.0 - y) * torch.log1p(-p)).mean()
 
 
@@ -239,10 +246,7 @@ def weighted_focal_loss(
     Returns:
         The scalar loss.
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    p = pred.clamp(eps, 1.0 - eps)
-    y = target.to(p.dtype)
+    p, y = _clamped_probabilities_and_labels(pred, target, eps)
     positive = y * (1.0 - p).pow(gamma) * torch.log(p)
     negative = alpha * (1.0 - y) * p.pow(gamma) * torch.log1p(-p)
     return -(positive + negative).mean()
