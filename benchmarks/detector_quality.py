@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--figure", default=None, help="save the test split's prediction grid (PNG) here")
     args = parser.parse_args(argv)
+    if args.warmup_curve < 0:
+        parser.error(f"--warmup-curve must be >= 0 (0: off), got {args.warmup_curve}")
     torch.set_num_threads(args.threads)
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     for seed, stream in ((seed, stream) for seed in args.seeds for stream in args.streams):

@@ -264,6 +264,8 @@ def test_detector_quality_warmup_curve_scores_every_n_updates(mvtec_root: Path, 
     assert detector_quality.main(argv) == 0
     plain = json.loads(log.read_text().splitlines()[-1])
     assert plain["warmup_curve"] == [] and plain["test"] == result["test"]
+    with pytest.raises(SystemExit):  # a negative interval would never advance the warm-up: refused in one line
+        detector_quality.main([*argv, "--warmup-curve", "-1"])
 
 
 def test_common_test_scores_a_subset_and_refuses_images_the_run_did_not_keep_for_test(
