@@ -129,6 +129,8 @@ class DetectorConfig:
             (:func:`models.synthesis.shift_anomaly`), drawn before the paste/noise choice; 0: none.
         synthetic_paste_rotate: a defect pasted away from its own place may also be rotated by a multiple of 90
             degrees; False: flipped and rescaled only, so a directional texture keeps its direction.
+        synthetic_paste_match: shift a pasted defect's colour so that it keeps its contrast with the 8-pixel band
+            around it, not its absolute colour (see :func:`models.synthesis.paste_defect`); False: raw pixels.
         synthetic_noise_opacity: (min, max) blend factor of a noise-mask anomaly's texture (1: full replacement).
         synthetic_noise_scales: (min, max) scale of the noise that shapes the mask: blobs about H/2^s across.
         synthetic_noise_min_change: grey levels a pixel must visibly change to be labelled anomalous (0: the whole
@@ -194,6 +196,7 @@ class DetectorConfig:
     synthetic_pool_size: int = 0
     synthetic_paste_fraction: float = 0.5
     synthetic_paste_rotate: bool = True
+    synthetic_paste_match: bool = False
     synthetic_shift_fraction: float = 0.0
     synthetic_refresh_updates: int = 16
     synthetic_noise_opacity: tuple[float, float] = (0.2, 1.0)
@@ -796,7 +799,10 @@ class Detector:
             elif self._pool_positives and rng.random() < self.config.synthetic_paste_fraction:
                 i = self._pool_positives[int(rng.integers(len(self._pool_positives)))][0]
                 source, source_mask = pool[i].permute(1, 2, 0).numpy(), pool_masks[i].numpy()
-                image, mask = paste_defect(target, source, source_mask, rng, rotate=self.config.synthetic_paste_rotate)
+                c = self.config
+                image, mask = paste_defect(
+                    target, source, source_mask, rng, rotate=c.synthetic_paste_rotate, match=c.synthetic_paste_match
+                )
             else:
                 source = hwc[int(rng.integers(len(train)))].numpy()
                 c = self.config

@@ -5,7 +5,9 @@ made from them and from the normal images, as few-shot and unsupervised segmente
 
 * :func:`paste_defect` copies the pixels under a labelled defect's mask (randomly flipped, rotated by a multiple
   of 90 degrees and rescaled) into a normal image, at the same place or a random one ("copy-paste", Ghiasi et
-  al., CVPR 2021). The new mask is exactly the set of pasted pixels.
+  al., CVPR 2021). The new mask is exactly the set of pasted pixels. With ``match``, the pasted pixels are shifted
+  so that the defect keeps its contrast with its surroundings rather than its absolute colour (a faint discolouration
+  cut from a bright image stays faint in a dark one, instead of becoming a stark step).
 * :func:`noise_anomaly` blends a blob-shaped region of a normal image with a texture taken from another normal
   image of the same category, or with a flat random colour, under a smooth-noise mask (DRAEM's recipe, Zavrtanik
   et al., ICCV 2021, with value noise in place of Perlin noise and without external texture datasets).
@@ -22,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["noise_mask", "paste_defect", "noise_anomaly", "region_mask", "shift_anomaly"]
+__all__ = ["noise_mask", "ring_mean", "paste_defect", "noise_anomaly", "region_mask", "shift_anomaly"]
 
 
 def noise_mask(
@@ -68,6 +70,18 @@ def _random_view(
     return image.reshape(nh, nw, -1), mask
 
 
+def ring_mean(image: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray | None:
+    """Per-channel mean of ``image`` (H, W, C) over the band of ``width`` pixels just outside ``mask`` (H, W).
+
+    None when the band is empty (a mask that covers the whole image).
+    """
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    ring = (cv2.dilate(mask.astype(np.uint8), kernel) > 0) & ~mask
+    if not ring.any():
+        return None
+    return image[ring].reshape(-1, image.shape[-1]).astype(np.float32).mean(axis=0)  # (C,)
+
+
 def paste_defect(
     target: np.ndarray,
     source: np.ndarray,
@@ -76,6 +90,8 @@ def paste_defect(
     same_place: float = 0.5,
     scale: tuple[float, float] = (0.75, 1.25),
     rotate: bool = True,
+    match: bool = False,
+    ring_width: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paste the defect of ``source`` (its pixels under ``source_mask``) into ``target``.
 
@@ -89,6 +105,10 @@ def paste_defect(
         scale: range of the rescaling factor.
         rotate: also rotate by a random multiple of 90 degrees when moving the defect; False keeps the texture's
             orientation (flips only), for surfaces with a direction (brushed or ground metal, wood, fabric).
+        match: add to the pasted pixels, per channel, the difference between the target's mean and the source's
+            mean over the ``ring_width``-pixel band around the defect (clipped to [0, 255]): the defect keeps its
+            contrast with its surroundings, as a discolouration does, not its absolute colour.
+        ring_width: width in pixels of that band.
 
     Returns:
         The new image, uint8 (H, W, 3), and its mask, bool (H, W): exactly the pixels that were replaced.
@@ -112,7 +132,12 @@ def paste_defect(
     image = target.copy()
     mask = np.zeros((H, W), bool)
     mask[py : py + ph, px : px + pw] = patch_mask
-    image[mask] = patch[patch_mask]
+    pasted = patch[patch_mask]  # (P, C)
+    if match:
+        source_ring, target_ring = ring_mean(source, source_mask, ring_width), ring_mean(target, mask, ring_width)
+        if source_ring is not None and target_ring is not None:
+            pasted = np.clip(np.round(pasted.astype(np.float32) + (target_ring - source_ring)), 0, 255).astype(image.dtype)
+    image[mask] = pasted
     return image, mask
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.detector import Detector
-from models.synthesis import noise_anomaly, noise_mask, paste_defect, region_mask, shift_anomaly
+from models.synthesis import noise_anomaly, noise_mask, paste_defect, region_mask, ring_mean, shift_anomaly
 from tests.test_detector import SIZE, make_data, tiny_config
 
 
@@ -50,6 +50,45 @@ def test_paste_without_rotation_keeps_the_defect_direction() -> None:
 
     assert all(wide(False, seed) for seed in range(40))
     assert not all(wide(True, seed) for seed in range(40))
+
+
+@pytest.mark.parametrize("same_place", [0.0, 1.0])
+def test_matched_paste_keeps_the_defect_contrast_not_its_colour(same_place: float) -> None:
+    """A defect 20 grey levels above a flat 60 background, pasted into a flat 150 image, lands at 170 with ``match``
+    (at 80, a stark dark patch, without it); the mask is still exactly the changed pixels."""
+    source = np.full((SIZE, SIZE, 3), 60, np.uint8)
+    source_mask = np.zeros((SIZE, SIZE), bool)
+    source_mask[10:20, 8:30] = True
+    source[source_mask] = 80
+    target = np.full((SIZE, SIZE, 3), 150, np.uint8)
+    for seed in range(10):
+        image, mask = paste_defect(target, source, source_mask, np.random.default_rng(seed), same_place, match=True)
+        assert np.array_equal((image != target).any(axis=-1), mask)
+        assert np.all(image[mask] == 170)
+        raw, raw_mask = paste_defect(target, source, source_mask, np.random.default_rng(seed), same_place)
+        assert np.array_equal(raw_mask, mask) and np.all(raw[raw_mask] == 80)  # same draws: only the colour differs
+
+
+def test_matched_paste_clips_to_the_uint8_range() -> None:
+    source = np.full((SIZE, SIZE, 3), 10, np.uint8)
+    source_mask = np.zeros((SIZE, SIZE), bool)
+    source_mask[10:20, 10:20] = True
+    source[source_mask] = 250
+    image, mask = paste_defect(
+        np.full((SIZE, SIZE, 3), 200, np.uint8), source, source_mask, np.random.default_rng(0), match=True
+    )
+    assert image.dtype == np.uint8 and np.all(image[mask] == 255)
+
+
+def test_ring_mean_reads_only_the_band_around_the_mask() -> None:
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[20:30, 20:30] = True
+    image[mask] = 255  # inside: excluded
+    image[18:32, 18:32][~mask[18:32, 18:32]] = 40  # a 2-pixel band
+    image[0:5, 0:5] = 255  # far away: excluded
+    assert np.allclose(ring_mean(image, mask, width=2), 40)
+    assert ring_mean(image, np.ones((SIZE, SIZE), bool), width=2) is None
 
 
 def test_paste_rejects_an_empty_defect() -> None:
@@ -202,6 +241,27 @@ def test_detector_synthetic_pool_uses_only_its_own_images_and_is_seeded() -> Non
     again.refresh_profiles()
     assert again._pred_images is not None and torch.equal(again._pred_images, images)
     assert det._profiles is not None and det._profiles.shape[0] == len(images)
+
+
+def test_detector_matched_paste_changes_only_the_defect_colour() -> None:
+    """``synthetic_paste_match`` reaches paste_defect: same seed, same targets and masks, only the pasted colours move."""
+    train, pool, masks = make_data(seed=4, n_train=6, n_pool=6)
+    pools = {}
+    for match in (False, True):
+        det = Detector(
+            tiny_config(synthetic_pool_size=8, synthetic_paste_fraction=1.0, synthetic_paste_match=match),
+            train,
+            pool,
+            masks,
+            seed=5,
+        )
+        det.refresh_profiles()
+        pools[match] = (det._pred_images[len(pool) :], det._pred_masks[len(pool) :])  # type: ignore[index]
+    (raw, raw_masks), (matched, matched_masks) = pools[False], pools[True]
+    assert torch.equal(raw_masks, matched_masks)
+    outside = ~raw_masks.bool().unsqueeze(1).expand_as(raw)  # (S, 3, H, W)
+    assert torch.equal(raw[outside], matched[outside])
+    assert not torch.equal(raw, matched)
 
 
 def test_synthetic_pool_is_renewed_at_each_refresh_and_positives_follow() -> None:
