@@ -78,6 +78,7 @@ ENV_SPACE: Space = {
     "detector.map_predictor_flips": ("cat", [False, True]),
     "detector.pred_jitter": ("cat", [0.0, 0.1, 0.2]),
     "detector.synthetic_paste_rotate": ("cat", [True, False]),
+    "detector.synthetic_paste_match": ("cat", [False, True]),
     "detector.predictor.padding_mode": ("cat", ["reflect", "replicate", "zeros"]),
 }
 
