@@ -35,6 +35,10 @@ class PredictorConfig:
             too (ParseNet's global context, Liu et al. 2015): a 1x1 convolution of [local, global] features, so a
             region can be judged against the rest of its image. Train on whole images (``pred_crop_size`` = image
             size), or the mean differs between training crops and inference.
+        strip_context: after the dilated body, give every position the mean of the body's features along its row
+            and along its column too (strip pooling, Hou et al., CVPR 2020): a 1x1 convolution of [local, row, column]
+            features, so a band that spans the image (a discoloured strip, a long scratch) is judged as a whole
+            rather than cell by cell. Train on whole images, as for ``global_context``.
         coord_channels: append two channels holding each pixel's row and column in [-1, 1] (CoordConv, Liu et al.
             2018), so the network knows where the image's border is: padding that continues the image (reflect,
             replicate) hides it, and a defect that lies along a side of a part (a band between an edge and the
@@ -51,6 +55,7 @@ class PredictorConfig:
     arch: str = "dilated"  # "dilated" (the paper's body, above) | "unet": models.unet.UNet (width, unet_levels, norm)
     unet_levels: int = 4
     global_context: bool = False
+    strip_context: bool = False
     coord_channels: bool = False
 
     def __post_init__(self) -> None:
@@ -71,8 +76,9 @@ class PredictorConfig:
             raise ValueError(f"arch must be 'dilated' or 'unet', got {self.arch!r}")
         if not 1 <= self.unet_levels <= 6:
             raise ValueError(f"unet_levels must be in 1..6, got {self.unet_levels}")
-        if self.global_context and self.arch != "dilated":
-            raise ValueError("global_context needs arch 'dilated' (the U-Net has no dilated body to extend)")
+        for name in ("global_context", "strip_context"):
+            if getattr(self, name) and self.arch != "dilated":
+                raise ValueError(f"{name} needs arch 'dilated' (the U-Net has no dilated body to extend)")
 
     @property
     def receptive_field(self) -> int:
@@ -145,7 +151,8 @@ class Predictor(nn.Module):
             c = w_body
         # the paper's layout (downsample 1) keeps its flat Sequential: body.0.weight, body.1, ...
         self.body = nn.Sequential(*[m for b in body for m in b]) if not self.widths else nn.Sequential(*body)
-        self.context = block(2 * c, c, kernel=1) if config.global_context else None
+        n_context = int(config.global_context) + 2 * int(config.strip_context)  # pooled copies of the body's features
+        self.context = block((1 + n_context) * c, c, kernel=1) if n_context else None
         self.up = nn.ModuleList()
         for w in reversed(self.widths[:-1]):  # from the second-deepest level up to half resolution
             self.up.append(block(c + w, w))
@@ -179,8 +186,13 @@ class Predictor(nn.Module):
             skips.append(h)
         h = self.body(h)  # (B, w_L, H / 2^L, W / 2^L)
         if self.context is not None:
-            g = h.mean(dim=(-2, -1), keepdim=True).expand_as(h)  # (B, w_L, H / 2^L, W / 2^L): the image-wide mean
-            h = self.context(torch.cat([h, g], dim=1))  # (B, w_L, H / 2^L, W / 2^L)
+            pooled = [h]
+            if self.config.global_context:
+                pooled.append(h.mean(dim=(-2, -1), keepdim=True).expand_as(h))  # (B, w_L, h, w): the image-wide mean
+            if self.config.strip_context:
+                pooled.append(h.mean(dim=-1, keepdim=True).expand_as(h))  # (B, w_L, h, w): each row's mean
+                pooled.append(h.mean(dim=-2, keepdim=True).expand_as(h))  # (B, w_L, h, w): each column's mean
+            h = self.context(torch.cat(pooled, dim=1))  # (B, w_L, H / 2^L, W / 2^L)
         for up, skip in zip(self.up, reversed(skips[:-1])):
             h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = up(torch.cat([h, skip], dim=1))  # (B, w_l, H / 2^l, W / 2^l)

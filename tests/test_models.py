@@ -316,6 +316,28 @@ def test_predictor_global_context_lets_a_far_region_move_the_output() -> None:
         PredictorConfig(arch="unet", global_context=True)
 
 
+def test_predictor_strip_context_reaches_along_rows_and_columns_only() -> None:
+    """With strip pooling, a change far away moves an output pixel in the same row or column as the change (beyond
+    the 31-px receptive field) but not one that shares neither with it; without it, neither moves."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 96, 96)
+    far = x.clone()
+    far[..., :4, :4] += 1.0  # a change in the top-left corner
+    for strip in (False, True):
+        p = Predictor(PredictorConfig(in_channels=3, width=8, norm="batch", strip_context=strip)).eval()
+        with torch.no_grad():
+            delta = (p.logits(far) - p.logits(x))[0, 0].abs()  # (96, 96)
+        assert (float(delta[1, -1]) > 0) is strip  # same row, 92 px away
+        assert (float(delta[-1, 1]) > 0) is strip  # same column
+        assert float(delta[-1, -1]) == 0  # neither: out of reach of rows, columns and receptive field
+    both = Predictor(
+        PredictorConfig(in_channels=3, width=8, downsample=8, norm="group", strip_context=True, global_context=True)
+    )
+    assert both(x).shape == (1, 1, 96, 96) and both.context[0].in_channels == 4 * 16
+    with pytest.raises(ValueError, match="strip_context"):
+        PredictorConfig(arch="unet", strip_context=True)
+
+
 @pytest.mark.parametrize("arch", ["dilated", "unet"])
 def test_predictor_coord_channels_tell_positions_apart_on_a_uniform_image(arch: str) -> None:
     """Replicate padding makes a uniform input look the same everywhere; the coordinate channels break that tie."""
