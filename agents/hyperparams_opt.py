@@ -80,6 +80,7 @@ ENV_SPACE: Space = {
     "detector.synthetic_paste_rotate": ("cat", [True, False]),
     "detector.synthetic_paste_match": ("cat", [False, True]),
     "detector.predictor.padding_mode": ("cat", ["reflect", "replicate", "zeros"]),
+    "detector.predictor.strip_context": ("cat", [False, True]),
 }
 
 
