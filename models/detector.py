@@ -791,21 +791,20 @@ class Detector:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self._gen)))
         images, masks = [], []
         hwc = train.permute(0, 2, 3, 1)  # (N, H, W, 3) view
-        for _ in range(self.config.synthetic_pool_size):
+        c = self.config
+        for _ in range(c.synthetic_pool_size):
             target = hwc[int(rng.integers(len(train)))].numpy()
             # drawn only when enabled, so the streams of configurations without shifts stay as they were
-            if self.config.synthetic_shift_fraction and rng.random() < self.config.synthetic_shift_fraction:
+            if c.synthetic_shift_fraction and rng.random() < c.synthetic_shift_fraction:
                 image, mask = shift_anomaly(target, rng)
-            elif self._pool_positives and rng.random() < self.config.synthetic_paste_fraction:
+            elif self._pool_positives and rng.random() < c.synthetic_paste_fraction:
                 i = self._pool_positives[int(rng.integers(len(self._pool_positives)))][0]
                 source, source_mask = pool[i].permute(1, 2, 0).numpy(), pool_masks[i].numpy()
-                c = self.config
                 image, mask = paste_defect(
                     target, source, source_mask, rng, rotate=c.synthetic_paste_rotate, match=c.synthetic_paste_match
                 )
             else:
                 source = hwc[int(rng.integers(len(train)))].numpy()
-                c = self.config
                 image, mask = noise_anomaly(
                     target,
                     source,
