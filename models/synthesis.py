@@ -74,7 +74,12 @@ def ring_mean(image: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray | N
     """Per-channel mean of ``image`` (H, W, C) over the band of ``width`` pixels just outside ``mask`` (H, W).
 
     None when the band is empty (a mask that covers the whole image).
+
+    Raises:
+        ValueError: ``width`` < 1 (there would be no band to read).
     """
+    if width < 1:
+        raise ValueError(f"ring width must be >= 1 pixel, got {width}")
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
     ring = (cv2.dilate(mask.astype(np.uint8), kernel) > 0) & ~mask
     if not ring.any():

@@ -89,6 +89,8 @@ def test_ring_mean_reads_only_the_band_around_the_mask() -> None:
     image[0:5, 0:5] = 255  # far away: excluded
     assert np.allclose(ring_mean(image, mask, width=2), 40)
     assert ring_mean(image, np.ones((SIZE, SIZE), bool), width=2) is None
+    with pytest.raises(ValueError, match="ring width"):
+        ring_mean(image, mask, width=0)
 
 
 def test_paste_rejects_an_empty_defect() -> None:
