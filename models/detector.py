@@ -47,7 +47,7 @@ from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.predictor import Predictor, PredictorConfig, soft_dice_loss, weighted_bce, weighted_focal_loss
 from models.runtime import atomic_torch_save, plain
 from models.structural import DEFAULT_FUSED_WEIGHTS, fused_structural_map
-from models.synthesis import noise_anomaly, paste_defect, shift_anomaly
+from models.synthesis import corrupt_patches, noise_anomaly, paste_defect, shift_anomaly
 
 __all__ = [
     "DetectorConfig",
@@ -161,6 +161,10 @@ class DetectorConfig:
             removes the update-to-update swings of validation scores.
         ae_lr_after_pretrain: the AE's learning rate once pre-training is done (None: keep ``lr``); a smaller
             rate keeps the residual space the predictor has learned from drifting.
+        ae_denoise_fraction: train the AE as a denoising AE: this share of every AE mini-batch (pre-training and RL) is
+            damaged by :func:`models.synthesis.corrupt_patches` and the AE learns to restore the clean patch (DRAEM's
+            reconstructive training). An AE trained to copy normal patches also copies defects; one trained to undo
+            damage reconstructs the normal appearance, so its residual marks what is not normal. 0: the paper's AE.
         ae_grad_clip: clip the AE's gradient to this global norm before each step (0: no clipping). Without
             BatchNorm a rare large gradient can saturate the sigmoid output for good (seen on the synthetic category;
             ``ae.output="linear"`` removes the sigmoid instead).
@@ -213,6 +217,7 @@ class DetectorConfig:
     map_predictor_flips: bool = False
     predictor_ema: float = 0.0
     ae_lr_after_pretrain: float | None = None
+    ae_denoise_fraction: float = 0.0
     ae_grad_clip: float = 0.0
     inference_batch_size: int = 4  # larger batches are slower per image on CPU (activations leave the cache)
     channels_last: bool = True
@@ -267,6 +272,8 @@ class DetectorConfig:
             raise ValueError(f"predictor_ema must be in [0, 1), got {self.predictor_ema}")
         if self.map_smoothing_sigma < 0:
             raise ValueError(f"map_smoothing_sigma must be >= 0, got {self.map_smoothing_sigma}")
+        if not 0.0 <= self.ae_denoise_fraction <= 1.0:
+            raise ValueError(f"ae_denoise_fraction must be in [0, 1], got {self.ae_denoise_fraction}")
         if self.ae_grad_clip < 0:
             raise ValueError(f"ae_grad_clip must be >= 0, got {self.ae_grad_clip}")
         if self.ae_lr_after_pretrain is not None and self.ae_lr_after_pretrain <= 0:
@@ -583,7 +590,8 @@ class Detector:
         logger.debug("AE re-initialised after %d updates", self.ae_updates)
 
     def ae_update(self, patches: torch.Tensor) -> float:
-        """One Adam step of the AE on the MSE of ``patches`` (eq. 7).
+        """One Adam step of the AE on the MSE of ``patches`` (eq. 7); with ``config.ae_denoise_fraction`` a share of
+        them is damaged first and the MSE is against the clean patches.
 
         When ``config.ae_reset_every = N > 0``, the AE and its optimiser are re-initialised once N, 2N, ...
         updates after pre-training are done, just before the next one (so training update N + 1 is the first on
@@ -600,11 +608,15 @@ class Detector:
         N = self.config.ae_reset_every
         if N and not self._pretraining and self.ae_train_updates and self.ae_train_updates % N == 0:
             self.reset_ae()
-        x = patches.to(self.device, torch.float32).contiguous(memory_format=self._memory_format)
+        target = patches.to(self.device, torch.float32).contiguous(memory_format=self._memory_format)
+        x = target
+        if self.config.ae_denoise_fraction > 0:
+            damaged, _ = corrupt_patches(patches.detach().float().cpu(), self._gen, self.config.ae_denoise_fraction)
+            x = damaged.to(self.device).contiguous(memory_format=self._memory_format)  # (B, 3, p, p)
         # Train mode: BatchNorm uses batch statistics, dropout is on (drawing from the private RNG)
         self.ae.train()
         with self._private_rng():
-            loss = torch.mean((self.ae(x) - x) ** 2)
+            loss = torch.mean((self.ae(x) - target) ** 2)
             self.ae_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.ae_grad_clip > 0:

@@ -14,6 +14,10 @@ made from them and from the normal images, as few-shot and unsupervised segmente
 * :func:`shift_anomaly` changes the brightness and contrast of a large region of a normal image, bounded by one or
   two straight edges (a discoloured or differently finished area, as magnetic_tile's `uneven` and MVTec AD's
   `color` defects): its texture stays the image's own, so only the comparison with the rest of the image gives it away.
+* :func:`corrupt_patches` is for the autoencoder, not the predictor: it damages a share of a mini-batch of normal
+  patches with DRAEM-style blobs, so that the AE can be trained to restore the clean patch (a denoising AE). An AE
+  trained on normal patches alone learns to copy whatever it sees, defects included; one trained to undo damage
+  reconstructs the normal appearance instead, and its residual lights up what is not normal.
 
 Only the images given to these functions are used: the detector passes its training images and its pool's
 labelled anomalies, never validation or test images. All randomness comes from the ``numpy`` generator passed in.
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-__all__ = ["noise_mask", "ring_mean", "paste_defect", "noise_anomaly", "region_mask", "shift_anomaly"]
+__all__ = ["noise_mask", "ring_mean", "paste_defect", "noise_anomaly", "region_mask", "shift_anomaly", "corrupt_patches"]
 
 
 def noise_mask(
@@ -264,3 +270,69 @@ def shift_anomaly(
         if mask.sum() >= 16 and float(np.median(moved)) >= min_change:
             break
     return image, mask
+
+
+def corrupt_patches(
+    patches: torch.Tensor,
+    generator: torch.Generator,
+    fraction: float,
+    opacity: tuple[float, float] = (0.2, 1.0),
+    scales: tuple[int, int] = (1, 3),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Damage a random share of normal patches under smooth blob masks, for a denoising AE (DRAEM's reconstructive
+    training, Zavrtanik et al., ICCV 2021, at the AE's patch size and without external textures).
+
+    Each chosen patch gets a value-noise blob mask (2^s cells per side, s in ``scales``, two octaves, thresholded at
+    a random level in [0.5, 0.75)), filled with one of, equally likely: another patch of the batch, flipped and
+    rotated, with a random gain in [0.6, 1.4] and offset in [-0.16, 0.16] (a misplaced structure); the patch itself
+    with such a gain and offset (a discoloured region that keeps its texture); a flat random colour. The fill is
+    blended in with an opacity drawn from ``opacity``.
+
+    Args:
+        patches: float (B, C, p, p) in [0, 1], normal patches (not modified).
+        generator: the torch generator all draws come from (the detector's private one).
+        fraction: probability that a patch is damaged.
+        opacity: (min, max) blend factor of the fill (1: full replacement).
+        scales: (min, max) of s; at p = 64, s = 1 makes blobs about half a patch across, s = 3 an eighth.
+
+    Returns:
+        The damaged patches, float (B, C, p, p) in [0, 1], and the blend weight of each pixel, float (B, 1, p, p)
+        (0 where nothing changed).
+    """
+    B, C, H, W = patches.shape
+    chosen = torch.rand(B, generator=generator) < fraction  # (B,)
+    n = int(chosen.sum())
+    weight = torch.zeros(B, 1, H, W)
+    if n == 0:
+        return patches.clone(), weight
+    # Blob masks: value noise, two octaves, one scale per patch
+    s = torch.randint(scales[0], scales[1] + 1, (n,), generator=generator)
+    noise = torch.zeros(n, 1, H, W)
+    for octave, amplitude in ((0, 1.0), (1, 0.5)):
+        for level in range(scales[0], scales[1] + 1):
+            cells = 2 ** (level + octave)
+            grid = torch.rand(n, 1, cells, cells, generator=generator)  # drawn for all, kept where s == level
+            up = F.interpolate(grid, size=(H, W), mode="bicubic", align_corners=False)
+            noise += amplitude * up * (s == level).float().view(n, 1, 1, 1)
+    threshold = 0.5 + 0.25 * torch.rand(n, 1, 1, 1, generator=generator)
+    mask = (noise / 1.5 > threshold).float()  # (n, 1, H, W)
+    for i in (mask.flatten(1).amax(1) == 0).nonzero().flatten().tolist():  # as noise_mask: one blob at the maximum
+        y, x = divmod(int(noise[i].flatten().argmax()), W)
+        mask[i, :, max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = 1.0
+    # Fills: 0 another patch of the batch (flipped, rotated), 1 the patch itself, 2 a flat colour; gain and offset
+    kind = torch.randint(3, (n,), generator=generator)
+    other = torch.randint(B, (n,), generator=generator)
+    turns = torch.randint(4, (n,), generator=generator)
+    gain = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=generator)
+    offset = 0.32 * torch.rand(n, 1, 1, 1, generator=generator) - 0.16
+    colour = torch.rand(n, C, 1, 1, generator=generator)
+    idx = chosen.nonzero().flatten()  # (n,)
+    own = patches[idx].float()  # (n, C, H, W)
+    foreign = torch.stack([torch.rot90(patches[j].flip(-1), int(k), (-2, -1)) for j, k in zip(other.tolist(), turns.tolist())])
+    source = torch.where((kind == 0).view(n, 1, 1, 1), foreign.float(), own)
+    fill = torch.where((kind == 2).view(n, 1, 1, 1), colour.expand(n, C, H, W), source * gain + offset)
+    a = opacity[0] + (opacity[1] - opacity[0]) * torch.rand(n, 1, 1, 1, generator=generator)
+    weight[idx] = a * mask
+    damaged = patches.clone()
+    damaged[idx] = ((1 - weight[idx]) * own + weight[idx] * fill).clamp(0.0, 1.0).to(patches.dtype)
+    return damaged, weight

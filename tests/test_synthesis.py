@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from models.autoencoder import AutoencoderConfig
 from models.detector import Detector
-from models.synthesis import noise_anomaly, noise_mask, paste_defect, region_mask, ring_mean, shift_anomaly
+from models.synthesis import (
+    corrupt_patches,
+    noise_anomaly,
+    noise_mask,
+    paste_defect,
+    region_mask,
+    ring_mean,
+    shift_anomaly,
+)
 from tests.test_detector import SIZE, make_data, tiny_config
 
 
@@ -293,3 +302,61 @@ def test_synthetic_images_are_renewed_during_the_predictor_warm_up() -> None:
     assert det._profiles is not None and det._profiles.shape[0] == len(pool) + 3
     # the profiles of the renewed images are those of the current AE
     assert torch.allclose(det._profiles[len(pool) :], det.loss_profiles(det._pred_images[len(pool) :]))  # type: ignore[index]
+
+
+def test_corrupt_patches_changes_only_weighted_pixels_and_is_seeded() -> None:
+    patches = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    before = patches.clone()
+    damaged, weight = corrupt_patches(patches, torch.Generator().manual_seed(1), fraction=0.5)
+    assert torch.equal(patches, before)  # the input is not modified
+    assert damaged.shape == patches.shape and weight.shape == (16, 1, 16, 16)
+    assert 0.0 <= float(damaged.min()) and float(damaged.max()) <= 1.0
+    untouched = (weight == 0).expand_as(patches)
+    assert torch.equal(damaged[untouched], patches[untouched])  # nothing changes outside the blobs
+    hit = weight.flatten(1).amax(1) > 0  # (16,) the damaged patches
+    assert 0 < int(hit.sum()) < 16 and float(weight.max()) <= 1.0
+    assert ((damaged - patches).abs().flatten(1).amax(1)[hit] > 0).all()  # every chosen patch visibly changed
+    again, weight_again = corrupt_patches(patches, torch.Generator().manual_seed(1), fraction=0.5)
+    assert torch.equal(again, damaged) and torch.equal(weight_again, weight)
+    other, _ = corrupt_patches(patches, torch.Generator().manual_seed(2), fraction=0.5)
+    assert not torch.equal(other, damaged)
+
+
+def test_corrupt_patches_fraction_bounds() -> None:
+    patches = torch.rand(8, 3, 16, 16)
+    none, weight = corrupt_patches(patches, torch.Generator().manual_seed(0), fraction=0.0)
+    assert torch.equal(none, patches) and not weight.any()
+    _, weight = corrupt_patches(patches, torch.Generator().manual_seed(0), fraction=1.0)
+    assert (weight.flatten(1).amax(1) > 0).all()
+
+
+def test_denoising_ae_update_reads_damaged_patches_and_fits_the_clean_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.detector as detector_module
+
+    config = tiny_config(ae_denoise_fraction=1.0, ae=AutoencoderConfig(widths=(8, 16), latent_channels=4, dropout=0.0))
+    detector = Detector(config, *make_data(), seed=0)
+    clean = detector.random_patches(4)  # (4, 3, 16, 16)
+    damaged = torch.zeros_like(clean)
+    monkeypatch.setattr(detector_module, "corrupt_patches", lambda p, g, f: (damaged, torch.ones(len(p), 1, *p.shape[2:])))
+    seen = []
+    detector.ae.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        detector.ae.train()
+        expected = float(torch.mean((detector.ae(damaged) - clean) ** 2))
+    seen.clear()
+    loss = detector.ae_update(clean)
+    assert len(seen) == 1 and torch.equal(seen[0], damaged)  # the AE reads the damaged patches...
+    assert loss == pytest.approx(expected, rel=1e-5)  # ...and its loss is against the clean ones
+
+
+def test_denoise_off_leaves_the_ae_step_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.detector as detector_module
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("corrupt_patches called with ae_denoise_fraction = 0")
+
+    monkeypatch.setattr(detector_module, "corrupt_patches", refuse)
+    detector = Detector(tiny_config(), *make_data(), seed=0)  # the default: 0, no draws, the paper's AE step
+    detector.ae_update(detector.random_patches(4))
+    with pytest.raises(ValueError, match="ae_denoise_fraction"):
+        tiny_config(ae_denoise_fraction=1.5)
