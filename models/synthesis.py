@@ -20,7 +20,8 @@ made from them and from the normal images, as few-shot and unsupervised segmente
   reconstructs the normal appearance instead, and its residual lights up what is not normal.
 
 Only the images given to these functions are used: the detector passes its training images and its pool's
-labelled anomalies, never validation or test images. All randomness comes from the ``numpy`` generator passed in.
+labelled anomalies, never validation or test images. All randomness comes from the generator passed in (``numpy``;
+``torch`` for :func:`corrupt_patches`, which works on the AE's mini-batch tensors).
 """
 
 from __future__ import annotations
