@@ -79,6 +79,7 @@ ENV_SPACE: Space = {
     "detector.pred_jitter": ("cat", [0.0, 0.1, 0.2]),
     "detector.synthetic_paste_rotate": ("cat", [True, False]),
     "detector.synthetic_paste_match": ("cat", [False, True]),
+    "detector.synthetic_paste_margin": ("cat", [0, 8, 16]),
     "detector.ae_denoise_fraction": ("cat", [0.0, 0.5]),
     "detector.predictor.padding_mode": ("cat", ["reflect", "replicate", "zeros"]),
     "detector.predictor.strip_context": ("cat", [False, True]),

@@ -131,6 +131,9 @@ class DetectorConfig:
             degrees; False: flipped and rescaled only, so a directional texture keeps its direction.
         synthetic_paste_match: shift a pasted defect's colour so that it keeps its contrast with the 8-pixel band
             around it, not its absolute colour (see :func:`models.synthesis.paste_defect`); False: raw pixels.
+        synthetic_paste_margin: a pasted defect also brings this many pixels of its own surroundings, faded into
+            the target, so that its edge is the real one and not a cut (:func:`models.synthesis.paste_defect`); 0:
+            the defect's pixels alone, with a hard seam at the mask's edge.
         synthetic_noise_opacity: (min, max) blend factor of a noise-mask anomaly's texture (1: full replacement).
         synthetic_noise_scales: (min, max) scale of the noise that shapes the mask: blobs about H/2^s across.
         synthetic_noise_min_change: grey levels a pixel must visibly change to be labelled anomalous (0: the whole
@@ -201,6 +204,7 @@ class DetectorConfig:
     synthetic_paste_fraction: float = 0.5
     synthetic_paste_rotate: bool = True
     synthetic_paste_match: bool = False
+    synthetic_paste_margin: int = 0
     synthetic_shift_fraction: float = 0.0
     synthetic_refresh_updates: int = 16
     synthetic_noise_opacity: tuple[float, float] = (0.2, 1.0)
@@ -250,6 +254,8 @@ class DetectorConfig:
             raise ValueError(f"synthetic_shift_fraction must be in [0, 1], got {self.synthetic_shift_fraction}")
         if not 0.0 <= self.synthetic_paste_fraction <= 1.0:
             raise ValueError(f"synthetic_paste_fraction must be in [0, 1], got {self.synthetic_paste_fraction}")
+        if self.synthetic_paste_margin < 0:
+            raise ValueError(f"synthetic_paste_margin must be >= 0 pixels, got {self.synthetic_paste_margin}")
         self.synthetic_noise_opacity = tuple(float(a) for a in self.synthetic_noise_opacity)  # type: ignore[assignment]
         self.synthetic_noise_scales = tuple(int(v) for v in self.synthetic_noise_scales)  # type: ignore[assignment]
         opacity, scales = self.synthetic_noise_opacity, self.synthetic_noise_scales
@@ -813,7 +819,13 @@ class Detector:
                 i = self._pool_positives[int(rng.integers(len(self._pool_positives)))][0]
                 source, source_mask = pool[i].permute(1, 2, 0).numpy(), pool_masks[i].numpy()
                 image, mask = paste_defect(
-                    target, source, source_mask, rng, rotate=c.synthetic_paste_rotate, match=c.synthetic_paste_match
+                    target,
+                    source,
+                    source_mask,
+                    rng,
+                    rotate=c.synthetic_paste_rotate,
+                    match=c.synthetic_paste_match,
+                    margin=c.synthetic_paste_margin,
                 )
             else:
                 source = hwc[int(rng.integers(len(train)))].numpy()

@@ -7,7 +7,9 @@ made from them and from the normal images, as few-shot and unsupervised segmente
   of 90 degrees and rescaled) into a normal image, at the same place or a random one ("copy-paste", Ghiasi et
   al., CVPR 2021). The new mask is exactly the set of pasted pixels. With ``match``, the pasted pixels are shifted
   so that the defect keeps its contrast with its surroundings rather than its absolute colour (a faint discolouration
-  cut from a bright image stays faint in a dark one, instead of becoming a stark step).
+  cut from a bright image stays faint in a dark one, instead of becoming a stark step). With ``margin``, the defect
+  brings its own surroundings, faded into the target, so its edge is the real one and not a cut (the blending that
+  Dwibedi et al., ICCV 2017, found necessary so that a detector does not learn the cut's boundary artefacts).
 * :func:`noise_anomaly` blends a blob-shaped region of a normal image with a texture taken from another normal
   image of the same category, or with a flat random colour, under a smooth-noise mask (DRAEM's recipe, Zavrtanik
   et al., ICCV 2021, with value noise in place of Perlin noise and without external texture datasets).
@@ -104,6 +106,7 @@ def paste_defect(
     rotate: bool = True,
     match: bool = False,
     ring_width: int = 8,
+    margin: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paste the defect of ``source`` (its pixels under ``source_mask``) into ``target``.
 
@@ -121,16 +124,30 @@ def paste_defect(
             mean over the ``ring_width``-pixel band around the defect (clipped to [0, 255]): the defect keeps its
             contrast with its surroundings, as a discolouration does, not its absolute colour.
         ring_width: width in pixels of that band.
+        margin: also carry the source's own surroundings, ``margin`` pixels around the defect, faded linearly into
+            the target (blend weight 1 at the defect's edge, 0 at ``margin`` pixels from it). The defect then keeps
+            its real boundary with the normal surface it grew in, and the seam between source and target becomes a
+            soft blend of two normal surfaces, labelled normal; 0: the defect's pixels alone, a hard seam at its edge.
 
     Returns:
-        The new image, uint8 (H, W, 3), and its mask, bool (H, W): exactly the pixels that were replaced.
+        The new image, uint8 (H, W, 3), and its mask, bool (H, W): the defect's pixels, replaced exactly by the
+        source's (with ``margin``, the pixels around them are blended, and stay normal in the mask).
     """
     if not source_mask.any():
         raise ValueError("source_mask is empty: there is no defect to paste")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0 pixels, got {margin}")
     H, W = source_mask.shape
     ys, xs = np.nonzero(source_mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    patch, patch_mask = source[y0:y1, x0:x1], source_mask[y0:y1, x0:x1]
+    if margin:  # the defect's box grown by the margin, and each pixel's blend weight (1 on the defect)
+        y0, y1, x0, x1 = max(0, y0 - margin), min(H, y1 + margin), max(0, x0 - margin), min(W, x1 + margin)
+        distance = cv2.distanceTransform((~source_mask[y0:y1, x0:x1]).astype(np.uint8), cv2.DIST_L2, 5)
+        weight = np.round(255 * np.clip(1 - distance / margin, 0, 1)).astype(np.uint8)[..., None]  # (h, w, 1)
+        patch = np.concatenate([source[y0:y1, x0:x1], weight], axis=-1)  # the weight travels with the pixels
+    else:
+        patch = source[y0:y1, x0:x1]
+    patch_mask = source_mask[y0:y1, x0:x1]
     if rng.random() < same_place:
         py, px = int(y0), int(x0)
     else:
@@ -144,12 +161,24 @@ def paste_defect(
     image = target.copy()
     mask = np.zeros((H, W), bool)
     mask[py : py + ph, px : px + pw] = patch_mask
-    pasted = patch[patch_mask]  # (P, C)
+    shift = None
     if match:
         source_ring, target_ring = ring_mean(source, source_mask, ring_width), ring_mean(target, mask, ring_width)
         if source_ring is not None and target_ring is not None:
-            pasted = np.clip(np.round(pasted.astype(np.float32) + (target_ring - source_ring)), 0, 255).astype(image.dtype)
-    image[mask] = pasted
+            shift = target_ring - source_ring  # (C,)
+    if not margin:
+        pasted = patch[patch_mask]  # (P, C)
+        if shift is not None:
+            pasted = np.clip(np.round(pasted.astype(np.float32) + shift), 0, 255).astype(image.dtype)
+        image[mask] = pasted
+        return image, mask
+    pixels, weight = patch[..., :-1].astype(np.float32), patch[..., -1:].astype(np.float32) / 255  # (ph, pw, C), (ph, pw, 1)
+    if shift is not None:
+        pixels = np.clip(np.round(pixels + shift), 0, 255)
+    region = image[py : py + ph, px : px + pw].astype(np.float32)
+    blended = np.round(weight * pixels + (1 - weight) * region).astype(image.dtype)
+    blended[patch_mask] = pixels[patch_mask].astype(image.dtype)  # the defect's own pixels, exactly
+    image[py : py + ph, px : px + pw] = blended
     return image, mask
 
 

@@ -102,6 +102,45 @@ def test_ring_mean_reads_only_the_band_around_the_mask() -> None:
         ring_mean(image, mask, width=0)
 
 
+@pytest.mark.parametrize("same_place", [0.0, 1.0])
+def test_paste_with_a_margin_keeps_the_defect_exact_and_fades_its_surroundings_into_the_target(same_place: float) -> None:
+    """With ``margin``, the mask has the defect's shape as without (same draws; only the place may differ), its
+    pixels are still exactly the defect's; the source's background (30) fades into the target (150) over the margin:
+    pixels next to the defect are close to the source's, pixels ``margin`` away and further are the target's own."""
+    margin = 4
+    source = np.full((SIZE, SIZE, 3), 30, np.uint8)
+    source_mask = np.zeros((SIZE, SIZE), bool)
+    source_mask[12:16, 10:20] = True
+    source_mask[11, 12] = True  # an odd shape, so a flip shows
+    source[source_mask] = 230
+    target = np.full((SIZE, SIZE, 3), 150, np.uint8)
+
+    for seed in range(10):
+        image, mask = paste_defect(target, source, source_mask, np.random.default_rng(seed), same_place, margin=margin)
+        assert np.all(image[mask] == 230)
+        assert 0.5 < mask.sum() / source_mask.sum() < 2  # the defect, rescaled by 0.75-1.25 at most
+        if same_place == 1.0:
+            assert np.array_equal(mask, source_mask)
+        distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+        far = distance >= 1.25 * margin + 1  # a moved defect and its margin are rescaled by up to 1.25
+        assert np.array_equal(image[far], target[far])
+        touching = (distance > 0) & (distance <= 1)  # the ring just outside the defect: the source's 30 dominates
+        assert touching.any() and np.all(image[touching] <= 90) and image[touching].mean() < 75
+        if same_place == 1.0:  # the blend weight falls linearly with the distance to the defect
+            ring = (distance > 0) & (distance < margin)
+            weight = 1 - distance[ring] / margin
+            assert np.allclose(image[ring][:, 0], weight * 30 + (1 - weight) * 150, atol=1.5)
+        between = image[(distance > 0) & (distance < margin)][:, 0].astype(int)
+        assert between.min() >= 30 and between.max() <= 150  # a blend, never beyond either surface
+        assert image.dtype == np.uint8
+
+
+def test_paste_margin_is_checked() -> None:
+    source, source_mask = _source(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="margin"):
+        paste_defect(source, source, source_mask, np.random.default_rng(0), margin=-1)
+
+
 def test_paste_rejects_an_empty_defect() -> None:
     with pytest.raises(ValueError, match="empty"):
         blank = np.zeros((8, 8, 3), np.uint8)
@@ -273,6 +312,25 @@ def test_detector_matched_paste_changes_only_the_defect_colour() -> None:
     outside = ~raw_masks.bool().unsqueeze(1).expand_as(raw)  # (S, 3, H, W)
     assert torch.equal(raw[outside], matched[outside])
     assert not torch.equal(raw, matched)
+
+
+def test_detector_paste_margin_reaches_paste_defect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``synthetic_paste_margin`` is what every paste of the synthetic pool is made with."""
+    import models.detector as detector_module
+
+    margins = []
+
+    def spy(*args, **kwargs):
+        margins.append(kwargs["margin"])
+        return paste_defect(*args, **kwargs)
+
+    monkeypatch.setattr(detector_module, "paste_defect", spy)
+    train, pool, masks = make_data(seed=4, n_train=6, n_pool=6)
+    config = tiny_config(synthetic_pool_size=6, synthetic_paste_fraction=1.0, synthetic_paste_margin=3)
+    Detector(config, train, pool, masks, seed=5).refresh_profiles()
+    assert margins and set(margins) == {3}
+    with pytest.raises(ValueError, match="synthetic_paste_margin"):
+        tiny_config(synthetic_paste_margin=-2)
 
 
 def test_synthetic_pool_is_renewed_at_each_refresh_and_positives_follow() -> None:
