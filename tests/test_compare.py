@@ -193,9 +193,9 @@ def test_every_variant_of_the_ablation_file_is_a_valid_configuration(grid: tuple
 
 
 def test_the_default_preset_is_the_variant_the_readme_names_as_the_default() -> None:
-    """The README reports the default's rows under a pinned variant name (warm3000 since session 12; ema-flips before):
-    the default preset must be that variant, and the previous default must differ from it only by the warm-up, or
-    rows recorded under one name describe another configuration."""
+    """The README reports the default's rows under a pinned variant name (focal since session 18; warm3000 before):
+    the default preset must be that variant, and the previous default must differ from it only by the predictor's loss,
+    or rows recorded under one name describe another configuration."""
     import train
     from agents.hyperparams_opt import deep_merge
 
@@ -207,11 +207,15 @@ def test_the_default_preset_is_the_variant_the_readme_names_as_the_default() -> 
         assert spec["preset"] == "default" and spec["algo"] in ("reinforce", "random")
         return deep_merge(default, spec.get("env_kwargs") or {})
 
-    assert merged("warm3000") == default == merged("warm3000-random")
-    previous = merged("ema-flips")
-    assert previous == merged("ema-flips-random")
-    assert {k for k in default if default[k] != previous[k]} == {"predictor_warmup_updates"}
-    assert (previous["predictor_warmup_updates"], default["predictor_warmup_updates"]) == (1500, 3000)
+    assert merged("focal") == default == merged("focal-random")
+    previous = merged("warm3000")
+    assert previous == merged("warm3000-random")
+    assert {k for k in default if default[k] != previous[k]} == {"detector"}
+    changed = {k for k in default["detector"] if default["detector"][k] != previous["detector"][k]}
+    assert changed == {"pred_loss"}
+    assert (previous["detector"]["pred_loss"], default["detector"]["pred_loss"]) == ("bce", "focal")
+    before = merged("ema-flips")  # the default of sessions 10-11: the warm-up is all that separates it from warm3000
+    assert {k for k in previous if previous[k] != before[k]} == {"predictor_warmup_updates"}
 
 
 def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid, capsys) -> None:
