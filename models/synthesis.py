@@ -140,14 +140,13 @@ def paste_defect(
     H, W = source_mask.shape
     ys, xs = np.nonzero(source_mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    if margin:  # the defect's box grown by the margin, and each pixel's blend weight (1 on the defect)
+    if margin:  # the defect's box grown by the margin
         y0, y1, x0, x1 = max(0, y0 - margin), min(H, y1 + margin), max(0, x0 - margin), min(W, x1 + margin)
-        distance = cv2.distanceTransform((~source_mask[y0:y1, x0:x1]).astype(np.uint8), cv2.DIST_L2, 5)
-        weight = np.round(255 * np.clip(1 - distance / margin, 0, 1)).astype(np.uint8)[..., None]  # (h, w, 1)
-        patch = np.concatenate([source[y0:y1, x0:x1], weight], axis=-1)  # the weight travels with the pixels
-    else:
-        patch = source[y0:y1, x0:x1]
     patch_mask = source_mask[y0:y1, x0:x1]
+    # each pixel's blend weight, 255 on the defect, fading to 0 at ``margin`` pixels from it (0 outside without one)
+    distance = cv2.distanceTransform((~patch_mask).astype(np.uint8), cv2.DIST_L2, 5) if margin else ~patch_mask
+    weight = np.round(255 * np.clip(1 - distance / max(margin, 1), 0, 1)).astype(np.uint8)[..., None]  # (h, w, 1)
+    patch = np.concatenate([source[y0:y1, x0:x1], weight], axis=-1)  # the weight travels with the pixels
     if rng.random() < same_place:
         py, px = int(y0), int(x0)
     else:
@@ -161,20 +160,11 @@ def paste_defect(
     image = target.copy()
     mask = np.zeros((H, W), bool)
     mask[py : py + ph, px : px + pw] = patch_mask
-    shift = None
+    pixels, weight = patch[..., :-1].astype(np.float32), patch[..., -1:].astype(np.float32) / 255  # (ph, pw, C), (ph, pw, 1)
     if match:
         source_ring, target_ring = ring_mean(source, source_mask, ring_width), ring_mean(target, mask, ring_width)
         if source_ring is not None and target_ring is not None:
-            shift = target_ring - source_ring  # (C,)
-    if not margin:
-        pasted = patch[patch_mask]  # (P, C)
-        if shift is not None:
-            pasted = np.clip(np.round(pasted.astype(np.float32) + shift), 0, 255).astype(image.dtype)
-        image[mask] = pasted
-        return image, mask
-    pixels, weight = patch[..., :-1].astype(np.float32), patch[..., -1:].astype(np.float32) / 255  # (ph, pw, C), (ph, pw, 1)
-    if shift is not None:
-        pixels = np.clip(np.round(pixels + shift), 0, 255)
+            pixels = np.clip(np.round(pixels + (target_ring - source_ring)), 0, 255)
     region = image[py : py + ph, px : px + pw].astype(np.float32)
     blended = np.round(weight * pixels + (1 - weight) * region).astype(image.dtype)
     blended[patch_mask] = pixels[patch_mask].astype(image.dtype)  # the defect's own pixels, exactly
