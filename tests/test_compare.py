@@ -216,6 +216,10 @@ def test_the_default_preset_is_the_variant_the_readme_names_as_the_default() -> 
     assert (previous["detector"]["pred_loss"], default["detector"]["pred_loss"]) == ("bce", "focal")
     before = merged("ema-flips")  # the default of sessions 10-11: the warm-up is all that separates it from warm3000
     assert {k for k in previous if previous[k] != before[k]} == {"predictor_warmup_updates"}
+    for candidate, option in (("paste-margin", "synthetic_paste_margin"), ("paste-norotate", "synthetic_paste_rotate")):
+        other = merged(candidate)  # a candidate measured against the default changes exactly one option of it
+        assert {k for k in default if default[k] != other[k]} == {"detector"}
+        assert {k for k in other["detector"] if default["detector"].get(k) != other["detector"][k]} == {option}
 
 
 def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid, capsys) -> None:
