@@ -161,7 +161,8 @@ class DetectorConfig:
             at the small predictor's cost only, since the AE does not run again.
         predictor_ema: decay of an exponential moving average of the predictor's weights, used for the anomaly
             maps (0: the raw weights, the paper). A few labelled images make single updates noisy; the average
-            removes the update-to-update swings of validation scores.
+            removes the update-to-update swings of validation scores. The decay is ``min(predictor_ema, (1 + n) /
+            (10 + n))`` at update ``n``, so that a long average (0.999) does not keep the random initial weights.
         ae_lr_after_pretrain: the AE's learning rate once pre-training is done (None: keep ``lr``); a smaller
             rate keeps the residual space the predictor has learned from drifting.
         ae_denoise_fraction: train the AE as a denoising AE: this share of every AE mini-batch (pre-training and RL) is
@@ -932,7 +933,10 @@ class Detector:
             group["lr"] = self.pred_lr
         self.predictor_optimizer.step()
         if self.predictor_average is not None:
-            decay = self.config.predictor_ema
+            # The decay ramps up over the first updates (TensorFlow's ExponentialMovingAverage with num_updates), so
+            # the average does not carry the random initial weights: 0.1 at the first update, 0.99 from the 890th
+            n = self.predictor_updates
+            decay = min(self.config.predictor_ema, (1 + n) / (10 + n))
             with torch.no_grad():
                 for avg, new in zip(self.predictor_average.parameters(), self.predictor.parameters()):
                     avg.lerp_(new, 1.0 - decay)

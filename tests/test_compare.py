@@ -216,7 +216,12 @@ def test_the_default_preset_is_the_variant_the_readme_names_as_the_default() -> 
     assert (previous["detector"]["pred_loss"], default["detector"]["pred_loss"]) == ("bce", "focal")
     before = merged("ema-flips")  # the default of sessions 10-11: the warm-up is all that separates it from warm3000
     assert {k for k in previous if previous[k] != before[k]} == {"predictor_warmup_updates"}
-    for candidate, option in (("paste-margin", "synthetic_paste_margin"), ("paste-norotate", "synthetic_paste_rotate")):
+    candidates = (
+        ("paste-margin", "synthetic_paste_margin"),
+        ("paste-norotate", "synthetic_paste_rotate"),
+        ("ema999-random", "predictor_ema"),
+    )
+    for candidate, option in candidates:
         other = merged(candidate)  # a candidate measured against the default changes exactly one option of it
         assert {k for k in default if default[k] != other[k]} == {"detector"}
         assert {k for k in other["detector"] if default["detector"].get(k) != other["detector"][k]} == {option}

@@ -465,10 +465,12 @@ def test_ae_reset_every_never_resets_during_pretraining(data: Data, monkeypatch:
 def test_predictor_average_follows_the_weights_and_makes_the_maps(data: Data, tmp_path: Path) -> None:
     det = Detector(tiny_config(predictor_ema=0.5), *data, seed=0)
     assert det.predictor_average is not None
-    before = [p.detach().clone() for p in det.predictor_average.parameters()]
-    det.predictor_update()
-    for avg, old, new in zip(det.predictor_average.parameters(), before, det.predictor.parameters()):
-        assert torch.allclose(avg, 0.5 * old + 0.5 * new.detach())  # one EMA step with decay 0.5
+    for n, decay in ((0, 0.1), (100, 0.5)):  # the decay ramps up as (1 + n) / (10 + n), then holds at predictor_ema
+        det.predictor_updates = n
+        before = [p.detach().clone() for p in det.predictor_average.parameters()]
+        det.predictor_update()
+        for avg, old, new in zip(det.predictor_average.parameters(), before, det.predictor.parameters()):
+            assert torch.allclose(avg, decay * old + (1 - decay) * new.detach())  # one EMA step
     maps = det.anomaly_map(data[1])
     raw = Detector(tiny_config(), *data, seed=0)
     raw.load_state_dict({**det.state_dict(), "config": raw.config.to_dict()})  # same weights, no average
