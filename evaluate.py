@@ -28,7 +28,7 @@ from envs.mvtec import DatasetError
 from models.metrics import compute_metrics, f1_at_threshold, roc_pr_curves
 from models.runtime import check_device
 
-__all__ = ["compute_metrics", "evaluate_images", "evaluate_run", "predict_maps", "main"]
+__all__ = ["compute_metrics", "evaluate_images", "evaluate_run", "predict_maps", "validate", "main"]
 
 logger = logging.getLogger("evaluate")
 
@@ -56,6 +56,31 @@ def evaluate_images(
     maps = predict_maps(detector, images, method)
     labels = None if image_labels is None else np.asarray(image_labels, dtype=bool)
     return compute_metrics(maps, masks, image_labels=labels), maps
+
+
+def validate(
+    detector: Any, images: np.ndarray, masks: np.ndarray, image_labels: list[bool] | np.ndarray | None = None
+) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate_images` of the detector on the validation split. A detector with ``map_smoothing_candidates``
+    first picks its ``map_smoothing_sigma`` there (:func:`models.detector.choose_smoothing`; reported as the metric
+    ``map_smoothing_sigma``, with every candidate's ``pixel_auroc_sigma<s>`` and ``pixel_f1max_sigma<s>``), so that
+    the checkpoint saved after this call keeps the smoothing it was chosen with."""
+    config = getattr(detector, "config", None)
+    sigmas = getattr(config, "map_smoothing_candidates", ())
+    if not sigmas:
+        return evaluate_images(detector, images, masks, "detector", image_labels)
+    from models.detector import choose_smoothing
+
+    kept, config.map_smoothing_sigma = config.map_smoothing_sigma, 0.0
+    try:
+        raw = detector.anomaly_map(images)  # (N, H, W), unsmoothed
+    finally:
+        config.map_smoothing_sigma = kept
+    labels = None if image_labels is None else np.asarray(image_labels, dtype=bool)
+    sigma, metrics, maps, scores = choose_smoothing(raw, masks, sigmas, labels)
+    config.map_smoothing_sigma = sigma
+    each = {f"{key}_sigma{s:g}": m[key] for s, m in scores.items() for key in ("pixel_auroc", "pixel_f1max")}
+    return {**metrics, "map_smoothing_sigma": sigma, **each}, maps
 
 
 def load_run(
@@ -217,6 +242,8 @@ def evaluate_run(
     metrics, maps = evaluate_images(detector, test_images, test_masks, method, test_labels)
     metrics["val_threshold"] = threshold
     metrics["f1_at_val_threshold"] = f1_at_threshold(maps, test_masks, threshold) if np.isfinite(threshold) else float("nan")
+    if method == "detector" and getattr(getattr(detector, "config", None), "map_smoothing_candidates", ()):
+        metrics["map_smoothing_sigma"] = detector.config.map_smoothing_sigma  # the one its validation chose
 
     record = {
         "category": data.name,

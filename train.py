@@ -483,7 +483,7 @@ def _train(
     callbacks = [interrupt, RewardTermsCallback(), CheckpointCallback(base, checkpoints, config["save_freq"])]
     validation = ValidationCallback(
         base,
-        lambda detector: evaluate.evaluate_images(detector, val_images, val_masks, "detector", val_labels)[:2],
+        lambda detector: evaluate.validate(detector, val_images, val_masks, val_labels),
         val_images,
         val_masks,
         config["eval_freq"],

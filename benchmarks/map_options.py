@@ -8,8 +8,9 @@ again: each run's best detector is loaded as ``evaluate.py`` does, its raw maps 
 computed with each augmentation (none; "mirror": the image's mirror through AE and predictor; "flips4": the predictor
 on its input's four flips; both), and smoothed with each ``--sigmas``. Prints a Markdown table per split of the mean
 pixel AUROC / F1max / AP over the runs of each category; choose on the validation split (the checkpoint was chosen
-there with the run's own options, so the gain of a full run with the new options can differ a little). ``--log``
-appends one JSON line per run, split and option.
+there with the run's own options, so the gain of a full run with the new options can differ a little). A last table
+chooses sigma per run on its validation split (``--choose-by``, as ``map_smoothing_candidates`` does in training) and
+scores the test split with it. ``--log`` appends one JSON line per run, split and option.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap")
 TTA = {"none": (False, False), "mirror": (True, False), "flips4": (False, True), "mirror+flips4": (True, True)}
 
 
-def run_rows(run: Path, sigmas: list[float]) -> list[dict]:
+def run_rows(run: Path, sigmas: list[float], ttas: list[str] | None = None) -> list[dict]:
     """One row per (split, TTA, sigma) for one run: the metrics of its best detector's maps."""
     _, data, split, detector = load_run(run)
     if not isinstance(detector, Detector):
@@ -44,6 +45,8 @@ def run_rows(run: Path, sigmas: list[float]) -> list[dict]:
         images, masks = data.images[index], data.masks[index]  # (N, H, W, 3) uint8, (N, H, W) bool
         labels = np.array([data.samples[i].is_anomalous for i in index])
         for tta, (mirror, flips) in TTA.items():
+            if ttas is not None and tta not in ttas:
+                continue
             detector.config.map_flip_tta, detector.config.map_predictor_flips = mirror, flips
             raw = detector.anomaly_map(images)  # (N, H, W)
             for sigma in sigmas:
@@ -75,10 +78,44 @@ def table(rows: list[dict], part: str) -> str:
     return "\n".join(lines)
 
 
+def _mean_cell(rows: list[dict]) -> str:
+    return " / ".join(f"{np.mean([r[k] for r in rows]):.3f}" for k in KEYS)
+
+
+def chosen_table(rows: list[dict], choose_by: str) -> str:
+    """Per run and TTA, the sigma of the best validation ``choose_by`` (ties: the smaller), and the test split with it."""
+    lines = [
+        f"**sigma chosen per run on the validation {choose_by}** (test split: pixel AUROC / F1max / AP)",
+        "",
+        "| TTA | category | runs | chosen sigmas | test, chosen sigma | test, best fixed sigma on the mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for tta in [t for t in TTA if any(r["tta"] == t for r in rows)]:
+        for category in sorted({r["category"] for r in rows}):
+            sel = [r for r in rows if r["tta"] == tta and r["category"] == category]
+            runs = sorted({r["run"] for r in sel})
+            picks, fixed = [], {}
+            for run in runs:
+                val = sorted((r for r in sel if r["run"] == run and r["split"] == "val"), key=lambda r: r["sigma"])
+                sigma = max(val, key=lambda r: (r[choose_by], -r["sigma"]))["sigma"]
+                picks.append(next(r for r in sel if r["run"] == run and r["split"] == "test" and r["sigma"] == sigma))
+            for r in sel:
+                if r["split"] == "test":
+                    fixed.setdefault(r["sigma"], []).append(r)
+            best = max(fixed, key=lambda s: np.mean([r[choose_by] for r in fixed[s]]))
+            sigmas = ", ".join(f"{r['sigma']:g}" for r in picks)
+            lines.append(
+                f"| {tta} | {category} | {len(runs)} | {sigmas} | {_mean_cell(picks)} | {best:g}: {_mean_cell(fixed[best])} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", required=True, help="run folders written by train.py (the method's runs)")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--tta", nargs="+", choices=list(TTA), default=None, help="test-time augmentations (default: all)")
+    parser.add_argument("--choose-by", choices=KEYS, default="pixel_f1max", help="validation metric that picks sigma per run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log", default=None, help="append one JSON line per run, split and option here")
     args = parser.parse_args(argv)
@@ -89,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for run in args.runs:
         try:
-            new = run_rows(Path(run), args.sigmas)
+            new = run_rows(Path(run), args.sigmas, args.tta)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -98,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.log, "a") as log:
                 log.writelines(json.dumps(r) + "\n" for r in new)
         print(f"[map_options] {run}: done", file=sys.stderr, flush=True)
-    print("\n\n".join(table(rows, part) for part in ("val", "test")))
+    print("\n\n".join([table(rows, part) for part in ("val", "test")] + [chosen_table(rows, args.choose_by)]))
     return 0
 
 

@@ -11,7 +11,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from models.autoencoder import AutoencoderConfig
-from models.detector import Detector, DetectorConfig, ae_baseline_maps, texture_channels
+from models.detector import Detector, DetectorConfig, ae_baseline_maps, choose_smoothing, smooth_maps, texture_channels
+from models.metrics import compute_metrics
 from models.predictor import PredictorConfig
 
 SIZE = 32
@@ -364,6 +365,56 @@ def test_map_smoothing_spreads_and_lowers_a_single_spike(data: Data) -> None:
     assert abs(float(a.mean()) - float(b.mean())) < 0.01  # and keeps the level
     with pytest.raises(ValueError, match="map_smoothing_sigma"):
         DetectorConfig(map_smoothing_sigma=-1)
+
+
+def test_choose_smoothing_takes_the_best_f1max_and_the_smaller_sigma_on_ties() -> None:
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 64, 64), dtype=bool)
+    masks[:2, 16:48, 16:48] = True  # a large defect ...
+    raw = rng.uniform(0.0, 0.6, size=masks.shape).astype(np.float32)
+    ring = masks.copy()
+    ring[:2, 20:44, 20:44] = False
+    raw[ring] += 0.4  # ... that the map lights only along its edge, as magnetic_tile's `uneven`
+    sigmas = (0.0, 2.0, 8.0)
+    sigma, metrics, maps, scores = choose_smoothing(raw, masks, sigmas)
+    by_sigma = {s: compute_metrics(smooth_maps(raw, s), masks)["pixel_f1max"] for s in sigmas}
+    assert {s: m["pixel_f1max"] for s, m in scores.items()} == pytest.approx(by_sigma)
+    assert sigma == max(by_sigma, key=by_sigma.get) and sigma > 0  # smoothing fills the inside here
+    assert metrics["pixel_f1max"] == pytest.approx(by_sigma[sigma])
+    np.testing.assert_array_equal(maps, smooth_maps(raw, sigma))
+    flat = np.full(masks.shape, 0.5, dtype=np.float32)  # every sigma scores the same: the smallest is kept
+    assert choose_smoothing(flat, masks, (8.0, 4.0))[0] == 4.0
+    with pytest.raises(ValueError, match="candidate"):
+        choose_smoothing(raw, masks, ())
+    with pytest.raises(ValueError, match="map_smoothing_candidates"):
+        DetectorConfig(map_smoothing_candidates=(4.0, -1.0))
+
+
+def test_validation_picks_the_smoothing_and_the_checkpoint_keeps_it(tmp_path: Path, data: Data) -> None:
+    import evaluate
+
+    config = tiny_config(map_smoothing_sigma=4.0, map_smoothing_candidates=[0, 1, 2, 4, 8])
+    assert config.map_smoothing_candidates == (0.0, 1.0, 2.0, 4.0, 8.0)
+    det = Detector(config, *data, seed=0)
+    det.pretrain_ae()
+    det.predictor_update()
+    images, masks = data[1], data[2]
+    metrics, maps = evaluate.validate(det, images, masks)
+    raw = Detector(tiny_config(), *data, seed=0)
+    raw.load_state_dict(det.state_dict())
+    raw.config.map_smoothing_sigma = 0.0  # (the checkpoint's sigma came with its weights) unsmoothed maps
+    sigma, expected, _, scores = choose_smoothing(raw.anomaly_map(images), masks, config.map_smoothing_candidates)
+    assert metrics["map_smoothing_sigma"] == sigma == det.config.map_smoothing_sigma
+    assert metrics["pixel_f1max_sigma8"] == pytest.approx(scores[8.0]["pixel_f1max"])  # every candidate is reported
+    assert metrics["pixel_f1max"] == pytest.approx(expected["pixel_f1max"])
+    np.testing.assert_allclose(maps, det.anomaly_map(images), atol=1e-6)  # the maps are the chosen sigma's
+    det.config.map_smoothing_sigma = sigma  # whatever was chosen, a different value must come back from the file
+    det.save(tmp_path / "best.pt")
+    fresh = Detector(replace(config, map_smoothing_sigma=sigma + 3.0), *data, seed=1)
+    fresh.load_weights(tmp_path / "best.pt")
+    assert fresh.config.map_smoothing_sigma == sigma
+    plain_metrics, _ = evaluate.validate(raw, images, masks)  # no candidates: evaluate_images, sigma untouched
+    assert "map_smoothing_sigma" not in plain_metrics and raw.config.map_smoothing_sigma == 0.0
 
 
 def test_profile_refresh_every_skips_refreshes_between_due_updates(data: Data) -> None:

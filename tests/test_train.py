@@ -215,6 +215,22 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     assert "| TTA | sigma |" in map_options.table(rows, "val")
 
 
+def test_a_run_chooses_its_smoothing_on_validation_and_evaluates_with_it(data_root: Path, tmp_path: Path) -> None:
+    candidates = "detector:{'map_smoothing_candidates': [0.0, 2.0, 8.0]}"
+    args = run_args(data_root, tmp_path, "reinforce", 32)
+    args.insert(args.index("--hyperparams"), candidates)  # one more --env-kwargs item (a second flag would replace them)
+    assert train.main(args) == 0
+    run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
+    best = json.loads((run / "best_detector.json").read_text())  # the validation record of the saved checkpoint
+    assert best["map_smoothing_sigma"] in (0.0, 2.0, 8.0)
+    assert best["pixel_f1max"] == max(best[f"pixel_f1max_sigma{s}"] for s in ("0", "2", "8"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["map_smoothing_sigma"] == best["map_smoothing_sigma"]  # the test split is scored with the choice
+    assert evaluate.main(["--run", str(run), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-6)
+
+
 def test_per_type_scores_every_defect_type_of_the_test_split(reinforce_run: Path, capsys) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import per_type
