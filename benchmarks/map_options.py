@@ -7,7 +7,7 @@ augmentations ``map_flip_tta`` and ``map_predictor_flips``), so they can be comp
 again: each run's best detector is loaded as ``evaluate.py`` does, its raw maps of the validation and test splits are
 computed with each augmentation (none; "mirror": the image's mirror through AE and predictor; "flips4": the predictor
 on its input's four flips; both), and smoothed with each ``--sigmas``. Prints a Markdown table per split of the mean
-pixel AUROC / F1max / AP over the runs of each category; choose on the validation split (the checkpoint was chosen
+pixel AUROC / F1max / AP / AUPRO over the runs of each category; choose on the validation split (the checkpoint was chosen
 there with the run's own options, so the gain of a full run with the new options can differ a little). A last table
 chooses sigma per run on its validation split (``--choose-by``, as ``map_smoothing_candidates`` does in training) and
 scores the test split with it. ``--log`` appends one JSON line per run, split and option.
@@ -29,7 +29,7 @@ from evaluate import load_run  # noqa: E402
 from models.detector import Detector, smooth_maps  # noqa: E402
 from models.metrics import compute_metrics  # noqa: E402
 
-KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap")
+KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro")
 TTA = {"none": (False, False), "mirror": (True, False), "flips4": (False, True), "mirror+flips4": (True, True)}
 
 
@@ -61,7 +61,7 @@ def run_rows(run: Path, sigmas: list[float], ttas: list[str] | None = None) -> l
 def table(rows: list[dict], part: str) -> str:
     categories = sorted({r["category"] for r in rows})
     lines = [
-        f"**{part} split** (mean over runs: pixel AUROC / F1max / AP)",
+        f"**{part} split** (mean over runs: pixel AUROC / F1max / AP / AUPRO)",
         "",
         "| TTA | sigma | "
         + " | ".join(f"{c} ({len({r['run'] for r in rows if r['category'] == c})} runs)" for c in categories)
@@ -85,7 +85,7 @@ def _mean_cell(rows: list[dict]) -> str:
 def chosen_table(rows: list[dict], choose_by: str) -> str:
     """Per run and TTA, the sigma of the best validation ``choose_by`` (ties: the smaller), and the test split with it."""
     lines = [
-        f"**sigma chosen per run on the validation {choose_by}** (test split: pixel AUROC / F1max / AP)",
+        f"**sigma chosen per run on the validation {choose_by}** (test split: pixel AUROC / F1max / AP / AUPRO)",
         "",
         "| TTA | category | runs | chosen sigmas | test, chosen sigma | test, best fixed sigma on the mean |",
         "|---|---|---|---|---|---|",

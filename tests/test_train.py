@@ -215,6 +215,24 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     assert "| TTA | sigma |" in map_options.table(rows, "val")
 
 
+def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import map_options
+
+    def row(run: str, split: str, sigma: float, f1: float) -> dict:
+        scores = {key: 0.5 for key in map_options.KEYS} | {"pixel_f1max": f1}
+        return {"run": run, "category": "widget", "split": split, "tta": "flips4", "sigma": sigma} | scores
+
+    rows = [
+        row("a", "val", 4.0, 0.3), row("a", "val", 16.0, 0.4), row("a", "test", 4.0, 0.9), row("a", "test", 16.0, 0.1),
+        row("b", "val", 4.0, 0.4), row("b", "val", 16.0, 0.4), row("b", "test", 4.0, 0.7), row("b", "test", 16.0, 0.2),
+    ]  # fmt: skip
+    line = map_options.chosen_table(rows, "pixel_f1max").splitlines()[-1]
+    # run a: 16 by validation (its test is worse: the choice never looks at the test split); run b: a tie keeps 4
+    assert line.startswith("| flips4 | widget | 2 | 16, 4 | 0.500 / 0.400 / 0.500 / 0.500 |")
+    assert line.endswith("| 4: 0.500 / 0.800 / 0.500 / 0.500 |")  # the best fixed sigma on the test mean, for reference
+
+
 def test_a_run_chooses_its_smoothing_on_validation_and_evaluates_with_it(data_root: Path, tmp_path: Path) -> None:
     candidates = "detector:{'map_smoothing_candidates': [0.0, 2.0, 8.0]}"
     args = run_args(data_root, tmp_path, "reinforce", 32)
