@@ -58,6 +58,11 @@ def evaluate_images(
     return compute_metrics(maps, masks, image_labels=labels), maps
 
 
+def _smoothing_candidates(detector: Any) -> tuple[float, ...]:
+    """The detector's ``map_smoothing_candidates`` (a baseline's config has none: empty)."""
+    return tuple(getattr(getattr(detector, "config", None), "map_smoothing_candidates", ()))
+
+
 def validate(
     detector: Any, images: np.ndarray, masks: np.ndarray, image_labels: list[bool] | np.ndarray | None = None
 ) -> tuple[dict[str, float], np.ndarray]:
@@ -65,12 +70,12 @@ def validate(
     first picks its ``map_smoothing_sigma`` there (:func:`models.detector.choose_smoothing`; reported as the metric
     ``map_smoothing_sigma``, with every candidate's ``pixel_auroc_sigma<s>`` and ``pixel_f1max_sigma<s>``), so that
     the checkpoint saved after this call keeps the smoothing it was chosen with."""
-    config = getattr(detector, "config", None)
-    sigmas = getattr(config, "map_smoothing_candidates", ())
+    sigmas = _smoothing_candidates(detector)
     if not sigmas:
         return evaluate_images(detector, images, masks, "detector", image_labels)
     from models.detector import choose_smoothing
 
+    config = detector.config
     kept, config.map_smoothing_sigma = config.map_smoothing_sigma, 0.0
     try:
         raw = detector.anomaly_map(images)  # (N, H, W), unsmoothed
@@ -242,7 +247,7 @@ def evaluate_run(
     metrics, maps = evaluate_images(detector, test_images, test_masks, method, test_labels)
     metrics["val_threshold"] = threshold
     metrics["f1_at_val_threshold"] = f1_at_threshold(maps, test_masks, threshold) if np.isfinite(threshold) else float("nan")
-    if method == "detector" and getattr(getattr(detector, "config", None), "map_smoothing_candidates", ()):
+    if method == "detector" and _smoothing_candidates(detector):
         metrics["map_smoothing_sigma"] = detector.config.map_smoothing_sigma  # the one its validation chose
 
     record = {
