@@ -286,7 +286,15 @@ class DetectorConfig:
             raise ValueError(f"predictor_ema must be in [0, 1), got {self.predictor_ema}")
         if self.map_smoothing_sigma < 0:
             raise ValueError(f"map_smoothing_sigma must be >= 0, got {self.map_smoothing_sigma}")
-        self.map_smoothing_candidates = tuple(float(s) for s in self.map_smoothing_candidates)  # type: ignore[assignment]
+        candidates = self.map_smoothing_candidates
+        try:
+            if isinstance(candidates, str):
+                raise TypeError
+            self.map_smoothing_candidates = tuple(float(s) for s in candidates)  # type: ignore[assignment]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"map_smoothing_candidates must be a list of sigmas >= 0 (e.g. [2, 4, 8, 16]), got {candidates!r}"
+            ) from None
         if any(s < 0 for s in self.map_smoothing_candidates):
             raise ValueError(f"map_smoothing_candidates must all be >= 0, got {self.map_smoothing_candidates}")
         if not 0.0 <= self.ae_denoise_fraction <= 1.0:

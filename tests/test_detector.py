@@ -388,6 +388,9 @@ def test_choose_smoothing_takes_the_best_f1max_and_the_smaller_sigma_on_ties() -
         choose_smoothing(raw, masks, ())
     with pytest.raises(ValueError, match="map_smoothing_candidates"):
         DetectorConfig(map_smoothing_candidates=(4.0, -1.0))
+    for bad in (4.0, "4", ["wide"]):  # a bare number or text is refused with the option's name, not a TypeError
+        with pytest.raises(ValueError, match="map_smoothing_candidates must be a list"):
+            DetectorConfig(map_smoothing_candidates=bad)
 
 
 def test_validation_picks_the_smoothing_and_the_checkpoint_keeps_it(tmp_path: Path, data: Data) -> None:
