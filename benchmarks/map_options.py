@@ -11,6 +11,11 @@ pixel AUROC / F1max / AP / AUPRO over the runs of each category; choose on the v
 there with the run's own options, so the gain of a full run with the new options can differ a little). A last table
 chooses sigma per run on its validation split (``--choose-by``, as ``map_smoothing_candidates`` does in training) and
 scores the test split with it. ``--log`` appends one JSON line per run, split and option.
+
+``--global-weights`` adds late fusion with the global residual (:class:`models.global_residual.GlobalResidual`, a PCA
+of whole normal images): the map becomes ``(1 - w) * map + w * min(g / q, 1)``, where g is the residual's channel
+mean, the PCA is fitted on the run's training images outside its normal pool, and q is the 99th percentile of g over
+the normal pool (normal images the PCA did not see), before smoothing. 0 (the default) is the run's own map.
 """
 
 from __future__ import annotations
@@ -27,18 +32,41 @@ import torch  # noqa: E402
 
 from evaluate import load_run  # noqa: E402
 from models.detector import Detector, smooth_maps  # noqa: E402
+from models.global_residual import GlobalResidual  # noqa: E402
 from models.metrics import compute_metrics  # noqa: E402
 
 KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro")
 TTA = {"none": (False, False), "mirror": (True, False), "flips4": (False, True), "mirror+flips4": (True, True)}
 
 
-def run_rows(run: Path, sigmas: list[float], ttas: list[str] | None = None) -> list[dict]:
-    """One row per (split, TTA, sigma) for one run: the metrics of its best detector's maps."""
+def global_maps(images: np.ndarray, pca: GlobalResidual, scale: float) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, H, W): the global residual's channel mean over ``scale``, capped at 1."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), 32):
+            x = torch.from_numpy(images[i : i + 32]).permute(0, 3, 1, 2).float() / 255.0  # (b, 3, H, W)
+            out.append(pca(x).mean(1))  # (b, H, W)
+    return (torch.cat(out) / scale).clamp(max=1.0).numpy().astype(np.float32)
+
+
+def run_rows(
+    run: Path,
+    sigmas: list[float],
+    ttas: list[str] | None = None,
+    weights: tuple[float, ...] = (0.0,),
+    pca_size: int = 64,
+    pca_components: int = 256,
+) -> list[dict]:
+    """One row per (split, TTA, global weight, sigma) for one run: the metrics of its best detector's maps."""
     _, data, split, detector = load_run(run)
     if not isinstance(detector, Detector):
         raise ValueError(f"'{run}' is a {type(detector).__name__} run: map options apply to the method's detector")
     detector.config.map_smoothing_sigma = 0.0  # raw maps here; each sigma is applied below
+    pca, scale = None, 1.0
+    if any(weights):
+        fit = np.setdiff1d(split.train, split.normal_pool)  # normal images outside the pool fit; the pool sets the scale
+        pca = GlobalResidual(pca_size, pca_components).fit(torch.from_numpy(data.images[fit]).permute(0, 3, 1, 2))
+        scale = float(np.percentile(global_maps(data.images[split.normal_pool], pca, 1.0), 99))
     rows = []
     for part in ("val", "test"):
         index = getattr(split, part)
@@ -49,12 +77,15 @@ def run_rows(run: Path, sigmas: list[float], ttas: list[str] | None = None) -> l
                 continue
             detector.config.map_flip_tta, detector.config.map_predictor_flips = mirror, flips
             raw = detector.anomaly_map(images)  # (N, H, W)
-            for sigma in sigmas:
-                metrics = compute_metrics(smooth_maps(raw, sigma), masks, image_labels=labels)
-                rows.append(
-                    {"run": str(run), "category": data.name, "split": part, "tta": tta, "sigma": sigma}
-                    | {k: round(float(metrics[k]), 4) for k in KEYS}
-                )
+            glob = global_maps(images, pca, scale) if pca is not None else None
+            for w in weights:
+                fused = raw if not w or glob is None else (1.0 - w) * raw + w * glob
+                for sigma in sigmas:
+                    metrics = compute_metrics(smooth_maps(fused, sigma), masks, image_labels=labels)
+                    rows.append(
+                        {"run": str(run), "category": data.name, "split": part, "tta": tta, "global": w, "sigma": sigma}
+                        | {k: round(float(metrics[k]), 4) for k in KEYS}
+                    )
     return rows
 
 
@@ -63,18 +94,22 @@ def table(rows: list[dict], part: str) -> str:
     lines = [
         f"**{part} split** (mean over runs: pixel AUROC / F1max / AP / AUPRO)",
         "",
-        "| TTA | sigma | "
+        "| TTA | global | sigma | "
         + " | ".join(f"{c} ({len({r['run'] for r in rows if r['category'] == c})} runs)" for c in categories)
         + " |",
-        "|---|---|" + "---|" * len(categories),
+        "|---|---|---|" + "---|" * len(categories),
     ]
-    options = sorted({(r["tta"], r["sigma"]) for r in rows}, key=lambda o: (list(TTA).index(o[0]), o[1]))
-    for tta, sigma in options:
+    options = sorted({(r["tta"], r["global"], r["sigma"]) for r in rows}, key=lambda o: (list(TTA).index(o[0]), *o[1:]))
+    for tta, w, sigma in options:
         cells = []
         for c in categories:
-            sel = [r for r in rows if r["category"] == c and r["split"] == part and r["tta"] == tta and r["sigma"] == sigma]
+            sel = [
+                r
+                for r in rows
+                if r["category"] == c and r["split"] == part and (r["tta"], r["global"], r["sigma"]) == (tta, w, sigma)
+            ]
             cells.append(" / ".join(f"{np.mean([r[k] for r in sel]):.3f}" for k in KEYS))
-        lines.append(f"| {tta} | {sigma:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {tta} | {w:g} | {sigma:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -87,12 +122,13 @@ def chosen_table(rows: list[dict], choose_by: str) -> str:
     lines = [
         f"**sigma chosen per run on the validation {choose_by}** (test split: pixel AUROC / F1max / AP / AUPRO)",
         "",
-        "| TTA | category | runs | chosen sigmas | test, chosen sigma | test, best fixed sigma on the mean |",
-        "|---|---|---|---|---|---|",
+        "| TTA | global | category | runs | chosen sigmas | test, chosen sigma | test, best fixed sigma on the mean |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for tta in [t for t in TTA if any(r["tta"] == t for r in rows)]:
+    pairs = sorted({(r["tta"], r["global"]) for r in rows}, key=lambda o: (list(TTA).index(o[0]), o[1]))
+    for tta, w in pairs:
         for category in sorted({r["category"] for r in rows}):
-            sel = [r for r in rows if r["tta"] == tta and r["category"] == category]
+            sel = [r for r in rows if r["tta"] == tta and r["global"] == w and r["category"] == category]
             runs = sorted({r["run"] for r in sel})
             picks, fixed = [], {}
             for run in runs:
@@ -105,7 +141,8 @@ def chosen_table(rows: list[dict], choose_by: str) -> str:
             best = max(fixed, key=lambda s: np.mean([r[choose_by] for r in fixed[s]]))
             sigmas = ", ".join(f"{r['sigma']:g}" for r in picks)
             lines.append(
-                f"| {tta} | {category} | {len(runs)} | {sigmas} | {_mean_cell(picks)} | {best:g}: {_mean_cell(fixed[best])} |"
+                f"| {tta} | {w:g} | {category} | {len(runs)} | {sigmas} | {_mean_cell(picks)} "
+                f"| {best:g}: {_mean_cell(fixed[best])} |"
             )
     return "\n".join(lines)
 
@@ -116,17 +153,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 2.0, 4.0, 8.0])
     parser.add_argument("--tta", nargs="+", choices=list(TTA), default=None, help="test-time augmentations (default: all)")
     parser.add_argument("--choose-by", choices=KEYS, default="pixel_f1max", help="validation metric that picks sigma per run")
+    parser.add_argument(
+        "--global-weights", type=float, nargs="+", default=[0.0], help="late fusion with the global residual (0: none)"
+    )
+    parser.add_argument("--global-size", type=int, default=64, help="side of the coarse images of the global residual's PCA")
+    parser.add_argument("--global-components", type=int, default=256, help="its principal components")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log", default=None, help="append one JSON line per run, split and option here")
     args = parser.parse_args(argv)
     if any(s < 0 for s in args.sigmas):
         print("error: --sigmas must be >= 0", file=sys.stderr)
         return 2
+    if any(not 0 <= w <= 1 for w in args.global_weights):
+        print("error: --global-weights must be in [0, 1]", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     rows = []
     for run in args.runs:
         try:
-            new = run_rows(Path(run), args.sigmas, args.tta)
+            new = run_rows(Path(run), args.sigmas, args.tta, args.global_weights, args.global_size, args.global_components)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -44,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
+from models.global_residual import GLOBAL_CHANNELS, GlobalResidual
 from models.metrics import compute_metrics
 from models.predictor import Predictor, PredictorConfig, soft_dice_loss, weighted_bce, weighted_focal_loss
 from models.runtime import atomic_torch_save, plain
@@ -67,7 +68,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "rl-batch-sampler/detector"
 CHECKPOINT_VERSION = 1
 # the loss profile (paper), the image itself (as DRAEM's discriminator), and the image's local texture statistics
-PREDICTOR_INPUTS = ("profile", "image", "texture")
+PREDICTOR_INPUTS = ("profile", "image", "texture", "global")
 TEXTURE_CHANNELS = 2  # local mean and local standard deviation of the grey image
 TEXTURE_CLIP = 10.0  # bound of the texture channels' robust z-scores
 PREDICTOR_LOSSES = ("bce", "bce_dice", "focal")
@@ -118,7 +119,14 @@ class DetectorConfig:
             pixel's local brightness and contrast as robust z-scores within its image, so a region whose texture
             differs from the rest of its image (a large low-contrast defect the AE reconstructs well) stands out.
             Train on whole images (``pred_crop_size`` = image size), or the statistics are a crop's.
+            "global" adds :class:`models.global_residual.GlobalResidual`: each pixel's residual after projecting the
+            whole image, shrunk to ``global_size``², onto the top ``global_components`` principal components of the
+            normal training images (fitted once, when the detector is built with them). The AE sees 64² patches
+            and reconstructs whatever is locally plausible; the PCA sees the whole image, so a region that no
+            normal image has at that place and scale (a discoloured band, a misplaced part) stands out.
         texture_sigma: Gaussian sigma (pixels) of the local window of the "texture" input.
+        global_size: side of the coarse images of the "global" input's PCA.
+        global_components: principal components of the "global" input (at most half the training images).
         predictor_updates_per_ae_update: predictor steps per AE update (in the env and in :meth:`fit_random`);
             the paper's one step per 32 patches gives the predictor only a few hundred steps on a CPU budget.
         profile_refresh_every: recompute the pool's loss profiles at most every N AE updates (1: after every
@@ -205,6 +213,8 @@ class DetectorConfig:
     fused_blur_sigma: float = 2.0
     predictor_inputs: tuple[str, ...] = ("profile",)
     texture_sigma: float = 8.0
+    global_size: int = 64
+    global_components: int = 256
     predictor_updates_per_ae_update: int = 1
     profile_refresh_every: int = 1
     synthetic_pool_size: int = 0
@@ -338,9 +348,15 @@ class DetectorConfig:
         if self.ae.in_channels != 3:
             raise ValueError(f"ae.in_channels must be 3 (RGB images), got {self.ae.in_channels}")
         # The predictor reads K stacked 3-channel profiles, the 3-channel image and 2 texture channels, as asked
-        n_in = self.ae.in_channels * (
-            self.profile_stack * ("profile" in self.predictor_inputs) + ("image" in self.predictor_inputs)
-        ) + TEXTURE_CHANNELS * ("texture" in self.predictor_inputs)
+        n_in = (
+            self.ae.in_channels
+            * (self.profile_stack * ("profile" in self.predictor_inputs) + ("image" in self.predictor_inputs))
+            + TEXTURE_CHANNELS * ("texture" in self.predictor_inputs)
+            + GLOBAL_CHANNELS * ("global" in self.predictor_inputs)
+        )
+        if self.global_size < 1 or self.global_components < 1:
+            sizes = f"{self.global_size}, {self.global_components}"
+            raise ValueError(f"global_size and global_components must be >= 1, got {sizes}")
         if self.texture_sigma <= 0:
             raise ValueError(f"texture_sigma must be > 0, got {self.texture_sigma}")
         if self.map_predictor_flips and (not self.pred_flip or self.predictor.coord_channels):
@@ -528,6 +544,13 @@ class Detector:
                 if len(flat):
                     self._positives.append((i, flat))
 
+        # The "global" input's PCA of whole normal images: fitted once here (restored by load_state_dict without data)
+        self.global_residual: GlobalResidual | None = None
+        if "global" in config.predictor_inputs:
+            self.global_residual = GlobalResidual(config.global_size, config.global_components)
+            if self._train is not None:
+                self.global_residual.fit(self._train).to(self.device)
+
         self.ae = self._new_ae()
         self.predictor = self._new_predictor()
         # The weights' moving average that makes the maps (predictor_ema > 0); a copy, never trained directly
@@ -554,6 +577,7 @@ class Detector:
         self._pool_positives = list(self._positives)  # the labelled anomalies': fixed
         self._pred_images = self._pool  # (M + S, 3, H, W) uint8: pool + synthetic, what the predictor trains on
         self._pred_masks = self._pool_masks  # (M + S, H, W) bool
+        self._pred_global: torch.Tensor | None = None  # (M + S, 3, s, s) their coarse global residuals, made lazily
 
     # ------------------------------------------------------------------ construction helpers
     def _check_size(self, images: torch.Tensor, name: str) -> None:
@@ -887,6 +911,7 @@ class Detector:
         synth = _images_to_uint8_chw(np.stack(images), "synthetic images")  # (S, 3, H, W)
         synth_masks = torch.from_numpy(np.stack(masks))  # (S, H, W)
         self._pred_images = torch.cat([pool, synth])
+        self._pred_global = None
         self._pred_masks = torch.cat([pool_masks, synth_masks])
         M = len(pool)
         self._positives = list(self._pool_positives)
@@ -895,14 +920,32 @@ class Detector:
             if len(flat):
                 self._positives.append((M + j, flat))
 
-    def _predictor_input(self, profiles: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Stack what the predictor reads: (B, 3K, H, W) profiles and (B, 3, H, W) float images -> (B, C_in, H, W)."""
+    def _predictor_input(
+        self, profiles: torch.Tensor, images: torch.Tensor, global_maps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Stack what the predictor reads: (B, 3K, H, W) profiles and (B, 3, H, W) float images -> (B, C_in, H, W).
+
+        ``global_maps`` (B, 3, H, W): the "global" input for crops, cut from their whole images' residuals; None: the
+        images are whole and their global residual is computed here."""
         parts = [profiles] if "profile" in self.config.predictor_inputs else []
         if "image" in self.config.predictor_inputs:
             parts.append(images)
         if "texture" in self.config.predictor_inputs:
             parts.append(texture_channels(images, self.config.texture_sigma))
+        if self.global_residual is not None:
+            parts.append(self.global_residual(images) if global_maps is None else global_maps)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def _pool_global(self) -> torch.Tensor | None:
+        """The coarse global residuals (M + S, 3, s, s) of the predictor's training images (None without that input)."""
+        if self.global_residual is None or self._pred_images is None:
+            return None
+        if self._pred_global is None:
+            images, bs, pca = self._pred_images, self.config.inference_batch_size * 8, self.global_residual
+            with torch.inference_mode():
+                parts = [pca.coarse_residual(self._to_float(images[i : i + bs])) for i in range(0, len(images), bs)]
+            self._pred_global = torch.cat(parts).clone()  # clone: a normal tensor, not an inference one
+        return self._pred_global
 
     def _sample_crops(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n predictor training crops: (n, C_in, c, c) predictor inputs and (n, 1, c, c) float masks."""
@@ -910,7 +953,8 @@ class Detector:
         M, _, H, W = self._profiles.shape
         c = min(self.config.pred_crop_size, H, W)
         g = self._gen
-        xs_, ims_, ys_ = [], [], []
+        xs_, ims_, ys_, gs_ = [], [], [], []
+        pool_global = self._pool_global()  # (M + S, 3, s, s) or None
         zoom = self.config.pred_zoom
         for _ in range(n):
             w = c  # the window's side: c, or c / z for a zoomed crop (drawn only when enabled: other streams unchanged)
@@ -931,8 +975,15 @@ class Detector:
             prof = self._profiles[i, :, y0 : y0 + w, x0 : x0 + w]  # (3K, w, w)
             im = self._pred_images[i, :, y0 : y0 + w, x0 : x0 + w]  # (3, w, w) uint8
             mask = self._pred_masks[i, y0 : y0 + w, x0 : x0 + w]  # (w, w) bool
+            n_prof = len(prof)
+            if pool_global is not None:  # the whole image's global residual, cut like the rest (and zoomed with them)
+                glob = GlobalResidual.upsample(pool_global[i : i + 1], (H, W))[0, :, y0 : y0 + w, x0 : x0 + w]  # (3, w, w)
+                prof = torch.cat([prof, glob])
             if w != c:
                 prof, im, mask = _zoom_crop(prof, im, mask, c)
+            if pool_global is not None:
+                prof, glob = prof[:n_prof], prof[n_prof:]
+                gs_.append(glob)
             xs_.append(prof)
             ims_.append(im)
             ys_.append(mask)
@@ -942,7 +993,7 @@ class Detector:
             gain = 1.0 + jitter * (2.0 * torch.rand(n, 1, 1, 1, generator=g) - 1.0)  # (n, 1, 1, 1) in [1 - j, 1 + j]
             offset = 0.5 * jitter * (2.0 * torch.rand(n, 1, 1, 1, generator=g) - 1.0)  # in [-j/2, j/2]
             images = (images * gain.to(images.device) + offset.to(images.device)).clamp_(0.0, 1.0)
-        x = self._predictor_input(torch.stack(xs_), images)  # (n, C_in, c, c)
+        x = self._predictor_input(torch.stack(xs_), images, torch.stack(gs_) if gs_ else None)  # (n, C_in, c, c)
         y = torch.stack(ys_).unsqueeze(1).to(self.device, torch.float32)  # (n, 1, c, c)
         if self.config.pred_flip:
             # Flip each crop with its mask: same choice for x and y, drawn from the private generator
@@ -1098,6 +1149,7 @@ class Detector:
             "ae": self.ae.state_dict(),
             "predictor": self.predictor.state_dict(),
             "predictor_average": None if self.predictor_average is None else self.predictor_average.state_dict(),
+            "global_residual": None if self.global_residual is None else self.global_residual.state_dict(),
             "ae_optimizer": self.ae_optimizer.state_dict(),
             "predictor_optimizer": self.predictor_optimizer.state_dict(),
             "counters": {
@@ -1138,6 +1190,13 @@ class Detector:
         if "texture" in ours_in and saved.texture_sigma != self.config.texture_sigma:
             ours_sigma, theirs_sigma = self.config.texture_sigma, saved.texture_sigma
             raise ValueError(f"saved texture_sigma {theirs_sigma} does not match this detector's {ours_sigma}")
+        if "global" in ours_in:
+            for name in ("global_size", "global_components"):
+                ours_v, theirs_v = getattr(self.config, name), getattr(saved, name)
+                if ours_v != theirs_v:
+                    raise ValueError(f"saved {name} {theirs_v} does not match this detector's {ours_v}")
+            if not isinstance(state.get("global_residual"), dict):
+                raise ValueError("detector state lacks the fitted PCA of its 'global' predictor input")
         if saved.map_smoothing_candidates:  # the sigma that validation chose belongs to these weights
             self.config.map_smoothing_sigma = saved.map_smoothing_sigma
         try:
@@ -1148,6 +1207,10 @@ class Detector:
             self.ae_optimizer.load_state_dict(state["ae_optimizer"])
             self.predictor_optimizer.load_state_dict(state["predictor_optimizer"])
             self._gen.set_state(state["rng"])
+            if self.global_residual is not None:
+                self.global_residual.load_state_dict(state["global_residual"])
+                self.global_residual.to(self.device)
+                self._pred_global = None
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"detector state does not fit this detector: {e}") from e
         self.ae.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]

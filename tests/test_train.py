@@ -212,7 +212,12 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     assert same["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)  # the options are the run's own
     assert same["pixel_f1max"] == pytest.approx(metrics["pixel_f1max"], abs=1e-4)
     assert len({r["pixel_auroc"] for r in rows if r["split"] == "test"}) > 1  # and the others change the maps
-    assert "| TTA | sigma |" in map_options.table(rows, "val")
+    assert "| TTA | global | sigma |" in map_options.table(rows, "val")
+    # late fusion with the global residual: weight 0 is the run's own map, a positive weight changes it
+    fused = map_options.run_rows(reinforce_run, [own[1]], [own[0]], weights=(0.0, 0.5), pca_size=8, pca_components=4)
+    (w0,) = [r for r in fused if r["split"] == "test" and r["global"] == 0.0]
+    (w5,) = [r for r in fused if r["split"] == "test" and r["global"] == 0.5]
+    assert w0["pixel_auroc"] == same["pixel_auroc"] and w5["pixel_auroc"] != w0["pixel_auroc"]
 
 
 def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
@@ -221,7 +226,7 @@ def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
 
     def row(run: str, split: str, sigma: float, f1: float) -> dict:
         scores = {key: 0.5 for key in map_options.KEYS} | {"pixel_f1max": f1}
-        return {"run": run, "category": "widget", "split": split, "tta": "flips4", "sigma": sigma} | scores
+        return {"run": run, "category": "widget", "split": split, "tta": "flips4", "global": 0.0, "sigma": sigma} | scores
 
     rows = [
         row("a", "val", 4.0, 0.3), row("a", "val", 16.0, 0.4), row("a", "test", 4.0, 0.9), row("a", "test", 16.0, 0.1),
@@ -229,7 +234,7 @@ def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
     ]  # fmt: skip
     line = map_options.chosen_table(rows, "pixel_f1max").splitlines()[-1]
     # run a: 16 by validation (its test is worse: the choice never looks at the test split); run b: a tie keeps 4
-    assert line.startswith("| flips4 | widget | 2 | 16, 4 | 0.500 / 0.400 / 0.500 / 0.500 |")
+    assert line.startswith("| flips4 | 0 | widget | 2 | 16, 4 | 0.500 / 0.400 / 0.500 / 0.500 |")
     assert line.endswith("| 4: 0.500 / 0.800 / 0.500 / 0.500 |")  # the best fixed sigma on the test mean, for reference
 
 

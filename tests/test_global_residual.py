@@ -1,0 +1,85 @@
+"""Tests of the global residual (a PCA of whole normal images) and of the detector's "global" predictor input."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.detector import Detector
+from models.global_residual import GlobalResidual
+from tests.test_detector import SIZE, make_data, tiny_config
+
+
+def _normal_images(n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 3, 32, 32) float: a vertical gradient whose brightness and slope vary per image (a 2-dimensional span)."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0.0, 1.0, SIZE).view(1, 1, SIZE, 1).expand(n, 3, SIZE, SIZE)
+    level, slope = 0.3 + 0.2 * torch.rand(n, 1, 1, 1, generator=g), 0.3 * torch.rand(n, 1, 1, 1, generator=g)
+    return (level + slope * ramp).clone()
+
+
+def test_residual_is_zero_on_the_normal_span_and_marks_a_region_outside_it() -> None:
+    pca = GlobalResidual(size=16, components=4).fit(_normal_images(40))
+    assert pca.basis is not None and pca.basis.shape == (4, 3 * 16 * 16)
+    torch.testing.assert_close(pca.basis @ pca.basis.T, torch.eye(4), atol=1e-4, rtol=0)  # orthonormal
+    unseen = _normal_images(5, seed=1)
+    assert pca(unseen).shape == (5, 3, SIZE, SIZE)
+    assert pca(unseen).max() < 1e-3  # new normal images lie in the span
+    spot = unseen.clone()
+    spot[:, :, 8:16, 16:24] += 0.2  # a brighter square: smooth, so locally plausible everywhere but at its edge
+    res = pca(spot).mean(1)  # (5, 32, 32)
+    assert res[:, 10:14, 18:22].mean() > 5 * res[:, 20:].mean()  # its inside stands out, the rest of the image does not
+
+
+def test_fit_keeps_at_most_half_the_images_as_components_and_is_deterministic() -> None:
+    images = (torch.rand(10, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    a, b = GlobalResidual(size=8, components=50).fit(images), GlobalResidual(size=8, components=50).fit(images)
+    assert a.basis is not None and b.basis is not None and a.basis.shape[0] == 5
+    x = images[:3].float() / 255
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        GlobalResidual()(x)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        GlobalResidual().fit(images[:1])
+
+
+def test_global_input_adds_three_channels_and_survives_a_checkpoint(tmp_path: Path) -> None:
+    data = make_data()
+    config = tiny_config(predictor_inputs=("profile", "image", "global"), global_size=8, global_components=3)
+    det = Detector(config, *data, seed=0)
+    assert det.predictor.config.in_channels == 3 + 3 + 3
+    det.pretrain_ae(1)
+    det.warmup_predictor(2)
+    maps = det.anomaly_map(data[1])
+    assert maps.shape == (len(data[1]), SIZE, SIZE) and np.isfinite(maps).all()
+    det.save(tmp_path / "d.pt")
+    restored = Detector.from_checkpoint(tmp_path / "d.pt")  # no training images: the PCA comes from the checkpoint
+    np.testing.assert_array_equal(restored.anomaly_map(data[1]), maps)
+    other = Detector(replace(config, global_components=2), *data, seed=0)
+    with pytest.raises(ValueError, match="global_components"):
+        other.load_weights(tmp_path / "d.pt")
+    state = det.state_dict() | {"global_residual": None}
+    with pytest.raises(ValueError, match="PCA"):
+        Detector(config, *data, seed=0).load_state_dict(state)
+
+
+def test_training_crops_read_their_whole_image_global_residual() -> None:
+    """A crop's global channels are the crop of its whole image's residual, not the residual of the crop."""
+    train, pool, masks = make_data(n_pool=1)
+    pool[0, :8] = 255  # a bright band along the top: outside the normal span
+    config = tiny_config(
+        predictor_inputs=("profile", "global"), global_size=8, global_components=3, pred_crop_size=16, pred_flip=False
+    )
+    det = Detector(config, train, pool, masks, seed=0)
+    det.refresh_profiles()
+    assert det.global_residual is not None
+    whole = det.global_residual(det._to_float(pool))[0]  # (3, 32, 32)
+    x, _ = det._sample_crops(6)  # (6, 3 + 3, 16, 16)
+    for crop in x[:, 3:]:
+        windows = [whole[:, y : y + 16, x0 : x0 + 16] for y in range(17) for x0 in range(17)]
+        assert any(torch.allclose(crop, w, atol=1e-6) for w in windows)
+    assert not torch.allclose(x[0, 3:], det.global_residual(det._to_float(pool)[:, :, :16, :16])[0], atol=1e-4)
