@@ -12,10 +12,9 @@ there with the run's own options, so the gain of a full run with the new options
 chooses sigma per run on its validation split (``--choose-by``, as ``map_smoothing_candidates`` does in training) and
 scores the test split with it. ``--log`` appends one JSON line per run, split and option.
 
-``--global-weights`` adds late fusion with the global residual (:class:`models.global_residual.GlobalResidual`, a PCA
-of whole normal images): the map becomes ``(1 - w) * map + w * min(g / q, 1)``, where g is the residual's channel
-mean, the PCA is fitted on the run's training images outside its normal pool, and q is the 99th percentile of g over
-the normal pool (normal images the PCA did not see), before smoothing. 0 (the default) is the run's own map.
+``--global-weights`` adds late fusion with the global residual before smoothing, as ``map_global_weight`` does in
+training (:class:`models.global_residual.GlobalResidual`, a PCA of whole normal images fitted on 90% of the run's
+training images; the other 10% set its scale). 0 (the default) is the run's own map.
 """
 
 from __future__ import annotations
@@ -31,22 +30,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from evaluate import load_run  # noqa: E402
-from models.detector import Detector, smooth_maps  # noqa: E402
-from models.global_residual import GlobalResidual  # noqa: E402
+from models.detector import Detector, fuse_global, smooth_maps  # noqa: E402
 from models.metrics import compute_metrics  # noqa: E402
 
 KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro")
 TTA = {"none": (False, False), "mirror": (True, False), "flips4": (False, True), "mirror+flips4": (True, True)}
-
-
-def global_maps(images: np.ndarray, pca: GlobalResidual, scale: float) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> float32 (N, H, W): the global residual's channel mean over ``scale``, capped at 1."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), 32):
-            x = torch.from_numpy(images[i : i + 32]).permute(0, 3, 1, 2).float() / 255.0  # (b, 3, H, W)
-            out.append(pca(x).mean(1))  # (b, H, W)
-    return (torch.cat(out) / scale).clamp(max=1.0).numpy().astype(np.float32)
 
 
 def run_rows(
@@ -62,11 +50,8 @@ def run_rows(
     if not isinstance(detector, Detector):
         raise ValueError(f"'{run}' is a {type(detector).__name__} run: map options apply to the method's detector")
     detector.config.map_smoothing_sigma = 0.0  # raw maps here; each sigma is applied below
-    pca, scale = None, 1.0
-    if any(weights):
-        fit = np.setdiff1d(split.train, split.normal_pool)  # normal images outside the pool fit; the pool sets the scale
-        pca = GlobalResidual(pca_size, pca_components).fit(torch.from_numpy(data.images[fit]).permute(0, 3, 1, 2))
-        scale = float(np.percentile(global_maps(data.images[split.normal_pool], pca, 1.0), 99))
+    if any(weights) and detector.global_residual is None:  # a run without the PCA: fitted here as a run would
+        detector.config.global_size, detector.config.global_components = pca_size, pca_components
     rows = []
     for part in ("val", "test"):
         index = getattr(split, part)
@@ -77,9 +62,9 @@ def run_rows(
                 continue
             detector.config.map_flip_tta, detector.config.map_predictor_flips = mirror, flips
             raw = detector.anomaly_map(images)  # (N, H, W)
-            glob = global_maps(images, pca, scale) if pca is not None else None
+            glob = torch.from_numpy(detector.global_map(images)) if any(weights) else None  # (N, H, W)
             for w in weights:
-                fused = raw if not w or glob is None else (1.0 - w) * raw + w * glob
+                fused = raw if not w or glob is None else fuse_global(torch.from_numpy(raw), glob, w).numpy()
                 for sigma in sigmas:
                     metrics = compute_metrics(smooth_maps(fused, sigma), masks, image_labels=labels)
                     rows.append(

@@ -55,6 +55,7 @@ __all__ = [
     "DetectorConfig",
     "Detector",
     "ae_baseline_maps",
+    "fuse_global",
     "smooth_maps",
     "choose_smoothing",
     "texture_channels",
@@ -125,8 +126,8 @@ class DetectorConfig:
             and reconstructs whatever is locally plausible; the PCA sees the whole image, so a region that no
             normal image has at that place and scale (a discoloured band, a misplaced part) stands out.
         texture_sigma: Gaussian sigma (pixels) of the local window of the "texture" input.
-        global_size: side of the coarse images of the "global" input's PCA.
-        global_components: principal components of the "global" input (at most half the training images).
+        global_size: side of the coarse images of the global residual's PCA (the "global" input, ``map_global_weight``).
+        global_components: its principal components (at most half the training images it is fitted on).
         predictor_updates_per_ae_update: predictor steps per AE update (in the env and in :meth:`fit_random`);
             the paper's one step per 32 patches gives the predictor only a few hundred steps on a CPU budget.
         profile_refresh_every: recompute the pool's loss profiles at most every N AE updates (1: after every
@@ -170,6 +171,10 @@ class DetectorConfig:
             large low-contrast region that the map lights only at its edge, and blurs a small defect away.
         map_flip_tta: average each anomaly map with the map of the image's horizontal mirror (mirrored back), as
             test-time augmentation: twice the inference cost for maps that depend less on one network's quirks.
+        map_global_weight: late fusion of the anomaly map with the global residual, before smoothing: ``(1 - w) * map +
+            w * g``, g the residual's channel mean over the 99th percentile of held-out normal images' (capped at 1;
+            :meth:`models.global_residual.GlobalResidual.normalised`). The PCA is fitted on 90% of the training images
+            on first use and saved with the weights; 0: the predictor's map alone.
         map_predictor_flips: average the predictor's map over the four flips of its input (none, horizontal, vertical,
             both; each map flipped back), the loss profile computed once: the flips it trained on with ``pred_flip``,
             at the small predictor's cost only, since the AE does not run again.
@@ -237,6 +242,7 @@ class DetectorConfig:
     map_smoothing_candidates: tuple[float, ...] = ()
     map_flip_tta: bool = False
     map_predictor_flips: bool = False
+    map_global_weight: float = 0.0
     predictor_ema: float = 0.0
     ae_lr_after_pretrain: float | None = None
     ae_denoise_fraction: float = 0.0
@@ -294,6 +300,8 @@ class DetectorConfig:
             raise ValueError(f"pred_jitter must be in [0, 1), got {self.pred_jitter}")
         if not 0.0 <= self.predictor_ema < 1.0:
             raise ValueError(f"predictor_ema must be in [0, 1), got {self.predictor_ema}")
+        if not 0.0 <= self.map_global_weight <= 1.0:
+            raise ValueError(f"map_global_weight must be in [0, 1], got {self.map_global_weight}")
         if self.map_smoothing_sigma < 0:
             raise ValueError(f"map_smoothing_sigma must be >= 0, got {self.map_smoothing_sigma}")
         candidates = self.map_smoothing_candidates
@@ -544,12 +552,11 @@ class Detector:
                 if len(flat):
                     self._positives.append((i, flat))
 
-        # The "global" input's PCA of whole normal images: fitted once here (restored by load_state_dict without data)
+        # The PCA of whole normal images behind the "global" input and map_global_weight: fitted here for the input (or on
+        # first use by the maps), restored by load_state_dict without data
         self.global_residual: GlobalResidual | None = None
-        if "global" in config.predictor_inputs:
-            self.global_residual = GlobalResidual(config.global_size, config.global_components)
-            if self._train is not None:
-                self.global_residual.fit(self._train).to(self.device)
+        if "global" in config.predictor_inputs and self._train is not None:
+            self._global()
 
         self.ae = self._new_ae()
         self.predictor = self._new_predictor()
@@ -932,16 +939,25 @@ class Detector:
             parts.append(images)
         if "texture" in self.config.predictor_inputs:
             parts.append(texture_channels(images, self.config.texture_sigma))
-        if self.global_residual is not None:
-            parts.append(self.global_residual(images) if global_maps is None else global_maps)
+        if "global" in self.config.predictor_inputs:
+            parts.append(self._global()(images) if global_maps is None else global_maps)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def _global(self) -> GlobalResidual:
+        """The global residual's PCA, fitted on first use from the training images (seeded by ``seed`` alone: it draws
+        nothing from the private generator, so the training stream is the same with or without it)."""
+        if self.global_residual is None:
+            self.global_residual = GlobalResidual(self.config.global_size, self.config.global_components)
+        if not self.global_residual.fitted:
+            self.global_residual.fit(self._require("train"), seed=self.seed).to(self.device)
+        return self.global_residual
 
     def _pool_global(self) -> torch.Tensor | None:
         """The coarse global residuals (M + S, 3, s, s) of the predictor's training images (None without that input)."""
-        if self.global_residual is None or self._pred_images is None:
+        if "global" not in self.config.predictor_inputs or self._pred_images is None:
             return None
         if self._pred_global is None:
-            images, bs, pca = self._pred_images, self.config.inference_batch_size * 8, self.global_residual
+            images, bs, pca = self._pred_images, self.config.inference_batch_size * 8, self._global()
             with torch.inference_mode():
                 parts = [pca.coarse_residual(self._to_float(images[i : i + bs])) for i in range(0, len(images), bs)]
             self._pred_global = torch.cat(parts).clone()  # clone: a normal tensor, not an inference one
@@ -1095,11 +1111,21 @@ class Detector:
                 p = probabilities(x)  # (b, H, W)
                 if self.config.map_flip_tta:
                     p = 0.5 * (p + probabilities(x.flip(-1)).flip(-1))
+                if self.config.map_global_weight:
+                    p = fuse_global(p, self._global().normalised(x), self.config.map_global_weight)
                 out.append(p.cpu())
         if not out:
             H, W = images.shape[1:3] if isinstance(images, np.ndarray) else images.shape[-2:]
             return np.zeros((0, H, W), np.float32)
         return smooth_maps(torch.cat(out).numpy(), self.config.map_smoothing_sigma)  # (N, H, W)
+
+    def global_map(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The normalised global residual that ``map_global_weight`` mixes in: uint8 (N, H, W, 3) -> float32 (N, H, W)."""
+        bs, out = self.config.inference_batch_size, []
+        with torch.inference_mode():
+            for i in range(0, len(images), bs):
+                out.append(self._global().normalised(self._to_float(images[i : i + bs])).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, *images.shape[1:3]), np.float32)
 
     # ------------------------------------------------------------------ the no-RL control
     def fit_random(
@@ -1141,6 +1167,7 @@ class Detector:
         ``nn.Module.state_dict``, the network tensors alias the live weights: deep-copy to snapshot in memory.
         """
         stack = self._profiles.cpu() if self.config.profile_stack > 1 and self._profiles is not None else None
+        pca = self.global_residual
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -1149,7 +1176,7 @@ class Detector:
             "ae": self.ae.state_dict(),
             "predictor": self.predictor.state_dict(),
             "predictor_average": None if self.predictor_average is None else self.predictor_average.state_dict(),
-            "global_residual": None if self.global_residual is None else self.global_residual.state_dict(),
+            "global_residual": pca.state_dict() if pca is not None and pca.fitted else None,
             "ae_optimizer": self.ae_optimizer.state_dict(),
             "predictor_optimizer": self.predictor_optimizer.state_dict(),
             "counters": {
@@ -1190,13 +1217,13 @@ class Detector:
         if "texture" in ours_in and saved.texture_sigma != self.config.texture_sigma:
             ours_sigma, theirs_sigma = self.config.texture_sigma, saved.texture_sigma
             raise ValueError(f"saved texture_sigma {theirs_sigma} does not match this detector's {ours_sigma}")
-        if "global" in ours_in:
+        if "global" in ours_in or self.config.map_global_weight:
             for name in ("global_size", "global_components"):
                 ours_v, theirs_v = getattr(self.config, name), getattr(saved, name)
                 if ours_v != theirs_v:
                     raise ValueError(f"saved {name} {theirs_v} does not match this detector's {ours_v}")
-            if not isinstance(state.get("global_residual"), dict):
-                raise ValueError("detector state lacks the fitted PCA of its 'global' predictor input")
+        if "global" in ours_in and not isinstance(state.get("global_residual"), dict):
+            raise ValueError("detector state lacks the fitted PCA of its 'global' predictor input")
         if saved.map_smoothing_candidates:  # the sigma that validation chose belongs to these weights
             self.config.map_smoothing_sigma = saved.map_smoothing_sigma
         try:
@@ -1207,7 +1234,8 @@ class Detector:
             self.ae_optimizer.load_state_dict(state["ae_optimizer"])
             self.predictor_optimizer.load_state_dict(state["predictor_optimizer"])
             self._gen.set_state(state["rng"])
-            if self.global_residual is not None:
+            if isinstance(state.get("global_residual"), dict):
+                self.global_residual = GlobalResidual(self.config.global_size, self.config.global_components)
                 self.global_residual.load_state_dict(state["global_residual"])
                 self.global_residual.to(self.device)
                 self._pred_global = None
@@ -1296,6 +1324,11 @@ class Detector:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
         return detector
+
+
+def fuse_global(maps: torch.Tensor, global_maps: torch.Tensor, weight: float) -> torch.Tensor:
+    """Late fusion of (B, H, W) anomaly maps with (B, H, W) normalised global residuals in [0, 1]: a convex mix."""
+    return (1.0 - weight) * maps + weight * global_maps.to(maps.device)
 
 
 def ae_baseline_maps(detector: Detector, images: np.ndarray | torch.Tensor) -> np.ndarray:

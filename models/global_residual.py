@@ -35,6 +35,7 @@ class GlobalResidual:
         self.components = int(components)
         self.mean: torch.Tensor | None = None  # (D,) float32, D = 3 * size * size
         self.basis: torch.Tensor | None = None  # (k, D) float32, orthonormal rows
+        self.scale: float | None = None  # 99th percentile of the channel-mean residual on held-out normal images
 
     @property
     def fitted(self) -> bool:
@@ -45,26 +46,46 @@ class GlobalResidual:
         small = F.interpolate(images.float(), size=(self.size, self.size), mode="area")  # (B, 3, s, s)
         return small.flatten(1)
 
-    def fit(self, images: torch.Tensor, batch: int = 64) -> GlobalResidual:
-        """Fit the mean and the principal components on normal images, uint8 or float (N, 3, H, W) (uint8: 0..255)."""
-        if images.ndim != 4 or images.shape[1] != 3 or len(images) < 2:
-            raise ValueError(f"fit needs at least 2 images of shape (N, 3, H, W), got {tuple(images.shape)}")
-        scale = 255.0 if images.dtype == torch.uint8 else 1.0
-        x = torch.cat([self._coarse(images[i : i + batch].float() / scale) for i in range(0, len(images), batch)])
-        x = x.double()  # (N, D): the SVD in double precision, so the basis does not depend on summation order
-        mean = x.mean(0)
-        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)  # vh: (min(N, D), D)
-        k = max(1, min(self.components, len(images) // 2, vh.shape[0]))
+    def fit(self, images: torch.Tensor, holdout: float = 0.1, seed: int = 0, batch: int = 64) -> GlobalResidual:
+        """Fit on normal images, uint8 or float (N, 3, H, W) (uint8: 0..255).
+
+        A seeded ``holdout`` share of them (at least one image) is left out of the PCA and sets :attr:`scale`, the 99th
+        percentile of their channel-mean residual: what an unseen normal image scores, for :meth:`normalised`."""
+        if images.ndim != 4 or images.shape[1] != 3 or len(images) < 3:
+            raise ValueError(f"fit needs at least 3 images of shape (N, 3, H, W), got {tuple(images.shape)}")
+        if not 0.0 < holdout < 1.0:
+            raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+        unit = 255.0 if images.dtype == torch.uint8 else 1.0
+        x = torch.cat([self._coarse(images[i : i + batch].float() / unit) for i in range(0, len(images), batch)])
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))  # its own generator
+        n_held = min(max(1, round(holdout * len(x))), len(x) - 2)
+        held, fit = x[order[:n_held]], x[order[n_held:]].double()  # the SVD in double precision
+        mean = fit.mean(0)
+        _, _, vh = torch.linalg.svd(fit - mean, full_matrices=False)  # vh: (min(n, D), D)
+        k = max(1, min(self.components, len(fit) // 2, vh.shape[0]))
         self.mean, self.basis = mean.float(), vh[:k].float().contiguous()
+        residual = self._residual(held).mean(1)  # (n_held, s, s)
+        self.scale = max(float(torch.quantile(residual.flatten(), 0.99)), 1e-6)
         return self
 
     def coarse_residual(self, images: torch.Tensor) -> torch.Tensor:
         """float (B, 3, H, W) in [0, 1] -> (B, 3, size, size) absolute residual of the PCA reconstruction."""
         if self.mean is None or self.basis is None:
             raise RuntimeError("GlobalResidual is not fitted: call fit() on normal images or load_state_dict()")
-        centred = self._coarse(images).to(self.basis.device) - self.mean  # (B, D)
+        return self._residual(self._coarse(images))
+
+    def _residual(self, coarse: torch.Tensor) -> torch.Tensor:
+        """(B, D) coarse images -> (B, 3, size, size) absolute residual."""
+        assert self.mean is not None and self.basis is not None
+        centred = coarse.to(self.basis.device) - self.mean  # (B, D)
         residual = centred - (centred @ self.basis.T) @ self.basis  # (B, D): the part outside the normal span
-        return residual.abs().view(len(images), 3, self.size, self.size)
+        return residual.abs().view(len(coarse), 3, self.size, self.size)
+
+    def normalised(self, images: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, H, W) in [0, 1] -> (B, H, W) in [0, 1]: the channel-mean residual over :attr:`scale`, capped at 1."""
+        if self.scale is None:
+            raise RuntimeError("GlobalResidual has no scale: fit() it on normal images")
+        return (self(images).mean(1) / self.scale).clamp_(max=1.0)
 
     def to(self, device: torch.device | str) -> GlobalResidual:
         """Move the fitted mean and basis to ``device`` (in place)."""
@@ -82,7 +103,7 @@ class GlobalResidual:
         return self.upsample(self.coarse_residual(images), tuple(images.shape[-2:])).to(images.device)
 
     def state_dict(self) -> dict[str, object]:
-        return {"size": self.size, "components": self.components, "mean": self.mean, "basis": self.basis}
+        return {"size": self.size, "components": self.components, "mean": self.mean, "basis": self.basis, "scale": self.scale}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         mean, basis = state.get("mean"), state.get("basis")
@@ -93,3 +114,5 @@ class GlobalResidual:
             shapes = f"{tuple(mean.shape)}, {tuple(basis.shape)}"
             raise ValueError(f"global residual state of shapes {shapes} does not fit size {self.size}")
         self.mean, self.basis = mean.float(), basis.float()
+        scale = state.get("scale")
+        self.scale = None if scale is None else float(scale)  # type: ignore[arg-type]
