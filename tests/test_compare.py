@@ -220,6 +220,7 @@ def test_the_default_preset_is_the_variant_the_readme_names_as_the_default() -> 
         ("paste-margin", "synthetic_paste_margin"),
         ("paste-norotate", "synthetic_paste_rotate"),
         ("ema999-random", "predictor_ema"),
+        ("global-fusion", "map_global_weight"),
     )
     for candidate, option in candidates:
         other = merged(candidate)  # a candidate measured against the default changes exactly one option of it
