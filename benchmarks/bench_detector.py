@@ -8,6 +8,7 @@ Targets on 2 CPU cores: full cycle <= 1.2 s, inference <= 30 ms per image at bat
 for a 300-image category.
 
     python benchmarks/bench_detector.py [--train-images 300] [--pool 40] [--repeats 10] [--threads 2] [--batch 16]
+    python benchmarks/bench_detector.py --set map_global_weight=0.1   # DetectorConfig fields over the preset's
 
 Run it on an otherwise idle machine: with 2 OpenMP threads, CPU contention from other processes can slow
 small convolutions down many times over.
@@ -59,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inference-batch", type=int, default=0, help="images per forward pass (0: the config's default)")
     parser.add_argument("--no-channels-last", action="store_true", help="use the contiguous memory format")
     parser.add_argument("--preset", default="default", help="detector settings of this preset (agents/hyperparams/env.yml)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="K=V", help="DetectorConfig fields over the preset's")
     args = parser.parse_args(argv)
+    from detector_quality import parse_sets
+
+    from agents.hyperparams_opt import deep_merge
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -70,13 +75,18 @@ def main(argv: list[str] | None = None) -> None:
     masks = np.zeros((args.pool, s, s), dtype=bool)
     masks[: args.pool // 2, s // 4 : s // 4 + 20, s // 3 : s // 3 + 30] = True
     detector_kwargs = load_preset("random", "MVTecPatch-v0", args.preset)["env_kwargs"].get("detector") or {}
-    config = DetectorConfig(channels_last=not args.no_channels_last, **detector_kwargs)
+    detector_kwargs = deep_merge(detector_kwargs, parse_sets(args.set)[1])
+    try:
+        config = DetectorConfig(channels_last=not args.no_channels_last, **detector_kwargs)
+    except (TypeError, ValueError) as error:  # an unknown or invalid --set field: one line, not a traceback
+        raise SystemExit(f"error: {error}") from None
     if args.inference_batch > 0:
         config.inference_batch_size = args.inference_batch
     detector = Detector(config, train, pool, masks, seed=0)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, images {s}x{s}, train {args.train_images}, "
         f"pool {args.pool}, channels_last {config.channels_last}, preset {args.preset}"
+        + (f", set {' '.join(args.set)}" if args.set else "")
     )
     print(
         f"AE params {sum(p.numel() for p in detector.ae.parameters()):,}, "

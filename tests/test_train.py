@@ -328,3 +328,15 @@ def test_common_test_scores_a_subset_and_refuses_images_the_run_did_not_keep_for
     (reference / "split.json").write_text(json.dumps({**split, "test": files + split["val"][:1]}))
     assert common_test.main(["--reference", str(reference), "--runs", str(reinforce_run)]) == 2
     assert "not in this run's test split" in capsys.readouterr().err
+
+
+def test_bench_detector_takes_detector_fields_and_rejects_an_unknown_one(capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_detector
+
+    small = ["--size", "64", "--train-images", "4", "--pool", "4", "--repeats", "1", "--batch", "2", "--threads", "1"]
+    bench_detector.main([*small, "--set", "map_global_weight=0.1"])
+    out = capsys.readouterr().out
+    assert "set map_global_weight=0.1" in out and "inference, batch 1" in out
+    with pytest.raises(SystemExit, match="error: .*nonsense"):
+        bench_detector.main([*small, "--set", "nonsense=1"])
