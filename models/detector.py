@@ -122,7 +122,7 @@ class DetectorConfig:
             Train on whole images (``pred_crop_size`` = image size), or the statistics are a crop's.
             "global" adds :class:`models.global_residual.GlobalResidual`: each pixel's residual after projecting the
             whole image, shrunk to ``global_size``², onto the top ``global_components`` principal components of the
-            normal training images (fitted once, when the detector is built with them). The AE sees 64² patches
+            normal training images (fitted once, on 90% of them; see ``map_global_weight``). The AE sees 64² patches
             and reconstructs whatever is locally plausible; the PCA sees the whole image, so a region that no
             normal image has at that place and scale (a discoloured band, a misplaced part) stands out.
         texture_sigma: Gaussian sigma (pixels) of the local window of the "texture" input.
