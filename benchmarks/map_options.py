@@ -49,7 +49,8 @@ def run_rows(
     _, data, split, detector = load_run(run)
     if not isinstance(detector, Detector):
         raise ValueError(f"'{run}' is a {type(detector).__name__} run: map options apply to the method's detector")
-    detector.config.map_smoothing_sigma = 0.0  # raw maps here; each sigma is applied below
+    # raw maps here (no smoothing, no fusion: a run of the default preset fuses its own); each weight and sigma below
+    detector.config.map_smoothing_sigma, detector.config.map_global_weight = 0.0, 0.0
     if any(weights) and detector.global_residual is None:  # a run without the PCA: fitted here as a run would
         detector.config.global_size, detector.config.global_components = pca_size, pca_components
     rows = []

@@ -193,9 +193,9 @@ def test_every_variant_of_the_ablation_file_is_a_valid_configuration(grid: tuple
 
 
 def test_the_default_preset_is_the_variant_the_readme_names_as_the_default() -> None:
-    """The README reports the default's rows under a pinned variant name (focal since session 18; warm3000 before):
-    the default preset must be that variant, and the previous default must differ from it only by the predictor's loss,
-    or rows recorded under one name describe another configuration."""
+    """The README reports the default's rows under a pinned variant name (global-fusion since session 25; focal in
+    sessions 18-24, warm3000 before): the default preset must be that variant, and each previous default must differ
+    from the next by the one option that moved, or rows recorded under one name describe another configuration."""
     import train
     from agents.hyperparams_opt import deep_merge
 
@@ -207,25 +207,29 @@ def test_the_default_preset_is_the_variant_the_readme_names_as_the_default() -> 
         assert spec["preset"] == "default" and spec["algo"] in ("reinforce", "random")
         return deep_merge(default, spec.get("env_kwargs") or {})
 
-    assert merged("focal") == default == merged("focal-random")
+    def one_option_apart(a: dict, b: dict) -> set:
+        assert {k for k in a if a[k] != b[k]} <= {"detector"}
+        return {k for k in a["detector"].keys() | b["detector"].keys() if a["detector"].get(k) != b["detector"].get(k)}
+
+    assert merged("global-fusion") == default == merged("global-fusion-random")
+    focal = merged("focal")
+    assert focal == merged("focal-random")
+    assert one_option_apart(default, focal) == {"map_global_weight"}
+    assert (focal["detector"]["map_global_weight"], default["detector"]["map_global_weight"]) == (0.0, 0.1)
     previous = merged("warm3000")
     assert previous == merged("warm3000-random")
-    assert {k for k in default if default[k] != previous[k]} == {"detector"}
-    changed = {k for k in default["detector"] if default["detector"][k] != previous["detector"][k]}
-    assert changed == {"pred_loss"}
-    assert (previous["detector"]["pred_loss"], default["detector"]["pred_loss"]) == ("bce", "focal")
+    assert one_option_apart(focal, previous) == {"pred_loss"}
+    assert (previous["detector"]["pred_loss"], focal["detector"]["pred_loss"]) == ("bce", "focal")
     before = merged("ema-flips")  # the default of sessions 10-11: the warm-up is all that separates it from warm3000
     assert {k for k in previous if previous[k] != before[k]} == {"predictor_warmup_updates"}
     candidates = (
         ("paste-margin", "synthetic_paste_margin"),
         ("paste-norotate", "synthetic_paste_rotate"),
         ("ema999-random", "predictor_ema"),
-        ("global-fusion", "map_global_weight"),
     )
     for candidate, option in candidates:
-        other = merged(candidate)  # a candidate measured against the default changes exactly one option of it
-        assert {k for k in default if default[k] != other[k]} == {"detector"}
-        assert {k for k in other["detector"] if default["detector"].get(k) != other["detector"][k]} == {option}
+        other = merged(candidate)  # a candidate measured against the focal default changes exactly one option of it
+        assert one_option_apart(focal, other) == {option}
 
 
 def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid, capsys) -> None:

@@ -204,20 +204,21 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
 
     detector_config = yaml.safe_load((reinforce_run / "config.yml").read_text())["env_kwargs"]["detector"]
     flips = (bool(detector_config.get("map_flip_tta", False)), bool(detector_config.get("map_predictor_flips", False)))
-    own = ({v: k for k, v in map_options.TTA.items()}[flips], float(detector_config.get("map_smoothing_sigma", 0.0)))
-    rows = map_options.run_rows(reinforce_run, sorted({0.0, 8.0, own[1]}))
+    tta = {v: k for k, v in map_options.TTA.items()}[flips]
+    own = (tta, float(detector_config.get("map_smoothing_sigma", 0.0)), float(detector_config.get("map_global_weight", 0.0)))
+    rows = map_options.run_rows(reinforce_run, sorted({0.0, 8.0, own[1]}), weights=tuple(sorted({0.0, own[2]})))
     assert {(r["split"], r["tta"]) for r in rows} == {(s, t) for s in ("val", "test") for t in map_options.TTA}
     metrics = json.loads((reinforce_run / "metrics.json").read_text())
-    (same,) = [r for r in rows if r["split"] == "test" and (r["tta"], r["sigma"]) == own]
+    (same,) = [r for r in rows if r["split"] == "test" and (r["tta"], r["sigma"], r["global"]) == own]
     assert same["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)  # the options are the run's own
     assert same["pixel_f1max"] == pytest.approx(metrics["pixel_f1max"], abs=1e-4)
     assert len({r["pixel_auroc"] for r in rows if r["split"] == "test"}) > 1  # and the others change the maps
     assert "| TTA | global | sigma |" in map_options.table(rows, "val")
-    # late fusion with the global residual: weight 0 is the run's own map, a positive weight changes it
+    # late fusion with the global residual: a positive weight changes the map that weight 0 leaves as the predictor's
     fused = map_options.run_rows(reinforce_run, [own[1]], [own[0]], weights=(0.0, 0.5), pca_size=8, pca_components=4)
     (w0,) = [r for r in fused if r["split"] == "test" and r["global"] == 0.0]
     (w5,) = [r for r in fused if r["split"] == "test" and r["global"] == 0.5]
-    assert w0["pixel_auroc"] == same["pixel_auroc"] and w5["pixel_auroc"] != w0["pixel_auroc"]
+    assert [w5[k] for k in map_options.KEYS] != [w0[k] for k in map_options.KEYS]
 
 
 def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
