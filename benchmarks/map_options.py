@@ -51,7 +51,10 @@ def run_rows(
         raise ValueError(f"'{run}' is a {type(detector).__name__} run: map options apply to the method's detector")
     # raw maps here (no smoothing, no fusion: a run of the default preset fuses its own); each weight and sigma below
     detector.config.map_smoothing_sigma, detector.config.map_global_weight = 0.0, 0.0
-    if any(weights) and detector.global_residual is None:  # a run without the PCA: fitted here as a run would
+    pca = detector.global_residual
+    if any(weights) and (pca is None or (pca.size, pca.components) != (pca_size, pca_components)):
+        # a run without the PCA, or another PCA asked for: fitted here on the run's training images, as a run would
+        detector.global_residual = None
         detector.config.global_size, detector.config.global_components = pca_size, pca_components
     rows = []
     for part in ("val", "test"):
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--global-weights", type=float, nargs="+", default=[0.0], help="late fusion with the global residual (0: none)"
     )
-    parser.add_argument("--global-size", type=int, default=64, help="side of the coarse images of the global residual's PCA")
+    size_help = "side of the coarse images of the global residual's PCA (a run's own PCA when it matches, else fitted here)"
+    parser.add_argument("--global-size", type=int, default=64, help=size_help)
     parser.add_argument("--global-components", type=int, default=256, help="its principal components")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log", default=None, help="append one JSON line per run, split and option here")

@@ -219,6 +219,11 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     (w0,) = [r for r in fused if r["split"] == "test" and r["global"] == 0.0]
     (w5,) = [r for r in fused if r["split"] == "test" and r["global"] == 0.5]
     assert [w5[k] for k in map_options.KEYS] != [w0[k] for k in map_options.KEYS]
+    # the run's own PCA when the asked size matches it, another one (fitted there) when not
+    size, components = int(detector_config.get("global_size", 64)), int(detector_config.get("global_components", 256))
+    mine = map_options.run_rows(reinforce_run, [own[1]], [own[0]], weights=(0.5,), pca_size=size, pca_components=components)
+    (m5,) = [r for r in mine if r["split"] == "test"]
+    assert [m5[k] for k in map_options.KEYS] != [w5[k] for k in map_options.KEYS]
 
 
 def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
