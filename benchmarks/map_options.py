@@ -73,6 +73,7 @@ def run_rows(
                     metrics = compute_metrics(smooth_maps(fused, sigma), masks, image_labels=labels)
                     rows.append(
                         {"run": str(run), "category": data.name, "split": part, "tta": tta, "global": w, "sigma": sigma}
+                        | {"global_size": pca_size if glob is not None else None}
                         | {k: round(float(metrics[k]), 4) for k in KEYS}
                     )
     return rows

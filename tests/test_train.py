@@ -224,6 +224,7 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     mine = map_options.run_rows(reinforce_run, [own[1]], [own[0]], weights=(0.5,), pca_size=size, pca_components=components)
     (m5,) = [r for r in mine if r["split"] == "test"]
     assert [m5[k] for k in map_options.KEYS] != [w5[k] for k in map_options.KEYS]
+    assert (m5["global_size"], w5["global_size"]) == (size, 8)
 
 
 def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
