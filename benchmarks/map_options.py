@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0 <= w <= 1 for w in args.global_weights):
         print("error: --global-weights must be in [0, 1]", file=sys.stderr)
         return 2
+    if args.global_size < 1 or args.global_components < 1:
+        sizes = f"got {args.global_size} and {args.global_components}"
+        print(f"error: --global-size and --global-components must be >= 1, {sizes}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     rows = []
     for run in args.runs:

@@ -227,6 +227,22 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     assert (m5["global_size"], w5["global_size"]) == (size, 8)
 
 
+def test_map_options_rejects_bad_options_before_loading_a_run(tmp_path: Path, capsys) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import map_options
+
+    missing = str(tmp_path / "no-run")  # never read: the options are checked first
+    for flags, expected in (
+        (["--global-size", "0"], "--global-size and --global-components must be >= 1"),
+        (["--global-components", "-1"], "--global-size and --global-components must be >= 1"),
+        (["--global-weights", "1.5"], "--global-weights must be in [0, 1]"),
+        (["--sigmas", "-1"], "--sigmas must be >= 0"),
+    ):
+        assert map_options.main(["--runs", missing, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and expected in err and "\n" not in err, err
+
+
 def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import map_options
