@@ -171,6 +171,8 @@ def train_command(spec: dict[str, Any], category: str, seed: int, args: argparse
     model = ["--method", spec["method"]] if "method" in spec else ["--algo", spec["algo"]]
     cmd = [sys.executable, str(ROOT / "train.py"), *model, "--preset", spec["preset"], "--seed", str(seed)]
     cmd += ["-f", str(folder), "--no-progress", "-v", "1", "--threads", str(args.threads)]
+    if getattr(args, "device", None) is not None:
+        cmd += ["--device", args.device]
     if args.data_root is not None:
         cmd += ["--data-root", args.data_root, "--category", category]
     if spec.get("n_timesteps") is not None:
@@ -589,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--parallel", type=int, default=1, help="cells run at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: cores / parallel)")
+    parser.add_argument(
+        "--device", default=None, help="torch device of every cell (train.py --device; default: train.py's, the CPU)"
+    )
     parser.add_argument("--table-only", action="store_true", help="train nothing: tables of the cells already finished")
     parser.add_argument(
         "--recorded",
@@ -631,6 +636,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out = str(Path(args.out).resolve())  # cells run train.py from the project root
         if args.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if args.device is not None:
+            from models.runtime import check_device
+
+            check_device(args.device)  # a missing GPU fails here, not in every cell
         if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
             raise ValueError("--grace-period must be longer than --heartbeat-interval (both whole seconds, at least 1)")
         args.study_mode = args.storage is not None or args.workers > 1

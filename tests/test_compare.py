@@ -176,6 +176,21 @@ def test_compare_rejects_an_unknown_method(grid: tuple[Path, Path, Path], capsys
     assert "unknown method 'nonsense'" in capsys.readouterr().err
 
 
+def test_device_reaches_every_cell_and_a_missing_one_fails_before_any_cell(grid: tuple[Path, Path, Path], capsys) -> None:
+    """--device is train.py's --device for every cell; a device this machine lacks is a one-line error (exit 2) before
+    any cell starts, not one failure per cell."""
+    root, variants, _ = grid
+    spec = {"algo": "reinforce", "preset": "default"}
+    args = argparse.Namespace(data_root=str(root), threads=1, device="cuda:0")
+    command = compare.train_command(spec, "widget", 0, args, root / "unused")
+    assert command[command.index("--device") + 1] == "cuda:0"
+    assert "--device" not in compare.train_command(spec, "widget", 0, argparse.Namespace(data_root=None, threads=1), root)
+    out = root.parent / "device-out"
+    code = compare.main(["--data-root", str(root), "--categories", "widget", "--out", str(out), "--device", "cuda:99"])
+    assert code == 2 and "cuda:99" in capsys.readouterr().err
+    assert not (out / "cells").exists()
+
+
 def test_every_variant_of_the_ablation_file_is_a_valid_configuration(grid: tuple[Path, Path, Path]) -> None:
     """benchmarks/ablation.yml is what the README's tables are rerun from: each variant must resolve and its merged
     env config validate (train.py --dry-run builds MVTecPatchConfig and DetectorConfig), or a grid fails hours in."""
