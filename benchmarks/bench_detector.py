@@ -9,6 +9,7 @@ for a 300-image category.
 
     python benchmarks/bench_detector.py [--train-images 300] [--pool 40] [--repeats 10] [--threads 2] [--batch 16]
     python benchmarks/bench_detector.py --set map_global_weight=0.1   # DetectorConfig fields over the preset's
+    python benchmarks/bench_detector.py --device cuda                  # on a GPU (each timing waits for its kernels)
 
 Run it on an otherwise idle machine: with 2 OpenMP threads, CPU contention from other processes can slow
 small convolutions down many times over.
@@ -33,17 +34,20 @@ from models.detector import Detector, DetectorConfig  # noqa: E402
 from train import load_preset  # noqa: E402
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float, float]:
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 2, device: str = "cpu") -> tuple[float, float, float]:
     """(median, min) wall time and median CPU time of ``fn`` in milliseconds.
 
     The CPU time of this process is what a one-thread run costs whatever else the machine is doing; on a busy
-    machine quote it beside the wall time."""
+    machine quote it beside the wall time. On CUDA each call is followed by a synchronisation: its kernels count."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     times, cpu = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
+        sync()
         times.append((time.perf_counter() - t0) * 1000.0)
         cpu.append((time.process_time() - c0) * 1000.0)
     return statistics.median(times), min(times), statistics.median(cpu)
@@ -61,7 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-channels-last", action="store_true", help="use the contiguous memory format")
     parser.add_argument("--preset", default="default", help="detector settings of this preset (agents/hyperparams/env.yml)")
     parser.add_argument("--set", nargs="*", default=[], metavar="K=V", help="DetectorConfig fields over the preset's")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
+    from models.runtime import check_device
+
+    try:
+        check_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     from detector_quality import parse_sets
 
     from agents.hyperparams_opt import deep_merge
@@ -77,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     detector_kwargs = load_preset("random", "MVTecPatch-v0", args.preset)["env_kwargs"].get("detector") or {}
     detector_kwargs = deep_merge(detector_kwargs, parse_sets(args.set)[1])
     try:
-        config = DetectorConfig(channels_last=not args.no_channels_last, **detector_kwargs)
+        config = DetectorConfig(channels_last=not args.no_channels_last, device=args.device, **detector_kwargs)
     except (TypeError, ValueError) as error:  # an unknown or invalid --set field: one line, not a traceback
         raise SystemExit(f"error: {error}") from None
     if args.inference_batch > 0:
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     detector = Detector(config, train, pool, masks, seed=0)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, images {s}x{s}, train {args.train_images}, "
-        f"pool {args.pool}, channels_last {config.channels_last}, preset {args.preset}"
+        f"pool {args.pool}, channels_last {config.channels_last}, preset {args.preset}, device {args.device}"
         + (f", set {' '.join(args.set)}" if args.set else "")
     )
     print(
@@ -95,7 +106,11 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict[str, tuple[float, float, float]] = {}
     patches = detector.random_patches(config.ae_batch_size)
-    results["AE update (batch 32, 64x64)"] = timed(lambda: detector.ae_update(patches), args.repeats)
+
+    def timed_here(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+        return timed(fn, repeats, device=args.device)
+
+    results["AE update (batch 32, 64x64)"] = timed_here(lambda: detector.ae_update(patches), args.repeats)
 
     def refresh() -> None:
         detector._profiles_version = -1  # pretend the profiles are stale, so that the refresh recomputes all of them
@@ -103,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
 
     n_pool = args.pool + config.synthetic_pool_size
     name = f"profile refresh (pool {n_pool}, incl. {config.synthetic_pool_size} new synthetic)"
-    results[name] = timed(refresh, args.repeats)
-    results[f"predictor update (batch {config.pred_batch_size})"] = timed(detector.predictor_update, args.repeats)
+    results[name] = timed_here(refresh, args.repeats)
+    results[f"predictor update (batch {config.pred_batch_size})"] = timed_here(detector.predictor_update, args.repeats)
 
     def cycle() -> None:
         # what the env does per AE mini-batch (the profiles are refreshed every profile_refresh_every cycles)
@@ -112,11 +127,12 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(config.predictor_updates_per_ae_update):
             detector.predictor_update()
 
-    results[f"full cycle (AE + refresh + {config.predictor_updates_per_ae_update} predictor)"] = timed(cycle, args.repeats)
+    name = f"full cycle (AE + refresh + {config.predictor_updates_per_ae_update} predictor)"
+    results[name] = timed_here(cycle, args.repeats)
     one = pool[:1]
-    results["inference, batch 1 (per image)"] = timed(lambda: detector.anomaly_map(one), args.repeats)
+    results["inference, batch 1 (per image)"] = timed_here(lambda: detector.anomaly_map(one), args.repeats)
     many = np.concatenate([pool] * (args.batch // len(pool) + 1))[: args.batch]
-    med, lo, cpu = timed(lambda: detector.anomaly_map(many), max(3, args.repeats // 3))
+    med, lo, cpu = timed_here(lambda: detector.anomaly_map(many), max(3, args.repeats // 3))
     name = f"inference, {args.batch} images in chunks of {config.inference_batch_size} (per image)"
     results[name] = (med / args.batch, lo / args.batch, cpu / args.batch)
 
