@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
-from models.predictor import Predictor, PredictorConfig, coordinate_channels, weighted_bce, weighted_focal_loss
+from models.predictor import (
+    Predictor,
+    PredictorConfig,
+    coordinate_channels,
+    resize_bilinear,
+    weighted_bce,
+    weighted_focal_loss,
+)
 from models.structural import fused_structural_map, gradient_magnitude, local_variance, sobel_magnitude
 
 
@@ -90,6 +97,48 @@ def test_predictor_shapes_and_gradients(in_channels: int, hw: tuple[int, int]) -
     assert ((y > 0) & (y < 1)).all()
     weighted_bce(y, (torch.rand_like(y) > 0.8).float(), alpha=0.5).backward()
     _all_params_get_grad(pred)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(8, 1, 32, 32), (3, 1, 17, 23)])
+def test_resize_bilinear_keeps_torchs_values_and_gradients_bit_for_bit(threads: int, shape: tuple[int, ...]) -> None:
+    """The faster CPU backward must not change a seeded run: same map, same gradient, to the last bit."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        z = torch.randn(*shape)
+        size = (2 * shape[2] + 1, 2 * shape[3])
+        grad = torch.randn(shape[0], 1, *size)
+        a, b = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+        expected = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+        got = resize_bilinear(b, size)
+        expected.backward(grad)
+        got.backward(grad)
+        assert got.shape == (shape[0], 1, *size) and torch.equal(got, expected)
+        assert torch.equal(b.grad, a.grad) and b.grad.stride() == a.grad.stride()
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def test_predictor_training_step_is_unchanged_by_the_faster_resize(monkeypatch) -> None:
+    """A whole encoder-decoder predictor step in the channels-last layout (as the detector trains it): the same
+    parameter gradients with the fast resize as with torch's own interpolate."""
+    import models.predictor as predictor_module
+
+    def step() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        pred = Predictor(PredictorConfig(in_channels=6, width=8, downsample=4, padding_mode="reflect", norm="group"))
+        pred = pred.to(memory_format=torch.channels_last)
+        x = torch.rand(4, 6, 64, 64).contiguous(memory_format=torch.channels_last)
+        weighted_focal_loss(pred(x), (torch.rand(4, 1, 64, 64) > 0.9).float(), 0.5, 2.0).backward()
+        return [p.grad.clone() for p in pred.parameters()]
+
+    fast = step()
+    monkeypatch.setattr(
+        predictor_module, "resize_bilinear", lambda z, size: F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+    )
+    assert all(torch.equal(f, n) for f, n in zip(fast, step(), strict=True))
 
 
 def test_predictor_uses_the_papers_dilations() -> None:
