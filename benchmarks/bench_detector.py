@@ -2,7 +2,8 @@
 
 Measures, at 256x256 images, 64x64 patches, batch 32 and a pool of 40 images: one AE update, one refresh of
 the pool's loss profiles, one predictor update, one full AE + refresh + predictor cycle (what an env step
-does when its mini-batch is full), inference per image at batch 1 and batched, and the peak RSS.
+does when its mini-batch is full), the predictor's logits resized to the image and back-propagated (torch's
+interpolate against ``models.predictor.resize_bilinear``), inference per image at batch 1 and batched, and the peak RSS.
 
 Targets on 2 CPU cores: full cycle <= 1.2 s, inference <= 30 ms per image at batch 1, peak RSS <= 3 GiB
 for a 300-image category.
@@ -31,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from models.detector import Detector, DetectorConfig  # noqa: E402
+from models.predictor import resize_bilinear  # noqa: E402
 from train import load_preset  # noqa: E402
 
 
@@ -130,6 +132,21 @@ def main(argv: list[str] | None = None) -> None:
     name = f"full cycle (AE + refresh + {config.predictor_updates_per_ae_update} predictor)"
     results[name] = timed_here(cycle, args.repeats)
     one = pool[:1]
+    # the predictor's last step, its logits resized to the image, forward + backward: torch's kernel and ours
+    logits = torch.randn(config.pred_batch_size, 1, s // 2, s // 2, device=args.device)  # (B, 1, H/2, W/2)
+    grad = torch.randn(config.pred_batch_size, 1, s, s, device=args.device)  # (B, 1, H, W)
+
+    def resize_step(resize: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]) -> None:
+        resize(logits.clone().requires_grad_(True), (s, s)).backward(grad)
+
+    def torch_resize(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return torch.nn.functional.interpolate(z, size=size, mode="bilinear", align_corners=False)
+
+    batch = f"{config.pred_batch_size} maps"
+    results[f"logits' resize + backward, torch's ({batch})"] = timed_here(lambda: resize_step(torch_resize), 5 * args.repeats)
+    results[f"logits' resize + backward, resize_bilinear ({batch})"] = timed_here(
+        lambda: resize_step(resize_bilinear), 5 * args.repeats
+    )
     results["inference, batch 1 (per image)"] = timed_here(lambda: detector.anomaly_map(one), args.repeats)
     many = np.concatenate([pool] * (args.batch // len(pool) + 1))[: args.batch]
     med, lo, cpu = timed_here(lambda: detector.anomaly_map(many), max(3, args.repeats // 3))
