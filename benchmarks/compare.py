@@ -658,6 +658,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, yaml.YAMLError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    cells_at_once = args.workers if args.study_mode else args.parallel
+    if args.device is not None and args.device.startswith("cuda") and cells_at_once > 1:
+        print(
+            f"warning: {cells_at_once} cells at once on --device {args.device}: processes that share a GPU are time-sliced "
+            "(session 27: 12 cells on one H200 got none through the predictor's warm-up in 8 minutes, which one alone "
+            "does in about 35 s); run one cell per GPU",
+            file=sys.stderr,
+        )
 
     # One training per (category, trained configuration, seed); "ae" methods reuse their configuration's cell
     trainings: dict[tuple[str, str, int], dict[str, Any]] = {}

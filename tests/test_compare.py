@@ -191,6 +191,21 @@ def test_device_reaches_every_cell_and_a_missing_one_fails_before_any_cell(grid:
     assert not (out / "cells").exists()
 
 
+def test_several_cells_on_one_gpu_are_warned_about(grid: tuple[Path, Path, Path], tmp_path: Path, capsys, monkeypatch) -> None:
+    """--parallel N with a CUDA device: the processes time-slice one GPU (session 27), so the runner says so."""
+    import models.runtime
+
+    root, variants, _ = grid
+    monkeypatch.setattr(models.runtime, "check_device", lambda device: device)  # no GPU here: pretend there is one
+    argv = ["--data-root", str(root), "--categories", "widget", "--variants", str(variants), "--out", str(tmp_path)]
+    argv += ["--methods", "reinforce", "--table-only"]  # trains nothing
+    compare.main([*argv, "--device", "cuda", "--parallel", "2"])
+    assert "time-sliced" in capsys.readouterr().err
+    compare.main([*argv, "--device", "cuda", "--parallel", "1"])
+    compare.main([*argv, "--parallel", "2"])
+    assert "time-sliced" not in capsys.readouterr().err
+
+
 def test_every_variant_of_the_ablation_file_is_a_valid_configuration(grid: tuple[Path, Path, Path]) -> None:
     """benchmarks/ablation.yml is what the README's tables are rerun from: each variant must resolve and its merged
     env config validate (train.py --dry-run builds MVTecPatchConfig and DetectorConfig), or a grid fails hours in."""
