@@ -19,6 +19,7 @@ small convolutions down many times over.
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import statistics
 import sys
@@ -109,9 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, tuple[float, float, float]] = {}
     patches = detector.random_patches(config.ae_batch_size)
 
-    def timed_here(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-        return timed(fn, repeats, device=args.device)
-
+    timed_here = functools.partial(timed, device=args.device)
     results["AE update (batch 32, 64x64)"] = timed_here(lambda: detector.ae_update(patches), args.repeats)
 
     def refresh() -> None:

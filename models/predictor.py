@@ -227,7 +227,7 @@ class _BilinearResize(torch.autograd.Function):
         B, C, h, w = ctx.input_shape
         planes = grad.reshape(1, B * C, *ctx.size).contiguous(memory_format=torch.channels_last)  # (1, B*C, H, W)
         grad_in = torch.ops.aten.upsample_bilinear2d_backward(planes, list(ctx.size), [1, B * C, h, w], False)
-        return grad_in.reshape(B * C, h, w).reshape(B, C, h, w).contiguous(), None  # (B, C, h, w)
+        return grad_in.reshape(B, C, h, w).contiguous(), None  # (B, C, h, w)
 
 
 def resize_bilinear(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
