@@ -215,7 +215,7 @@ class _BilinearResize(torch.autograd.Function):
 
     torch's CPU backward of a bilinear resize loops over one plane at a time, which for a one-channel map (the
     predictor's logits, B x 1 x H/2 x W/2 -> H x W) is several times slower than its channels-last kernel, vectorised
-    over channels. Each plane's sums are the same, in the same order: the gradients are bit-identical (tested)."""
+    over channels. Each plane's sums are the same, in the same order: the gradients are bit-identical in the tests."""
 
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
