@@ -2,8 +2,9 @@
 
 Measures, at 256x256 images, 64x64 patches, batch 32 and a pool of 40 images: one AE update, one refresh of
 the pool's loss profiles, one predictor update, one full AE + refresh + predictor cycle (what an env step
-does when its mini-batch is full), the predictor's logits resized to the image and back-propagated (torch's
-interpolate against ``models.predictor.resize_bilinear``), inference per image at batch 1 and batched, and the peak RSS.
+does when its mini-batch is full), the predictor's logits resized to the image and its decoder's features
+upsampled, each back-propagated (torch's interpolate against ``models.predictor.resize_bilinear``), inference per
+image at batch 1 and batched, and the peak RSS.
 
 Targets on 2 CPU cores: full cycle <= 1.2 s, inference <= 30 ms per image at batch 1, peak RSS <= 3 GiB
 for a 300-image category.
@@ -145,6 +146,21 @@ def main(argv: list[str] | None = None) -> None:
     results[f"logits' resize + backward, torch's ({batch})"] = timed_here(lambda: resize_step(torch_resize), 5 * args.repeats)
     results[f"logits' resize + backward, resize_bilinear ({batch})"] = timed_here(
         lambda: resize_step(resize_bilinear), 5 * args.repeats
+    )
+    # the decoder's last upsampling (32 channels, H/4 -> H/2), its gradient a slice of the concatenation with the skip
+    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    features = torch.randn(config.pred_batch_size, 32, s // 4, s // 4, device=args.device).contiguous(memory_format=memory)
+    concat_grad = torch.randn(config.pred_batch_size, 48, s // 2, s // 2, device=args.device).contiguous(memory_format=memory)
+
+    def decoder_resize_step(resize: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]) -> None:
+        resize(features.clone().requires_grad_(True), (s // 2, s // 2)).backward(concat_grad[:, :32])
+
+    batch = f"{config.pred_batch_size}x32"
+    results[f"decoder's resize + backward, torch's ({batch})"] = timed_here(
+        lambda: decoder_resize_step(torch_resize), 5 * args.repeats
+    )
+    results[f"decoder's resize + backward, resize_bilinear ({batch})"] = timed_here(
+        lambda: decoder_resize_step(resize_bilinear), 5 * args.repeats
     )
     results["inference, batch 1 (per image)"] = timed_here(lambda: detector.anomaly_map(one), args.repeats)
     many = np.concatenate([pool] * (args.batch // len(pool) + 1))[: args.batch]

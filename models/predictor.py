@@ -202,7 +202,7 @@ class Predictor(nn.Module):
                 pooled.append(h.mean(dim=-2, keepdim=True).expand_as(h))  # (B, w_L, h, w): each column's mean
             h = self.context(torch.cat(pooled, dim=1))  # (B, w_L, H / 2^L, W / 2^L)
         for up, skip in zip(self.up, reversed(skips[:-1])):
-            h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = resize_bilinear(h, skip.shape[-2:])  # (B, w, skip's H, skip's W)
             h = up(torch.cat([h, skip], dim=1))  # (B, w_l, H / 2^l, W / 2^l)
         z = self.head(h)  # (B, 1, H / 2, W / 2) or (B, 1, H, W) for downsample 1
         if self.down:
@@ -211,11 +211,14 @@ class Predictor(nn.Module):
 
 
 class _BilinearResize(torch.autograd.Function):
-    """torch's bilinear resize, with its CPU backward run on the batch as channels in the channels-last layout.
+    """torch's bilinear resize with its CPU backward given a gradient laid out the way its fast kernels want.
 
-    torch's CPU backward of a bilinear resize loops over one plane at a time, which for a one-channel map (the
-    predictor's logits, B x 1 x H/2 x W/2 -> H x W) is several times slower than its channels-last kernel, vectorised
-    over channels. Each plane's sums are the same, in the same order: the gradients are bit-identical in the tests."""
+    torch's CPU backward of a bilinear resize is fast only for a gradient that is contiguous in the channels-last
+    layout (a kernel vectorised over channels). The predictor hands it two slower cases: the decoder's upsampled
+    features, whose gradient comes out of ``torch.cat``'s backward as a strided slice (about ten times slower), and
+    the one-channel logits (B x 1 x H/2 x W/2 -> H x W), which torch walks one plane at a time; these run here on the
+    batch as channels. Each plane's sums are the same, in the same order: the gradients are bit-identical in the
+    tests."""
 
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -225,15 +228,19 @@ class _BilinearResize(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         B, C, h, w = ctx.input_shape
-        planes = grad.reshape(1, B * C, *ctx.size).contiguous(memory_format=torch.channels_last)  # (1, B*C, H, W)
-        grad_in = torch.ops.aten.upsample_bilinear2d_backward(planes, list(ctx.size), [1, B * C, h, w], False)
-        return grad_in.reshape(B, C, h, w).contiguous(), None  # (B, C, h, w)
+        if C > 1:
+            channels_last = grad.stride(1) < grad.stride(3)  # torch's own backward keeps the gradient's layout
+            grad = grad.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            return torch.ops.aten.upsample_bilinear2d_backward(grad, list(ctx.size), [B, C, h, w], False), None
+        planes = grad.reshape(1, B, *ctx.size).contiguous(memory_format=torch.channels_last)  # (1, B, H, W)
+        grad_in = torch.ops.aten.upsample_bilinear2d_backward(planes, list(ctx.size), [1, B, h, w], False)
+        return grad_in.reshape(B, C, h, w).contiguous(), None  # (B, 1, h, w)
 
 
 def resize_bilinear(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``interpolate(z, size, mode="bilinear", align_corners=False)`` of a (B, C, h, w) batch; for one-channel maps on
-    the CPU with gradients through :class:`_BilinearResize` (same values and gradients, a faster backward)."""
-    if z.shape[1] == 1 and z.device.type == "cpu" and z.requires_grad and torch.is_grad_enabled():
+    """``interpolate(z, size, mode="bilinear", align_corners=False)`` of a (B, C, h, w) batch; on the CPU with
+    gradients through :class:`_BilinearResize` (same values and gradients, a faster backward)."""
+    if z.device.type == "cpu" and z.requires_grad and torch.is_grad_enabled():
         return _BilinearResize.apply(z, tuple(size))
     return nn.functional.interpolate(z, size=size, mode="bilinear", align_corners=False)
 

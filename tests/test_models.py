@@ -121,6 +121,38 @@ def test_resize_bilinear_keeps_torchs_values_and_gradients_bit_for_bit(threads: 
         torch.set_num_threads(old_threads)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_resize_bilinear_matches_torch_for_features_whose_gradient_is_a_slice(threads: int, channels_last: bool) -> None:
+    """The decoder's case: many channels, concatenated after the resize, so the gradient arrives as a strided slice of
+    the concatenation's; values, gradients and the gradient's layout must be torch's own."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    try:
+        torch.manual_seed(0)
+        z = torch.randn(3, 8, 9, 12).contiguous(memory_format=layout)
+        skip = torch.randn(3, 4, 18, 24).contiguous(memory_format=layout)
+        weight = torch.randn(3, 12, 18, 24).contiguous(memory_format=layout)  # sets the incoming gradient's layout
+        grads = []
+        for resize in (
+            lambda t: F.interpolate(t, size=(18, 24), mode="bilinear", align_corners=False),
+            lambda t: resize_bilinear(t, (18, 24)),
+        ):
+            leaf = z.clone().requires_grad_(True)
+            features = leaf.clone()  # not a leaf: its gradient keeps the layout the resize's backward gave it
+            seen: list[torch.Tensor] = []
+            features.register_hook(seen.append)
+            up = resize(features)  # (3, 8, 18, 24)
+            (torch.cat([up, skip], dim=1) * weight).sum().backward()
+            grads.append((up.detach(), seen[0]))
+        (expected, expected_grad), (got, got_grad) = grads
+        assert torch.equal(got, expected) and torch.equal(got_grad, expected_grad)
+        assert got_grad.stride() == expected_grad.stride()
+    finally:
+        torch.set_num_threads(old_threads)
+
+
 def test_predictor_training_step_is_unchanged_by_the_faster_resize(monkeypatch) -> None:
     """A whole encoder-decoder predictor step in the channels-last layout (as the detector trains it): the same
     parameter gradients with the fast resize as with torch's own interpolate."""
