@@ -215,10 +215,10 @@ class _BilinearResize(torch.autograd.Function):
 
     torch's CPU backward of a bilinear resize is fast only for a gradient that is contiguous in the channels-last
     layout (a kernel vectorised over channels). The predictor hands it two slower cases: the decoder's upsampled
-    features, whose gradient comes out of ``torch.cat``'s backward as a strided slice (about ten times slower), and
-    the one-channel logits (B x 1 x H/2 x W/2 -> H x W), which torch walks one plane at a time; these run here on the
-    batch as channels. Each plane's sums are the same, in the same order: the gradients are bit-identical in the
-    tests."""
+    features, whose gradient comes out of ``torch.cat``'s backward as a strided slice (a generic path, several times
+    slower; ``benchmarks/bench_detector.py`` times both), and the one-channel logits (B x 1 x H/2 x W/2 -> H x W),
+    which torch walks one plane at a time; these run here on the batch as channels. Each plane's sums are the same,
+    in the same order: the gradients are bit-identical in the tests and in seeded runs."""
 
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
