@@ -3,7 +3,7 @@
 Measures, at 256x256 images, 64x64 patches, batch 32 and a pool of 40 images: one AE update, one refresh of
 the pool's loss profiles, one predictor update, one full AE + refresh + predictor cycle (what an env step
 does when its mini-batch is full), the predictor's logits resized to the image and its decoder's features
-upsampled, each back-propagated (torch's interpolate against ``models.predictor.resize_bilinear``), inference per
+upsampled, each back-propagated (torch's interpolate against ``models.resize.resize_bilinear``), inference per
 image at batch 1 and batched, and the peak RSS.
 
 Targets on 2 CPU cores: full cycle <= 1.2 s, inference <= 30 ms per image at batch 1, peak RSS <= 3 GiB
@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from models.detector import Detector, DetectorConfig  # noqa: E402
-from models.predictor import resize_bilinear  # noqa: E402
+from models.resize import resize_bilinear  # noqa: E402
 from train import load_preset  # noqa: E402
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.resize import resize_bilinear
+
 __all__ = ["UNetConfig", "UNet"]
 
 NORMS = ("batch", "group")
@@ -96,7 +98,7 @@ class UNet(nn.Module):
         h = skips.pop()  # (B, w * 2^L, H / 2^L, W / 2^L)
         for up in self.up:
             skip = skips.pop()
-            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)  # (B, ., h * 2, w * 2)
+            h = resize_bilinear(h, skip.shape[-2:])  # (B, ., h * 2, w * 2)
             h = up(torch.cat([h, skip], dim=1))  # (B, w * 2^l, H / 2^l, W / 2^l)
         return self.head(h)  # (B, 1, H, W)
 

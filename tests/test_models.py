@@ -13,10 +13,10 @@ from models.predictor import (
     Predictor,
     PredictorConfig,
     coordinate_channels,
-    resize_bilinear,
     weighted_bce,
     weighted_focal_loss,
 )
+from models.resize import resize_bilinear
 from models.structural import fused_structural_map, gradient_magnitude, local_variance, sobel_magnitude
 
 
@@ -169,6 +169,29 @@ def test_predictor_training_step_is_unchanged_by_the_faster_resize(monkeypatch) 
     fast = step()
     monkeypatch.setattr(
         predictor_module, "resize_bilinear", lambda z, size: F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+    )
+    assert all(torch.equal(f, n) for f, n in zip(fast, step(), strict=True))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_unet_training_step_is_unchanged_by_the_faster_resize(monkeypatch, channels_last: bool) -> None:
+    """The U-Net (the baseline, contiguous layout; the predictor's ``arch: unet``, channels-last): the same parameter
+    gradients with ``resize_bilinear`` as with torch's own interpolate."""
+    import models.unet as unet_module
+    from models.unet import UNet, UNetConfig
+
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+
+    def step() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = UNet(UNetConfig(3, 8, 2, "group", "reflect")).to(memory_format=layout)
+        x = torch.rand(2, 3, 32, 32).contiguous(memory_format=layout)
+        weighted_bce(torch.sigmoid(net(x)), (torch.rand(2, 1, 32, 32) > 0.9).float(), 0.5).backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    fast = step()
+    monkeypatch.setattr(
+        unet_module, "resize_bilinear", lambda z, size: F.interpolate(z, size=size, mode="bilinear", align_corners=False)
     )
     assert all(torch.equal(f, n) for f, n in zip(fast, step(), strict=True))
 
