@@ -147,21 +147,26 @@ def main(argv: list[str] | None = None) -> None:
     results[f"logits' resize + backward, resize_bilinear ({batch})"] = timed_here(
         lambda: resize_step(resize_bilinear), 5 * args.repeats
     )
-    # the decoder's last upsampling (32 channels, H/4 -> H/2), its gradient a slice of the concatenation with the skip
-    memory = torch.channels_last if config.channels_last else torch.contiguous_format
-    features = torch.randn(config.pred_batch_size, 32, s // 4, s // 4, device=args.device).contiguous(memory_format=memory)
-    concat_grad = torch.randn(config.pred_batch_size, 48, s // 2, s // 2, device=args.device).contiguous(memory_format=memory)
+    widths = getattr(detector.predictor, "widths", [])  # per encoder level; the decoder exists from two levels on
+    if len(widths) >= 2:
+        # the decoder's last upsampling (H/4 -> H/2), its gradient a slice of the concatenation with the skip
+        memory = torch.channels_last if config.channels_last else torch.contiguous_format
+        c_up, c_skip = widths[1], widths[0]
+        features = torch.randn(config.pred_batch_size, c_up, s // 4, s // 4, device=args.device)  # (B, c_up, H/4, W/4)
+        features = features.contiguous(memory_format=memory)
+        concat_grad = torch.randn(config.pred_batch_size, c_up + c_skip, s // 2, s // 2, device=args.device)
+        concat_grad = concat_grad.contiguous(memory_format=memory)  # (B, c_up + c_skip, H/2, W/2)
 
-    def decoder_resize_step(resize: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]) -> None:
-        resize(features.clone().requires_grad_(True), (s // 2, s // 2)).backward(concat_grad[:, :32])
+        def decoder_resize_step(resize: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]) -> None:
+            resize(features.clone().requires_grad_(True), (s // 2, s // 2)).backward(concat_grad[:, :c_up])
 
-    batch = f"{config.pred_batch_size}x32"
-    results[f"decoder's resize + backward, torch's ({batch})"] = timed_here(
-        lambda: decoder_resize_step(torch_resize), 5 * args.repeats
-    )
-    results[f"decoder's resize + backward, resize_bilinear ({batch})"] = timed_here(
-        lambda: decoder_resize_step(resize_bilinear), 5 * args.repeats
-    )
+        batch = f"{config.pred_batch_size}x{c_up}"
+        results[f"decoder's resize + backward, torch's ({batch})"] = timed_here(
+            lambda: decoder_resize_step(torch_resize), 5 * args.repeats
+        )
+        results[f"decoder's resize + backward, resize_bilinear ({batch})"] = timed_here(
+            lambda: decoder_resize_step(resize_bilinear), 5 * args.repeats
+        )
     results["inference, batch 1 (per image)"] = timed_here(lambda: detector.anomaly_map(one), args.repeats)
     many = np.concatenate([pool] * (args.batch // len(pool) + 1))[: args.batch]
     med, lo, cpu = timed_here(lambda: detector.anomaly_map(many), max(3, args.repeats // 3))
