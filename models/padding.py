@@ -2,8 +2,8 @@
 the same layout as torch's ops, so the convolution that follows computes exactly what it computed before.
 
 On channels-last maps larger than the cache, torch's CPU ``reflection_pad2d`` and ``upsample_nearest2d`` run far
-below memory speed, and the AE's decoder (nearest x2, then a reflect-padded 3x3 convolution) writes each map twice:
-in a profile refresh these two ops took about 40% of the AE's time (``benchmarks/bench_detector.py`` times a refresh).
+below memory speed, and the AE's decoder (nearest x2, then a reflect-padded 3x3 convolution) writes each map twice
+(``benchmarks/bench_detector.py`` times the AE's loss profiles both ways).
 Here the padded map is allocated once and filled with plain copies (each a run of C contiguous channels), the
 upsampled one written straight into its interior. Copies do no arithmetic, so the result is bit-identical.
 
