@@ -100,6 +100,7 @@ class FastPadSequential(nn.Sequential):
             m = modules[i]
             nxt = modules[i + 1] if i + 1 < len(modules) else None
             p = _reflect_conv(nxt) if nxt is not None and _nearest2x(m) else 0
+            # upsampling then a reflect-padded conv: x must take the copy path (at least 2 x 2) and the pad fit 2H x 2W
             if p and applies(x, 1) and p < 2 * min(x.shape[-2:]):
                 assert isinstance(nxt, nn.Conv2d)
                 x = _conv_unpadded(nxt, upsample2x_reflect_pad(x, p))
