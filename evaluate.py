@@ -140,24 +140,32 @@ def _text(canvas: np.ndarray, text: str, x0: int, width: int, y: int) -> None:
 
 
 def save_prediction_grid(
-    path: Path, images: np.ndarray, maps: np.ndarray, masks: np.ndarray, labels: list[str] | None = None, rows: int = 8
+    path: Path,
+    images: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    labels: list[str] | None = None,
+    rows: int = 8,
+    order: list[int] | None = None,
 ) -> None:
     """Fig. 2 of the paper: one row per image, columns image | prediction | ground truth (uint8 PNG), with column
     titles and the prediction's colour scale (inferno, 0 at the bottom).
 
-    Rows go round-robin over the defect types (``labels``), so every type is shown before any repeats."""
+    Rows are the images of ``order``, or else go round-robin over the defect types (``labels``), so every type is shown
+    before any repeats."""
     import cv2
 
-    labels = labels if labels is not None else ["defect" if m.any() else "good" for m in masks]
-    by_type: dict[str, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_type.setdefault(label, []).append(i)
-    queues = [by_type[t] for t in sorted(by_type, key=lambda t: (t == "good", t))]
-    order: list[int] = []
-    while len(order) < min(rows, len(images)):
-        for queue in queues:
-            if queue and len(order) < rows:
-                order.append(queue.pop(0))
+    if order is None:
+        labels = labels if labels is not None else ["defect" if m.any() else "good" for m in masks]
+        by_type: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            by_type.setdefault(label, []).append(i)
+        queues = [by_type[t] for t in sorted(by_type, key=lambda t: (t == "good", t))]
+        order = []
+        while len(order) < min(rows, len(images)):
+            for queue in queues:
+                if queue and len(order) < rows:
+                    order.append(queue.pop(0))
     scale = max(float(maps.max()), 1e-6) if maps.max() > 1 else 1.0
     size, g = images.shape[1], 4
     gap = np.full((size, g, 3), 255, np.uint8)

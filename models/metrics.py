@@ -291,6 +291,41 @@ def compute_metrics(
     return {key: result[key] for key in METRIC_KEYS}
 
 
+def auroc_shortfall_by_image(anomaly_maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's share of the pooled pixel AUROC's shortfall, 1 - AUROC: which images cost the pooled figure.
+
+    Pooled pixel AUROC is the chance that a random defect pixel outscores a random normal pixel (ties count half), so its
+    shortfall splits exactly over the defect pixels, each costing the share of normal pixels that score at least as high
+    (ties half), divided by the defect pixels' count P; and, read the other way, over the normal pixels, each costing the
+    share of defect pixels that score at most as high (ties half), divided by the normal pixels' count N. Summed per
+    image, the first says where the missed defects are, the second where the false alarms are. Exact (sorted scores).
+
+    Args:
+        anomaly_maps: (N, H, W) float scores, higher = more anomalous.
+        masks: (N, H, W) bool ground truth, True = defect pixel; at least one defect and one normal pixel.
+
+    Returns:
+        ``(missed, false_alarms)``: float64 (N,) each, and each sums to 1 - pixel AUROC (up to float rounding).
+    """
+    maps, masks = _validate(anomaly_maps, masks)
+    flat, defect = maps.reshape(len(maps), -1), masks.reshape(len(masks), -1)  # (N, H*W)
+    normal_sorted = np.sort(flat[~defect]).astype(np.float64)  # (N_normal,)
+    defect_sorted = np.sort(flat[defect]).astype(np.float64)  # (P,)
+    n_normal, n_defect = normal_sorted.size, defect_sorted.size
+    missed, false_alarms = np.zeros(len(maps)), np.zeros(len(maps))
+    for i, (scores, is_defect) in enumerate(zip(flat, defect)):
+        s = scores.astype(np.float64)
+        if is_defect.any():  # normal pixels >= each defect pixel, ties half
+            v = np.sort(s[is_defect])  # sorted queries search faster
+            below = np.searchsorted(normal_sorted, v, "left") + np.searchsorted(normal_sorted, v, "right")  # 2x (< + ties/2)
+            missed[i] = np.sum(1.0 - below / (2.0 * n_normal)) / n_defect
+        if not is_defect.all():  # defect pixels <= each normal pixel, ties half
+            v = np.sort(s[~is_defect])
+            below = np.searchsorted(defect_sorted, v, "left") + np.searchsorted(defect_sorted, v, "right")
+            false_alarms[i] = np.sum(below / (2.0 * n_defect)) / n_normal
+    return missed, false_alarms
+
+
 def binned_error_bounds(
     anomaly_maps: np.ndarray, masks: np.ndarray, *, max_fpr: float = 0.3, num_bins: int = AUTO_NUM_BINS
 ) -> dict[str, float]:

@@ -10,7 +10,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from models import metrics
-from models.metrics import binned_error_bounds, compute_metrics, f1_at_threshold, roc_pr_curves
+from models.metrics import auroc_shortfall_by_image, binned_error_bounds, compute_metrics, f1_at_threshold, roc_pr_curves
 
 VARIANTS = ["continuous", "ties", "float64", "float16", "constant"]
 
@@ -259,3 +259,27 @@ def test_binned_bounds_are_tight_on_adversarial_input() -> None:
     assert errors["pixel_f1max"] == pytest.approx(bounds["pixel_f1max"])
     for key in ("pixel_ap", "pixel_aupro"):
         assert 0.4 * bounds[key] <= errors[key] <= bounds[key], key
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("variant", ["continuous", "ties", "float16"])
+def test_auroc_shortfall_splits_one_minus_auroc_over_images(seed: int, variant: str) -> None:
+    maps, masks = random_split(seed, variant)
+    missed, false_alarms = auroc_shortfall_by_image(maps, masks)
+    shortfall = 1.0 - roc_auc_score(masks.ravel(), maps.ravel().astype(np.float64))
+    assert missed.shape == false_alarms.shape == (len(maps),)
+    assert missed.sum() == pytest.approx(shortfall, abs=1e-12) and false_alarms.sum() == pytest.approx(shortfall, abs=1e-12)
+    assert (missed >= 0).all() and (false_alarms >= 0).all()
+    assert missed[-1] == 0.0  # the last image has no defect pixel, so it misses none
+
+
+def test_auroc_shortfall_names_the_image_that_costs() -> None:
+    maps, masks = random_split(0)
+    maps[masks] += 10.0  # every defect found...
+    maps[1][masks[1]] -= 20.0  # ...but image 1's, which now score below every normal pixel
+    missed, false_alarms = auroc_shortfall_by_image(maps, masks)
+    share = masks[1].sum() / masks.sum()  # each of image 1's defect pixels costs 1 / P
+    assert missed[1] == pytest.approx(share) and np.delete(missed, 1).sum() == 0.0
+    # every normal pixel outranks image 1's defects: the false alarms spread over the normal pixels, image by image
+    normal = (~masks).reshape(len(masks), -1).sum(1)
+    np.testing.assert_allclose(false_alarms, share * normal / normal.sum())

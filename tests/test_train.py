@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 import yaml
 
@@ -288,6 +289,24 @@ def test_per_type_scores_every_defect_type_of_the_test_split(reinforce_run: Path
     assert all(0.0 <= auroc <= 1.0 and 0.0 <= f1 <= 1.0 and pixels > 0 for auroc, f1, pixels in scores.values())
     assert per_type.main(["--runs", str(reinforce_run.parent)]) == 2  # not a run folder: a one-line error
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_per_type_says_which_images_cost_the_pooled_auroc(reinforce_run: Path, tmp_path: Path, capsys) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import per_type
+
+    grid = tmp_path / "costliest.png"
+    assert per_type.main(["--runs", str(reinforce_run), "--images", "2", "--grid", str(grid)]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((reinforce_run / "metrics.json").read_text())
+    assert f"pooled pixel AUROC {metrics['pixel_auroc']:.4f}" in out  # the run's own test figure, decomposed
+    assert "costliest 2 images, missed:" in out and "costliest 2 images, false alarms:" in out
+    listed = sum(line.split(": ", 1)[1].count(".png") for line in out.splitlines() if " images, " in line)
+    image = cv2.imread(str(grid))
+    size = yaml.safe_load((reinforce_run / "config.yml").read_text())["env_kwargs"]["image_size"]
+    assert listed >= 2 and image is not None and image.shape[0] == 22 + listed * (size + 4)  # header, one row per image
+    with pytest.raises(SystemExit):  # a grid is of one run's listed images
+        per_type.main(["--runs", str(reinforce_run), str(reinforce_run), "--grid", str(grid)])
 
 
 def test_detector_quality_sets_split_fields_on_the_env_and_the_rest_on_the_detector() -> None:
