@@ -139,6 +139,9 @@ def _text(canvas: np.ndarray, text: str, x0: int, width: int, y: int) -> None:
     cv2.putText(canvas, text, (x0 + max((width - tw) // 2, 0), y + th // 2), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
+TITLE_HEIGHT = 16  # pixels of a row title's strip in save_prediction_grid
+
+
 def save_prediction_grid(
     path: Path,
     images: np.ndarray,
@@ -147,12 +150,13 @@ def save_prediction_grid(
     labels: list[str] | None = None,
     rows: int = 8,
     order: list[int] | None = None,
+    titles: list[str] | None = None,
 ) -> None:
     """Fig. 2 of the paper: one row per image, columns image | prediction | ground truth (uint8 PNG), with column
     titles and the prediction's colour scale (inferno, 0 at the bottom).
 
     Rows are the images of ``order``, or else go round-robin over the defect types (``labels``), so every type is shown
-    before any repeats."""
+    before any repeats. ``titles`` (one per row) are written in a strip above each row."""
     import cv2
 
     if order is None:
@@ -175,6 +179,13 @@ def save_prediction_grid(
         )
         for i in order
     ]
+    if titles is not None:
+        if len(titles) != len(lines):
+            raise ValueError(f"titles: one per row, got {len(titles)} for {len(lines)} rows")
+        for k, title in enumerate(titles):
+            strip = np.full((TITLE_HEIGHT, lines[k].shape[1], 3), 255, np.uint8)
+            _text(strip, title, 0, strip.shape[1], TITLE_HEIGHT // 2)
+            lines[k] = np.concatenate([strip, lines[k]])
     grid = np.concatenate([np.concatenate([line, np.full((g, line.shape[1], 3), 255, np.uint8)]) for line in lines])
     header = np.full((22, grid.shape[1], 3), 255, np.uint8)
     for column, title in enumerate(("image", "prediction", "ground truth")):
@@ -184,8 +195,9 @@ def save_prediction_grid(
     bar_w, label_w = 10, 44
     legend = np.full((grid.shape[0], g + bar_w + label_w, 3), 255, np.uint8)
     ramp = np.linspace(1.0, 0.0, size)[:, None] * np.ones((1, bar_w))  # (size, bar_w), 1 at the top
-    legend[22 : 22 + size, g : g + bar_w] = _heat(ramp)
-    for value, y in ((scale, 22 + 6), (0.0, 22 + size - 6)):
+    top = 22 + (TITLE_HEIGHT if titles is not None else 0)  # the first row's image
+    legend[top : top + size, g : g + bar_w] = _heat(ramp)
+    for value, y in ((scale, top + 6), (0.0, top + size - 6)):
         _text(legend, f"{value:.3g}", g + bar_w, label_w, y)
     grid = np.concatenate([grid, legend], axis=1)
     cv2.imwrite(str(path), grid[..., ::-1])

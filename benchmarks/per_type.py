@@ -71,8 +71,9 @@ def per_type(run: Path) -> dict[str, tuple[float, float, int]]:
     return type_scores(test_maps(run))
 
 
-def shortfall_lines(t: TestMaps, images: int) -> tuple[list[str], list[int]]:
-    """Where 1 - pooled pixel AUROC goes, by type and (``images`` > 0) by image; also the listed images' indices."""
+def shortfall_lines(t: TestMaps, images: int) -> tuple[list[str], list[int], list[str]]:
+    """Where 1 - pooled pixel AUROC goes, by type and (``images`` > 0) by image; also the listed images' indices and a
+    title for each (name, side and cost)."""
     missed, false_alarms = auroc_shortfall_by_image(t.maps, t.masks)
     kinds = sorted(set(t.labels), key=lambda k: (k == "good", k))
 
@@ -86,12 +87,14 @@ def shortfall_lines(t: TestMaps, images: int) -> tuple[list[str], list[int]]:
         f"  false alarms (normal pixels, by the image's folder): {by_type(false_alarms)}",
     ]
     shown: list[int] = []
-    for title, cost in (("missed", missed), ("false alarms", false_alarms)):
+    titles: list[str] = []
+    for side, cost in (("missed", missed), ("false alarms", false_alarms)):
         top = [int(i) for i in np.argsort(-cost, kind="stable")[:images] if cost[i] > 0]
         if top:
-            lines.append(f"  costliest {len(top)} images, {title}: " + ", ".join(f"{t.names[i]} {cost[i]:.4f}" for i in top))
+            lines.append(f"  costliest {len(top)} images, {side}: " + ", ".join(f"{t.names[i]} {cost[i]:.4f}" for i in top))
         shown += top
-    return lines, shown
+        titles += [f"{t.names[i]}: {side} {cost[i]:.4f} of the AUROC" for i in top]
+    return lines, shown, titles
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for kind, (auroc, f1, pixels) in type_scores(t).items():
             print(f"{run}  {kind:<16} AUROC {auroc:.3f}  F1max {f1:.3f}  defect pixels {pixels}")
-        lines, shown = shortfall_lines(t, args.images)
+        lines, shown, titles = shortfall_lines(t, args.images)
         print("\n".join(f"{run}  {line}" for line in lines))
         if args.grid is not None:
             args.grid.parent.mkdir(parents=True, exist_ok=True)
-            save_prediction_grid(args.grid, t.images, t.maps, t.masks, order=shown)
+            save_prediction_grid(args.grid, t.images, t.maps, t.masks, order=shown, titles=titles)
             print(f"wrote {args.grid}")
     return 0
 

@@ -304,7 +304,8 @@ def test_per_type_says_which_images_cost_the_pooled_auroc(reinforce_run: Path, t
     listed = sum(line.split(": ", 1)[1].count(".png") for line in out.splitlines() if " images, " in line)
     image = cv2.imread(str(grid))
     size = yaml.safe_load((reinforce_run / "config.yml").read_text())["env_kwargs"]["image_size"]
-    assert listed >= 2 and image is not None and image.shape[0] == 22 + listed * (size + 4)  # header, one row per image
+    row = evaluate.TITLE_HEIGHT + size + 4  # a title strip, the image, a gap
+    assert listed >= 2 and image is not None and image.shape[0] == 22 + listed * row  # a header, then one row per image
     with pytest.raises(SystemExit):  # a grid is of one run's listed images
         per_type.main(["--runs", str(reinforce_run), str(reinforce_run), "--grid", str(grid)])
 
