@@ -60,11 +60,15 @@ def local_variance(grey: np.ndarray, blur_sigma: float = 2.0) -> np.ndarray:
 
 
 def gradient_magnitude(grey: np.ndarray) -> np.ndarray:
-    """``sqrt(Sobel_x^2 + Sobel_y^2)`` (eq. 11), 3x3 Sobel on a float image; float32 (H, W)."""
+    """``sqrt(Sobel_x^2 + Sobel_y^2)`` (eq. 11), 3x3 Sobel on a float image; float32 (H, W).
+
+    The square root is numpy's, not ``cv2.magnitude``: OpenCV's vectorised loop rounds some pixels differently
+    (one ulp) depending on where its buffers happen to lie in memory, so the cloning reward, and with it a seeded run,
+    depended on the process's allocation history (measured in session 30: unrelated code changes moved a run)."""
     g = grey.astype(np.float32)
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
-    return cv2.magnitude(gx, gy)
+    return np.sqrt(gx * gx + gy * gy)  # each op correctly rounded: the same bits wherever the arrays lie
 
 
 def fused_structural_map(
