@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--images must be >= 0, got {args.images}")
     if args.grid is not None and (len(args.runs) != 1 or args.images == 0):
         parser.error("--grid draws the listed images of one run: give one --runs folder and --images >= 1")
+    if args.grid is not None and args.grid.suffix.lower() != ".png":
+        parser.error(f"--grid {args.grid}: expected a .png file name")
     torch.set_num_threads(args.threads)
     for run in args.runs:
         try:

@@ -308,6 +308,8 @@ def test_per_type_says_which_images_cost_the_pooled_auroc(reinforce_run: Path, t
     assert listed >= 2 and image is not None and image.shape[0] == 22 + listed * row  # a header, then one row per image
     with pytest.raises(SystemExit):  # a grid is of one run's listed images
         per_type.main(["--runs", str(reinforce_run), str(reinforce_run), "--grid", str(grid)])
+    with pytest.raises(SystemExit):  # and a PNG
+        per_type.main(["--runs", str(reinforce_run), "--grid", str(tmp_path / "costliest.txt")])
 
 
 def test_detector_quality_sets_split_fields_on_the_env_and_the_rest_on_the_detector() -> None:
