@@ -1,4 +1,5 @@
-"""Inference-only map options on trained runs: Gaussian smoothing sigma and flip test-time augmentation.
+"""Inference-only map options on trained runs: Gaussian smoothing sigma, flip test-time augmentation, late fusion with
+the global residual and morphological closing.
 
     python benchmarks/map_options.py --runs runs/issue8b/cells/*/tuned-paste-only/seed*/logs/reinforce/MVTecPatch-v0_1
 
@@ -15,6 +16,9 @@ scores the test split with it. ``--log`` appends one JSON line per run, split an
 ``--global-weights`` adds late fusion with the global residual before smoothing, as ``map_global_weight`` does in
 training (:class:`models.global_residual.GlobalResidual`, a PCA of whole normal images fitted on 90% of the run's
 training images; the other 10% set its scale). 0 (the default) is the run's own map.
+
+``--closings`` closes each (fused) map with a disc of that many pixels before smoothing
+(:func:`models.detector.close_maps`): it raises the low inside of a region whose edges are lit. 0 (the default): none.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from evaluate import load_run  # noqa: E402
-from models.detector import Detector, fuse_global, smooth_maps  # noqa: E402
+from models.detector import Detector, close_maps, fuse_global, smooth_maps  # noqa: E402
 from models.metrics import compute_metrics  # noqa: E402
 
 KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro")
@@ -44,8 +48,9 @@ def run_rows(
     weights: tuple[float, ...] = (0.0,),
     pca_size: int = 64,
     pca_components: int = 256,
+    closings: tuple[int, ...] = (0,),
 ) -> list[dict]:
-    """One row per (split, TTA, global weight, sigma) for one run: the metrics of its best detector's maps."""
+    """One row per (split, TTA, global weight, closing, sigma) for one run: the metrics of its best detector's maps."""
     _, data, split, detector = load_run(run)
     if not isinstance(detector, Detector):
         raise ValueError(f"'{run}' is a {type(detector).__name__} run: map options apply to the method's detector")
@@ -69,14 +74,22 @@ def run_rows(
             glob = torch.from_numpy(detector.global_map(images)) if any(weights) else None  # (N, H, W)
             for w in weights:
                 fused = raw if not w or glob is None else fuse_global(torch.from_numpy(raw), glob, w).numpy()
-                for sigma in sigmas:
-                    metrics = compute_metrics(smooth_maps(fused, sigma), masks, image_labels=labels)
-                    rows.append(
-                        {"run": str(run), "category": data.name, "split": part, "tta": tta, "global": w, "sigma": sigma}
-                        | {"global_size": pca_size if glob is not None else None}
-                        | {k: round(float(metrics[k]), 4) for k in KEYS}
-                    )
+                for size in closings:
+                    closed = close_maps(fused, size)
+                    for sigma in sigmas:
+                        metrics = compute_metrics(smooth_maps(closed, sigma), masks, image_labels=labels)
+                        option = {"tta": tta, "global": w, "closing": size, "sigma": sigma}
+                        rows.append(
+                            {"run": str(run), "category": data.name, "split": part}
+                            | option
+                            | {"global_size": pca_size if glob is not None else None}
+                            | {k: round(float(metrics[k]), 4) for k in KEYS}
+                        )
     return rows
+
+
+def _option(row: dict) -> tuple:
+    return row["tta"], row["global"], row.get("closing", 0), row["sigma"]
 
 
 def table(rows: list[dict], part: str) -> str:
@@ -84,22 +97,19 @@ def table(rows: list[dict], part: str) -> str:
     lines = [
         f"**{part} split** (mean over runs: pixel AUROC / F1max / AP / AUPRO)",
         "",
-        "| TTA | global | sigma | "
+        "| TTA | global | closing | sigma | "
         + " | ".join(f"{c} ({len({r['run'] for r in rows if r['category'] == c})} runs)" for c in categories)
         + " |",
-        "|---|---|---|" + "---|" * len(categories),
+        "|---|---|---|---|" + "---|" * len(categories),
     ]
-    options = sorted({(r["tta"], r["global"], r["sigma"]) for r in rows}, key=lambda o: (list(TTA).index(o[0]), *o[1:]))
-    for tta, w, sigma in options:
+    options = sorted({_option(r) for r in rows}, key=lambda o: (list(TTA).index(o[0]), *o[1:]))
+    for option in options:
         cells = []
         for c in categories:
-            sel = [
-                r
-                for r in rows
-                if r["category"] == c and r["split"] == part and (r["tta"], r["global"], r["sigma"]) == (tta, w, sigma)
-            ]
+            sel = [r for r in rows if r["category"] == c and r["split"] == part and _option(r) == option]
             cells.append(" / ".join(f"{np.mean([r[k] for r in sel]):.3f}" for k in KEYS))
-        lines.append(f"| {tta} | {w:g} | {sigma:g} | " + " | ".join(cells) + " |")
+        tta, w, size, sigma = option
+        lines.append(f"| {tta} | {w:g} | {size} | {sigma:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -112,13 +122,14 @@ def chosen_table(rows: list[dict], choose_by: str) -> str:
     lines = [
         f"**sigma chosen per run on the validation {choose_by}** (test split: pixel AUROC / F1max / AP / AUPRO)",
         "",
-        "| TTA | global | category | runs | chosen sigmas | test, chosen sigma | test, best fixed sigma on the mean |",
-        "|---|---|---|---|---|---|---|",
+        "| TTA | global | closing | category | runs | chosen sigmas | test, chosen sigma | test, best fixed sigma on the mean "
+        "|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    pairs = sorted({(r["tta"], r["global"]) for r in rows}, key=lambda o: (list(TTA).index(o[0]), o[1]))
-    for tta, w in pairs:
+    pairs = sorted({_option(r)[:3] for r in rows}, key=lambda o: (list(TTA).index(o[0]), *o[1:]))
+    for tta, w, size in pairs:
         for category in sorted({r["category"] for r in rows}):
-            sel = [r for r in rows if r["tta"] == tta and r["global"] == w and r["category"] == category]
+            sel = [r for r in rows if _option(r)[:3] == (tta, w, size) and r["category"] == category]
             runs = sorted({r["run"] for r in sel})
             picks, fixed = [], {}
             for run in runs:
@@ -131,7 +142,7 @@ def chosen_table(rows: list[dict], choose_by: str) -> str:
             best = max(fixed, key=lambda s: np.mean([r[choose_by] for r in fixed[s]]))
             sigmas = ", ".join(f"{r['sigma']:g}" for r in picks)
             lines.append(
-                f"| {tta} | {w:g} | {category} | {len(runs)} | {sigmas} | {_mean_cell(picks)} "
+                f"| {tta} | {w:g} | {size} | {category} | {len(runs)} | {sigmas} | {_mean_cell(picks)} "
                 f"| {best:g}: {_mean_cell(fixed[best])} |"
             )
     return "\n".join(lines)
@@ -149,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     size_help = "side of the coarse images of the global residual's PCA (a run's own PCA when it matches, else fitted here)"
     parser.add_argument("--global-size", type=int, default=64, help=size_help)
     parser.add_argument("--global-components", type=int, default=256, help="its principal components")
+    closing_help = "morphological closing of the (fused) maps with a disc of this many pixels, before smoothing (0: none)"
+    parser.add_argument("--closings", type=int, nargs="+", default=[0], help=closing_help)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log", default=None, help="append one JSON line per run, split and option here")
     args = parser.parse_args(argv)
@@ -162,11 +175,22 @@ def main(argv: list[str] | None = None) -> int:
         sizes = f"got {args.global_size} and {args.global_components}"
         print(f"error: --global-size and --global-components must be >= 1, {sizes}", file=sys.stderr)
         return 2
+    if any(k < 0 for k in args.closings):
+        print(f"error: --closings must be >= 0 pixels, got {args.closings}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     rows = []
     for run in args.runs:
         try:
-            new = run_rows(Path(run), args.sigmas, args.tta, args.global_weights, args.global_size, args.global_components)
+            new = run_rows(
+                Path(run),
+                args.sigmas,
+                args.tta,
+                args.global_weights,
+                args.global_size,
+                args.global_components,
+                tuple(args.closings),
+            )
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -11,7 +11,15 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from models.autoencoder import AutoencoderConfig
-from models.detector import Detector, DetectorConfig, ae_baseline_maps, choose_smoothing, smooth_maps, texture_channels
+from models.detector import (
+    Detector,
+    DetectorConfig,
+    ae_baseline_maps,
+    choose_smoothing,
+    close_maps,
+    smooth_maps,
+    texture_channels,
+)
 from models.metrics import compute_metrics
 from models.predictor import PredictorConfig
 
@@ -365,6 +373,19 @@ def test_map_smoothing_spreads_and_lowers_a_single_spike(data: Data) -> None:
     assert abs(float(a.mean()) - float(b.mean())) < 0.01  # and keeps the level
     with pytest.raises(ValueError, match="map_smoothing_sigma"):
         DetectorConfig(map_smoothing_sigma=-1)
+
+
+def test_closing_fills_the_inside_of_a_lit_edge_and_never_lowers_a_score() -> None:
+    maps = np.zeros((2, 64, 64), dtype=np.float32)
+    maps[0, 20:44, 20:44] = 1.0
+    maps[0, 24:40, 24:40] = 0.0  # a 16-pixel hole inside a lit ring, as the predictor marks a large defect's edge only
+    maps[1, 30, 30] = 1.0  # a lone lit pixel: no second lit pixel to close towards
+    np.testing.assert_array_equal(close_maps(maps, 0), maps)  # 0: off
+    small, wide = close_maps(maps, 9), close_maps(maps, 25)
+    assert (small >= maps).all() and (wide >= maps).all()  # extensive: closing only raises
+    assert small[0, 32, 32] == 0.0 and wide[0, 32, 32] == 1.0  # a disc wider than the hole fills it
+    assert wide[0, 5, 5] == 0.0 and wide[0, 32, 50] == 0.0  # outside the ring nothing is raised
+    np.testing.assert_array_equal(wide[1], maps[1])  # nor around a lone pixel
 
 
 def test_choose_smoothing_takes_the_best_f1max_and_the_smaller_sigma_on_ties() -> None:

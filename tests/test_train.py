@@ -214,7 +214,7 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     assert same["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)  # the options are the run's own
     assert same["pixel_f1max"] == pytest.approx(metrics["pixel_f1max"], abs=1e-4)
     assert len({r["pixel_auroc"] for r in rows if r["split"] == "test"}) > 1  # and the others change the maps
-    assert "| TTA | global | sigma |" in map_options.table(rows, "val")
+    assert "| TTA | global | closing | sigma |" in map_options.table(rows, "val")
     # late fusion with the global residual: a positive weight changes the map that weight 0 leaves as the predictor's
     fused = map_options.run_rows(reinforce_run, [own[1]], [own[0]], weights=(0.0, 0.5), pca_size=8, pca_components=4)
     (w0,) = [r for r in fused if r["split"] == "test" and r["global"] == 0.0]
@@ -226,6 +226,12 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     (m5,) = [r for r in mine if r["split"] == "test"]
     assert [m5[k] for k in map_options.KEYS] != [w5[k] for k in map_options.KEYS]
     assert (m5["global_size"], w5["global_size"]) == (size, 8)
+    # closing: 0 is the run's own map; a wide disc raises scores between lit pixels and so changes the metrics
+    closed = map_options.run_rows(reinforce_run, [own[1]], [own[0]], weights=(own[2],), closings=(0, 33))
+    (c0,) = [r for r in closed if r["split"] == "test" and r["closing"] == 0]
+    (c33,) = [r for r in closed if r["split"] == "test" and r["closing"] == 33]
+    assert c0["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)
+    assert [c33[k] for k in map_options.KEYS] != [c0[k] for k in map_options.KEYS]
 
 
 def test_map_options_rejects_bad_options_before_loading_a_run(tmp_path: Path, capsys) -> None:
@@ -238,6 +244,7 @@ def test_map_options_rejects_bad_options_before_loading_a_run(tmp_path: Path, ca
         (["--global-components", "-1"], "--global-size and --global-components must be >= 1"),
         (["--global-weights", "1.5"], "--global-weights must be in [0, 1]"),
         (["--sigmas", "-1"], "--sigmas must be >= 0"),
+        (["--closings", "-3"], "--closings must be >= 0"),
     ):
         assert map_options.main(["--runs", missing, *flags]) == 2
         err = capsys.readouterr().err.strip()
@@ -258,7 +265,7 @@ def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
     ]  # fmt: skip
     line = map_options.chosen_table(rows, "pixel_f1max").splitlines()[-1]
     # run a: 16 by validation (its test is worse: the choice never looks at the test split); run b: a tie keeps 4
-    assert line.startswith("| flips4 | 0 | widget | 2 | 16, 4 | 0.500 / 0.400 / 0.500 / 0.500 |")
+    assert line.startswith("| flips4 | 0 | 0 | widget | 2 | 16, 4 | 0.500 / 0.400 / 0.500 / 0.500 |")
     assert line.endswith("| 4: 0.500 / 0.800 / 0.500 / 0.500 |")  # the best fixed sigma on the test mean, for reference
 
 
