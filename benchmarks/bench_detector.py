@@ -3,8 +3,9 @@
 Measures, at 256x256 images, 64x64 patches, batch 32 and a pool of 40 images: one AE update, one refresh of
 the pool's loss profiles, one predictor update, one full AE + refresh + predictor cycle (what an env step
 does when its mini-batch is full), the predictor's logits resized to the image and its decoder's features
-upsampled, each back-propagated (torch's interpolate against ``models.resize.resize_bilinear``), inference per
-image at batch 1 and batched, and the peak RSS.
+upsampled, each back-propagated (torch's interpolate against ``models.resize.resize_bilinear``), the AE's loss
+profiles of a chunk of images with torch's reflect padding and upsampling and with ``models.padding``'s copies,
+inference per image at batch 1 and batched, and the peak RSS.
 
 Targets on 2 CPU cores: full cycle <= 1.2 s, inference <= 30 ms per image at batch 1, peak RSS <= 3 GiB
 for a 300-image category.
@@ -33,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
+from models import padding  # noqa: E402
 from models.detector import Detector, DetectorConfig  # noqa: E402
 from models.resize import resize_bilinear  # noqa: E402
 from train import load_preset  # noqa: E402
@@ -166,6 +168,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         results[f"decoder's resize + backward, resize_bilinear ({batch})"] = timed_here(
             lambda: decoder_resize_step(resize_bilinear), 5 * args.repeats
+        )
+    # the AE's loss profiles of a refresh-sized chunk: torch's reflect pad and nearest upsampling, then the copy path
+    chunk = pool[: config.inference_batch_size]
+    for label, enabled in (("torch's", False), ("models.padding's", True)):
+        padding.ENABLED = enabled
+        results[f"loss profiles, {label} padding ({len(chunk)} images)"] = timed_here(
+            lambda: detector.loss_profiles(chunk), args.repeats
         )
     results["inference, batch 1 (per image)"] = timed_here(lambda: detector.anomaly_map(one), args.repeats)
     many = np.concatenate([pool] * (args.batch // len(pool) + 1))[: args.batch]

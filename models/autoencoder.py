@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.padding import FastPadSequential
+
 __all__ = ["AutoencoderConfig", "Autoencoder", "NORMS", "OUTPUTS", "PADDING_MODES", "UPSAMPLES"]
 
 NORMS = ("batch", "none")
@@ -95,7 +97,7 @@ def _norm(c: int, kind: str) -> nn.Module:
 
 def _down(c_in: int, c_out: int, cfg: AutoencoderConfig) -> nn.Sequential:
     # 4x4 kernel with stride 2: halves the resolution without the checkerboard of odd kernels
-    return nn.Sequential(
+    return FastPadSequential(
         nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=cfg.norm == "none", padding_mode=_pad(cfg)),
         _norm(c_out, cfg.norm),
         nn.LeakyReLU(cfg.negative_slope, inplace=True),
@@ -112,7 +114,7 @@ def _upsampler(c_in: int, c_out: int, cfg: AutoencoderConfig, bias: bool) -> lis
 
 
 def _up(c_in: int, c_out: int, cfg: AutoencoderConfig) -> nn.Sequential:
-    return nn.Sequential(
+    return FastPadSequential(
         *_upsampler(c_in, c_out, cfg, bias=cfg.norm == "none"),
         _norm(c_out, cfg.norm),
         nn.LeakyReLU(cfg.negative_slope, inplace=True),
@@ -131,9 +133,9 @@ class Autoencoder(nn.Module):
         self.config = config = config or AutoencoderConfig()
         slope, pad, bias = config.negative_slope, _pad(config), config.norm == "none"
         chans = (config.in_channels, *config.widths)
-        self.encoder = nn.Sequential(*[_down(chans[i], chans[i + 1], config) for i in range(len(config.widths))])
+        self.encoder = FastPadSequential(*[_down(chans[i], chans[i + 1], config) for i in range(len(config.widths))])
         # Dropout before the bottleneck (paper §III.C): diverse reconstructions, no reset needed
-        self.bottleneck = nn.Sequential(
+        self.bottleneck = FastPadSequential(
             nn.Dropout(config.dropout),
             nn.Conv2d(config.widths[-1], config.latent_channels, kernel_size=3, padding=1, bias=bias, padding_mode=pad),
             _norm(config.latent_channels, config.norm),
@@ -146,7 +148,7 @@ class Autoencoder(nn.Module):
         ups: list[nn.Module] = [_up(rev[i], rev[i + 1], config) for i in range(len(config.widths) - 1)]
         # Last stage: plain upsampling conv (+ sigmoid, so reconstructions live in [0, 1] like the inputs)
         ups += _upsampler(rev[-2], rev[-1], config, bias=True)
-        self.decoder = nn.Sequential(*ups)
+        self.decoder = FastPadSequential(*ups)
 
     @property
     def stride(self) -> int:

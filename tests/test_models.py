@@ -197,6 +197,79 @@ def test_unet_training_step_is_unchanged_by_the_faster_resize(monkeypatch, chann
     assert all(torch.equal(f, n) for f, n in zip(fast, step(), strict=True))
 
 
+@pytest.mark.parametrize("shape, pad", [((2, 8, 9, 12), 1), ((1, 3, 16, 16), 3), ((2, 4, 5, 7), 4), ((1, 2, 2, 3), 1)])
+def test_reflect_pad_copies_torchs_values_and_layout(shape: tuple[int, ...], pad: int) -> None:
+    from models.padding import applies, reflect_pad, upsample2x_reflect_pad
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert applies(x, pad)
+        expected = F.pad(x, (pad,) * 4, mode="reflect")
+        got = reflect_pad(x, pad)
+        assert torch.equal(got, expected) and got.stride() == expected.stride()
+        up = F.interpolate(x, scale_factor=2, mode="nearest")
+        expected = F.pad(up, (pad,) * 4, mode="reflect")
+        got = upsample2x_reflect_pad(x, pad)
+        assert torch.equal(got, expected) and got.stride() == expected.stride()
+
+
+def test_fast_padding_applies_to_cpu_inference_on_channels_last_maps_only() -> None:
+    from models.padding import applies
+
+    x = torch.randn(2, 8, 6, 6)
+    with torch.inference_mode():
+        assert applies(x.contiguous(memory_format=torch.channels_last), 2)
+        assert not applies(x, 2)  # the contiguous layout: torch's pad
+        assert not applies(x[:, :1].contiguous(memory_format=torch.channels_last), 2)  # one channel: both layouts at once
+        assert not applies(x.contiguous(memory_format=torch.channels_last), 6)  # as deep as the map: torch raises
+    assert not applies(x.contiguous(memory_format=torch.channels_last), 2)  # gradients on: training keeps torch's ops
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_autoencoder_inference_is_unchanged_by_the_fast_padding(monkeypatch, threads: int) -> None:
+    """The AE's reconstruction with the copy path equals torch's pad and upsample to the last bit, with the same
+    state-dict names, and the copy path is taken (every padded layer of the encoder, bottleneck and decoder)."""
+    import models.padding as padding
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        config = AutoencoderConfig(norm="none", padding_mode="reflect", upsample="resize", output="linear")
+        ae = Autoencoder(config).eval().to(memory_format=torch.channels_last)
+        assert "decoder.0.1.weight" in ae.state_dict() and "decoder.3.weight" in ae.state_dict()  # nn.Sequential's names
+        x = torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        calls: list[str] = []
+        for name in ("reflect_pad", "upsample2x_reflect_pad"):
+            original = getattr(padding, name)
+            monkeypatch.setattr(padding, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+        with torch.inference_mode():
+            got = ae(x)
+            monkeypatch.setattr(padding, "ENABLED", False)
+            expected = ae(x)
+        assert calls.count("reflect_pad") == 5 and calls.count("upsample2x_reflect_pad") == 3
+        assert torch.equal(got, expected) and got.stride() == expected.stride()
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def test_autoencoder_training_keeps_torchs_padding(monkeypatch) -> None:
+    """With gradients the AE runs torch's own ops (their backward is what a seeded run's updates were measured with)."""
+    import models.padding as padding
+
+    def fail(*args: object) -> torch.Tensor:
+        raise AssertionError("the copy path ran with gradients on")
+
+    monkeypatch.setattr(padding, "reflect_pad", fail)
+    monkeypatch.setattr(padding, "upsample2x_reflect_pad", fail)
+    ae = Autoencoder(AutoencoderConfig(norm="none", padding_mode="reflect", upsample="resize")).to(
+        memory_format=torch.channels_last
+    )
+    ae(torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)).mean().backward()
+    _all_params_get_grad(ae)
+
+
 def test_predictor_uses_the_papers_dilations() -> None:
     pred = Predictor(PredictorConfig())
     convs = [m for m in pred.body if isinstance(m, torch.nn.Conv2d)]
