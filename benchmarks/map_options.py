@@ -122,8 +122,8 @@ def chosen_table(rows: list[dict], choose_by: str) -> str:
     lines = [
         f"**sigma chosen per run on the validation {choose_by}** (test split: pixel AUROC / F1max / AP / AUPRO)",
         "",
-        "| TTA | global | closing | category | runs | chosen sigmas | test, chosen sigma | test, best fixed sigma on the mean "
-        "|",
+        "| TTA | global | closing | category | runs | chosen sigmas | test, chosen sigma "
+        "| test, best fixed sigma on the mean |",
         "|---|---|---|---|---|---|---|---|",
     ]
     pairs = sorted({_option(r)[:3] for r in rows}, key=lambda o: (list(TTA).index(o[0]), *o[1:]))
