@@ -132,6 +132,9 @@ def run(args: argparse.Namespace, seed: int, stream: int = 0) -> dict[str, Any]:
     final_test = compute_metrics(detector.anomaly_map(test_x), test_y)
     assert best is not None
     detector.load_state_dict(best[1])
+    if getattr(args, "save_dir", None):
+        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        detector.save(Path(args.save_dir) / f"seed{seed}_stream{stream}.pt")
     maps = detector.anomaly_map(test_x)
     test = compute_metrics(maps, test_y)
     test["f1_at_val_threshold"] = f1_at_threshold(maps, test_y, best[2])
@@ -199,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--figure", default=None, help="save the test split's prediction grid (PNG) here")
+    parser.add_argument(
+        "--save-dir",
+        default=None,
+        help="save each seed and stream's best detector here (seed<S>_stream<T>.pt, Detector.from_checkpoint loads it)",
+    )
     args = parser.parse_args(argv)
     if args.warmup_curve < 0:
         parser.error(f"--warmup-curve must be >= 0 (0: off), got {args.warmup_curve}")

@@ -1,5 +1,5 @@
 """Inference-only map options on trained runs: Gaussian smoothing sigma, flip test-time augmentation, late fusion with
-the global residual and morphological closing.
+the global residual, morphological closing and a second, smaller scale.
 
     python benchmarks/map_options.py --runs runs/issue8b/cells/*/tuned-paste-only/seed*/logs/reinforce/MVTecPatch-v0_1
 
@@ -19,6 +19,10 @@ training images; the other 10% set its scale). 0 (the default) is the run's own 
 
 ``--closings`` closes each (fused) map with a disc of that many pixels before smoothing
 (:func:`models.detector.close_maps`): it raises the low inside of a region whose edges are lit. 0 (the default): none.
+
+``--scales`` averages each raw map with the map of the same image resized by that factor (:func:`scaled_maps`: the
+whole detector, AE and predictor, on the smaller image, its map resized back), before fusion: the detector sees twice
+the context at 0.5, at coarser detail. 1 (the default): the run's own map alone.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -39,6 +44,18 @@ from models.metrics import compute_metrics  # noqa: E402
 
 KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro")
 TTA = {"none": (False, False), "mirror": (True, False), "flips4": (False, True), "mirror+flips4": (True, True)}
+SCALE_MULTIPLE = 16  # a resized image's sides are rounded to a multiple of this: the AE's and predictor's strides divide it
+
+
+def scaled_maps(detector: Detector, images: np.ndarray, scale: float) -> np.ndarray:
+    """The detector's maps of the images resized by ``scale`` (area interpolation), resized back (bilinear).
+
+    uint8 (N, H, W, 3) -> float32 (N, H, W); each side becomes the nearest multiple of ``SCALE_MULTIPLE`` (at least one)."""
+    H, W = images.shape[1:3]
+    h, w = (max(SCALE_MULTIPLE, SCALE_MULTIPLE * round(side * scale / SCALE_MULTIPLE)) for side in (H, W))
+    small = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])  # (N, h, w, 3)
+    maps = detector.anomaly_map(small)  # (N, h, w)
+    return np.stack([cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR) for m in maps]).astype(np.float32)
 
 
 def run_rows(
@@ -49,8 +66,10 @@ def run_rows(
     pca_size: int = 64,
     pca_components: int = 256,
     closings: tuple[int, ...] = (0,),
+    scales: tuple[float, ...] = (1.0,),
 ) -> list[dict]:
-    """One row per (split, TTA, global weight, closing, sigma) for one run: the metrics of its best detector's maps."""
+    """One row per (split, TTA, scale, global weight, closing, sigma) for one run: the metrics of its best detector's
+    maps."""
     _, data, split, detector = load_run(run)
     if not isinstance(detector, Detector):
         raise ValueError(f"'{run}' is a {type(detector).__name__} run: map options apply to the method's detector")
@@ -70,26 +89,28 @@ def run_rows(
             if ttas is not None and tta not in ttas:
                 continue
             detector.config.map_flip_tta, detector.config.map_predictor_flips = mirror, flips
-            raw = detector.anomaly_map(images)  # (N, H, W)
+            own = detector.anomaly_map(images)  # (N, H, W)
             glob = torch.from_numpy(detector.global_map(images)) if any(weights) else None  # (N, H, W)
-            for w in weights:
-                fused = raw if not w or glob is None else fuse_global(torch.from_numpy(raw), glob, w).numpy()
-                for size in closings:
-                    closed = close_maps(fused, size)
-                    for sigma in sigmas:
-                        metrics = compute_metrics(smooth_maps(closed, sigma), masks, image_labels=labels)
-                        option = {"tta": tta, "global": w, "closing": size, "sigma": sigma}
-                        rows.append(
-                            {"run": str(run), "category": data.name, "split": part}
-                            | option
-                            | {"global_size": pca_size if glob is not None else None}
-                            | {k: round(float(metrics[k]), 4) for k in KEYS}
-                        )
+            for scale in scales:
+                raw = own if scale == 1 else 0.5 * (own + scaled_maps(detector, images, scale))
+                for w in weights:
+                    fused = raw if not w or glob is None else fuse_global(torch.from_numpy(raw), glob, w).numpy()
+                    for size in closings:
+                        closed = close_maps(fused, size)
+                        for sigma in sigmas:
+                            metrics = compute_metrics(smooth_maps(closed, sigma), masks, image_labels=labels)
+                            option = {"tta": tta, "scale": scale, "global": w, "closing": size, "sigma": sigma}
+                            rows.append(
+                                {"run": str(run), "category": data.name, "split": part}
+                                | option
+                                | {"global_size": pca_size if glob is not None else None}
+                                | {k: round(float(metrics[k]), 4) for k in KEYS}
+                            )
     return rows
 
 
 def _option(row: dict) -> tuple:
-    return row["tta"], row["global"], row.get("closing", 0), row["sigma"]
+    return row["tta"], row.get("scale", 1.0), row["global"], row.get("closing", 0), row["sigma"]
 
 
 def table(rows: list[dict], part: str) -> str:
@@ -97,10 +118,10 @@ def table(rows: list[dict], part: str) -> str:
     lines = [
         f"**{part} split** (mean over runs: pixel AUROC / F1max / AP / AUPRO)",
         "",
-        "| TTA | global | closing | sigma | "
+        "| TTA | scale | global | closing | sigma | "
         + " | ".join(f"{c} ({len({r['run'] for r in rows if r['category'] == c})} runs)" for c in categories)
         + " |",
-        "|---|---|---|---|" + "---|" * len(categories),
+        "|---|---|---|---|---|" + "---|" * len(categories),
     ]
     options = sorted({_option(r) for r in rows}, key=lambda o: (list(TTA).index(o[0]), *o[1:]))
     for option in options:
@@ -108,8 +129,8 @@ def table(rows: list[dict], part: str) -> str:
         for c in categories:
             sel = [r for r in rows if r["category"] == c and r["split"] == part and _option(r) == option]
             cells.append(" / ".join(f"{np.mean([r[k] for r in sel]):.3f}" for k in KEYS))
-        tta, w, size, sigma = option
-        lines.append(f"| {tta} | {w:g} | {size} | {sigma:g} | " + " | ".join(cells) + " |")
+        tta, scale, w, size, sigma = option
+        lines.append(f"| {tta} | {scale:g} | {w:g} | {size} | {sigma:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -122,14 +143,14 @@ def chosen_table(rows: list[dict], choose_by: str) -> str:
     lines = [
         f"**sigma chosen per run on the validation {choose_by}** (test split: pixel AUROC / F1max / AP / AUPRO)",
         "",
-        "| TTA | global | closing | category | runs | chosen sigmas | test, chosen sigma "
+        "| TTA | scale | global | closing | category | runs | chosen sigmas | test, chosen sigma "
         "| test, best fixed sigma on the mean |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    pairs = sorted({_option(r)[:3] for r in rows}, key=lambda o: (list(TTA).index(o[0]), *o[1:]))
-    for tta, w, size in pairs:
+    groups = sorted({_option(r)[:4] for r in rows}, key=lambda o: (list(TTA).index(o[0]), *o[1:]))
+    for tta, scale, w, size in groups:
         for category in sorted({r["category"] for r in rows}):
-            sel = [r for r in rows if _option(r)[:3] == (tta, w, size) and r["category"] == category]
+            sel = [r for r in rows if _option(r)[:4] == (tta, scale, w, size) and r["category"] == category]
             runs = sorted({r["run"] for r in sel})
             picks, fixed = [], {}
             for run in runs:
@@ -142,7 +163,7 @@ def chosen_table(rows: list[dict], choose_by: str) -> str:
             best = max(fixed, key=lambda s: np.mean([r[choose_by] for r in fixed[s]]))
             sigmas = ", ".join(f"{r['sigma']:g}" for r in picks)
             lines.append(
-                f"| {tta} | {w:g} | {size} | {category} | {len(runs)} | {sigmas} | {_mean_cell(picks)} "
+                f"| {tta} | {scale:g} | {w:g} | {size} | {category} | {len(runs)} | {sigmas} | {_mean_cell(picks)} "
                 f"| {best:g}: {_mean_cell(fixed[best])} |"
             )
     return "\n".join(lines)
@@ -162,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-components", type=int, default=256, help="its principal components")
     closing_help = "morphological closing of the (fused) maps with a disc of this many pixels, before smoothing (0: none)"
     parser.add_argument("--closings", type=int, nargs="+", default=[0], help=closing_help)
+    scale_help = "average each raw map with the map of the image resized by this factor, in (0, 2] (1: none)"
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help=scale_help)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log", default=None, help="append one JSON line per run, split and option here")
     args = parser.parse_args(argv)
@@ -178,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(k < 0 for k in args.closings):
         print(f"error: --closings must be >= 0 pixels, got {args.closings}", file=sys.stderr)
         return 2
+    if any(not 0 < x <= 2 for x in args.scales):
+        print(f"error: --scales must be in (0, 2], got {args.scales}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     rows = []
     for run in args.runs:
@@ -190,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.global_size,
                 args.global_components,
                 tuple(args.closings),
+                tuple(args.scales),
             )
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import yaml
 
@@ -214,7 +215,7 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     assert same["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)  # the options are the run's own
     assert same["pixel_f1max"] == pytest.approx(metrics["pixel_f1max"], abs=1e-4)
     assert len({r["pixel_auroc"] for r in rows if r["split"] == "test"}) > 1  # and the others change the maps
-    assert "| TTA | global | closing | sigma |" in map_options.table(rows, "val")
+    assert "| TTA | scale | global | closing | sigma |" in map_options.table(rows, "val")
     # late fusion with the global residual: a positive weight changes the map that weight 0 leaves as the predictor's
     fused = map_options.run_rows(reinforce_run, [own[1]], [own[0]], weights=(0.0, 0.5), pca_size=8, pca_components=4)
     (w0,) = [r for r in fused if r["split"] == "test" and r["global"] == 0.0]
@@ -232,6 +233,34 @@ def test_map_options_reproduce_the_runs_own_metrics(reinforce_run: Path) -> None
     (c33,) = [r for r in closed if r["split"] == "test" and r["closing"] == 33]
     assert c0["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)
     assert [c33[k] for k in map_options.KEYS] != [c0[k] for k in map_options.KEYS]
+    # a second scale: 1 is the run's own map; 0.5 mixes in the half-size image's map and so changes the metrics
+    both = map_options.run_rows(reinforce_run, [own[1]], [own[0]], weights=(own[2],), scales=(1.0, 0.5))
+    (s1,) = [r for r in both if r["split"] == "test" and r["scale"] == 1.0]
+    (s5,) = [r for r in both if r["split"] == "test" and r["scale"] == 0.5]
+    assert s1["pixel_auroc"] == pytest.approx(metrics["pixel_auroc"], abs=1e-4)
+    assert [s5[k] for k in map_options.KEYS] != [s1[k] for k in map_options.KEYS]
+    assert "| flips4 | 0.5 |" in map_options.table(both, "test") or "| none | 0.5 |" in map_options.table(both, "test")
+
+
+def test_scaled_maps_runs_the_detector_on_the_resized_image_and_resizes_its_map_back() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import map_options
+
+    class Brightness:  # a stand-in detector whose map is the grey image: the resizing is all that is tested
+        sizes: list[tuple[int, int]] = []
+
+        def anomaly_map(self, images: np.ndarray) -> np.ndarray:
+            self.sizes.append(images.shape[1:3])
+            return images.mean(-1).astype(np.float32) / 255.0
+
+    ramp = np.tile(np.linspace(0, 255, 96, dtype=np.float32), (64, 1))  # (64, 96): smooth, so resizing keeps it
+    images = np.repeat(ramp[None, ..., None], 3, axis=-1).astype(np.uint8)  # (1, 64, 96, 3)
+    detector = Brightness()
+    maps = map_options.scaled_maps(detector, images, 0.4)  # type: ignore[arg-type]
+    assert maps.shape == (1, 64, 96) and maps.dtype == np.float32
+    assert detector.sizes == [(32, 32)]  # 25.6 x 38.4 rounded to multiples of 16
+    assert np.abs(maps[0] - ramp / 255.0).max() < 0.05  # the map is back at full size and in place
+    assert np.abs(maps[0] - ramp / 255.0).mean() < 0.02
 
 
 def test_map_options_rejects_bad_options_before_loading_a_run(tmp_path: Path, capsys) -> None:
@@ -245,6 +274,7 @@ def test_map_options_rejects_bad_options_before_loading_a_run(tmp_path: Path, ca
         (["--global-weights", "1.5"], "--global-weights must be in [0, 1]"),
         (["--sigmas", "-1"], "--sigmas must be >= 0"),
         (["--closings", "-3"], "--closings must be >= 0"),
+        (["--scales", "0"], "--scales must be in (0, 2]"),
     ):
         assert map_options.main(["--runs", missing, *flags]) == 2
         err = capsys.readouterr().err.strip()
@@ -265,7 +295,7 @@ def test_map_options_chooses_sigma_per_run_on_the_validation_split() -> None:
     ]  # fmt: skip
     line = map_options.chosen_table(rows, "pixel_f1max").splitlines()[-1]
     # run a: 16 by validation (its test is worse: the choice never looks at the test split); run b: a tie keeps 4
-    assert line.startswith("| flips4 | 0 | 0 | widget | 2 | 16, 4 | 0.500 / 0.400 / 0.500 / 0.500 |")
+    assert line.startswith("| flips4 | 1 | 0 | 0 | widget | 2 | 16, 4 | 0.500 / 0.400 / 0.500 / 0.500 |")
     assert line.endswith("| 4: 0.500 / 0.800 / 0.500 / 0.500 |")  # the best fixed sigma on the test mean, for reference
 
 
@@ -352,9 +382,14 @@ def test_detector_quality_warmup_curve_scores_every_n_updates(mvtec_root: Path, 
     assert [point[0] for point in result["warmup_curve"]] == [2, 4, 5]  # the last chunk stops at the warm-up's length
     assert all(0.0 <= v <= 1.0 for point in result["warmup_curve"] for v in point[1:])
     # the curve only scores: the detector trains exactly as without it (same final test figures)
-    assert detector_quality.main(argv) == 0
+    assert detector_quality.main([*argv, "--save-dir", str(tmp_path / "best")]) == 0
     plain = json.loads(log.read_text().splitlines()[-1])
     assert plain["warmup_curve"] == [] and plain["test"] == result["test"]
+    # --save-dir keeps the best detector of each seed and stream, loadable on its own
+    from models.detector import Detector
+
+    saved = Detector.from_checkpoint(tmp_path / "best" / "seed0_stream0.pt")
+    assert saved.predictor_updates == 5  # the best is the warmed-up detector: no cycles after it
     with pytest.raises(SystemExit):  # a negative interval would never advance the warm-up: refused in one line
         detector_quality.main([*argv, "--warmup-curve", "-1"])
 
