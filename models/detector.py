@@ -1285,7 +1285,9 @@ class Detector:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
-            raise ValueError(f"{path}: not a readable detector checkpoint (expected a saved Detector state): {e}") from e
+            # the kind of failure only: torch's own message runs to many lines of advice about weights_only
+            kind = type(e).__name__
+            raise ValueError(f"{path}: not a readable detector checkpoint (expected a saved Detector state; {kind})") from e
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a detector checkpoint (expected a dict with format={CHECKPOINT_FORMAT!r})")
         if state.get("version") != CHECKPOINT_VERSION:

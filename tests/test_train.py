@@ -427,3 +427,53 @@ def test_bench_detector_takes_detector_fields_and_rejects_an_unknown_one(capsys:
     assert "set map_global_weight=0.1" in out and "inference, batch 1" in out
     with pytest.raises(SystemExit, match="error: .*nonsense"):
         bench_detector.main([*small, "--set", "nonsense=1"])
+
+
+def test_ensemble_scores_each_detector_as_detector_quality_did_and_their_mean(
+    mvtec_root: Path, tmp_path: Path, capsys
+) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import detector_quality
+    import ensemble
+
+    dq_log, log = tmp_path / "dq.jsonl", tmp_path / "ensemble.jsonl"
+    sets = ["image_size=128", "pretrain_epochs=1", "predictor_warmup_updates=5", "k_shot=2", "pred_batch_size=2"]
+    argv = ["--data-root", str(mvtec_root), "--category", "widget", "--cycles", "0", "--streams", "0", "1"]
+    assert detector_quality.main([*argv, "--log", str(dq_log), "--save-dir", str(tmp_path), "--set", *sets]) == 0
+    trained = [json.loads(line)["test"] for line in dq_log.read_text().splitlines()]
+    checkpoints = [str(tmp_path / f"seed0_stream{s}.pt") for s in (0, 1)]
+    split = ["--set", "image_size=128", "k_shot=2"]
+    base = ["--data-root", str(mvtec_root), "--category", "widget", "--seed", "0", "--checkpoints", *checkpoints]
+    assert ensemble.main([*base, *split, "--log", str(log)]) == 0
+    rows = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["split"] == "test"]
+    assert [r["members"] for r in rows] == [[0], [1], [0, 1]]
+    for row, own in zip(rows, trained):  # each detector alone: the figures it was trained and saved with
+        assert row["pixel_auroc"] == pytest.approx(own["pixel_auroc"], abs=1e-4)
+        assert row["pixel_f1max"] == pytest.approx(own["pixel_f1max"], abs=1e-4)
+    # a field that is not a split field, and a file that is not a checkpoint, are refused in one line
+    capsys.readouterr()
+    assert ensemble.main([*base, "--set", "k_shots=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "k_shots" in err and "\n" not in err
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    assert ensemble.main([*base[:-2], str(tmp_path / "broken.pt"), *split]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "broken.pt" in err and "\n" not in err
+
+
+def test_ensemble_rows_score_the_mean_of_the_members_maps() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ensemble
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 8, 8), bool)
+    masks[:2, 2:5, 2:5] = True
+    labels = np.array([True, True, False, False])
+    truth = masks.astype(np.float32)
+    noisy = [truth + rng.normal(0, 0.8, truth.shape).astype(np.float32) for _ in range(3)]  # three noisy detectors
+    rows = ensemble.ensemble_rows(noisy, masks, labels)
+    assert [r["members"] for r in rows] == [[0], [1], [2], [0, 1], [0, 2], [1, 2], [0, 1, 2]]
+    singles = np.mean([r["pixel_auroc"] for r in rows[:3]])
+    assert rows[-1]["pixel_auroc"] > singles  # independent noise averages out: the ensemble ranks better
+    same = ensemble.ensemble_rows([noisy[0], noisy[0]], masks, labels)
+    assert same[2] | {"members": [0]} == same[0]  # the mean of one map twice is that map
