@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, seed: int, stream: int = 0) -> dict[str, Any]:
     final_test = compute_metrics(detector.anomaly_map(test_x), test_y)
     assert best is not None
     detector.load_state_dict(best[1])
-    if getattr(args, "save_dir", None):
+    if args.save_dir:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         detector.save(Path(args.save_dir) / f"seed{seed}_stream{stream}.pt")
     maps = detector.anomaly_map(test_x)

@@ -53,9 +53,9 @@ def table(rows: list[dict], names: list[str], part: str) -> str:
     lines = [f"**{part} split**", "", f"| detectors | {cols} |", "|---|" + "---|" * len(KEYS)]
     for row in rows:
         lines.append(f"| {' + '.join(names[i] for i in row['members'])} | " + " | ".join(f"{row[k]:.4f}" for k in KEYS) + " |")
-    for size in range(2, len(names) + 1):  # the members' own figures, averaged over the ensembles of that size
-        members = [r for r in rows if len(r["members"]) == 1]
-        mean = {k: np.mean([r[k] for r in members]) for k in KEYS}
+    members = [r for r in rows if len(r["members"]) == 1]
+    mean = {k: np.mean([r[k] for r in members]) for k in KEYS}  # the members' own figures
+    for size in range(2, len(names) + 1):  # against the ensembles of each size, averaged
         ensembles = [r for r in rows if len(r["members"]) == size]
         gain = {k: np.mean([r[k] for r in ensembles]) - mean[k] for k in KEYS}
         lines.append(f"| mean of {size}-ensembles − mean of members | " + " | ".join(f"{gain[k]:+.4f}" for k in KEYS) + " |")
