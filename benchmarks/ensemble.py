@@ -35,6 +35,17 @@ KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "image_auroc")
 SPLIT_FIELDS = ("k_shot", "normal_pool", "val_fraction", "image_size")
 
 
+def checkpoint_names(paths: list[str]) -> list[str]:
+    """Short names for the table: each file's stem, or as many trailing path parts as make them unique (two runs'
+    ``seed0_stream0.pt`` read ``k25/seed0_stream0`` and ``streams/seed0_stream0``)."""
+    parts = [Path(path).with_suffix("").parts for path in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(path) for path in paths]  # the same file twice
+
+
 def ensemble_rows(maps: list[np.ndarray], masks: np.ndarray, labels: np.ndarray) -> list[dict]:
     """One row per non-empty subset of the members (indices into ``maps``): the metrics of the mean of their maps.
 
@@ -87,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    names = [Path(path).stem for path in args.checkpoints]
+    names = checkpoint_names(args.checkpoints)
     tables = []
     for part in ("val", "test"):
         index = getattr(split, part)

@@ -461,6 +461,15 @@ def test_ensemble_scores_each_detector_as_detector_quality_did_and_their_mean(
     assert err.startswith("error:") and "broken.pt" in err and "\n" not in err
 
 
+def test_ensemble_names_checkpoints_apart_when_their_stems_agree() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ensemble
+
+    assert ensemble.checkpoint_names(["a/s0.pt", "a/s1.pt"]) == ["s0", "s1"]
+    assert ensemble.checkpoint_names(["runs/k25/s0.pt", "runs/streams/s0.pt"]) == ["k25/s0", "streams/s0"]
+    assert ensemble.checkpoint_names(["x/k/s0.pt", "y/k/s0.pt", "y/j/s0.pt"]) == ["x/k/s0", "y/k/s0", "y/j/s0"]
+
+
 def test_ensemble_rows_score_the_mean_of_the_members_maps() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import ensemble
