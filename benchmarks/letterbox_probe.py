@@ -16,7 +16,8 @@ figures comparable with any run on the original::
         --category magnetic_tile --seed 0 --checkpoints runs/letterbox_det/seed0_stream0.pt runs/letterbox_det/seed0_stream1.pt
 
 A checkpoint trained on the original category can be scored by the same command with ``--data-root`` the original
-(no ``boxes.json``: its maps are already in the reader's frame). Prints one Markdown row per checkpoint.
+(no ``boxes.json``: its maps are already in the reader's frame). Prints one Markdown row per checkpoint, with the
+pixel AUROC of each defect type pooled with the good images.
 """
 
 from __future__ import annotations
@@ -119,7 +120,15 @@ def score(data_root: str, original_root: str, category: str, seed: int, checkpoi
         if boxes is not None:
             maps = to_reader_frame(maps, [boxes[names[i] + ".png"] for i in index])
         metrics = compute_metrics(maps, masks, image_labels=labels)
-        rows.append({"checkpoint": path, "letterboxed": boxes is not None} | {k: round(float(metrics[k]), 4) for k in KEYS})
+        per_type = {}  # each defect type pooled with the good images, as per_type.py does
+        for defect in data.defect_types:
+            own = np.array([data.samples[i].label in (defect, "good") for i in index])
+            per_type[defect] = round(float(compute_metrics(maps[own], masks[own])["pixel_auroc"]), 4)
+        rows.append(
+            {"checkpoint": path, "letterboxed": boxes is not None}
+            | {k: round(float(metrics[k]), 4) for k in KEYS}
+            | {"per_type_auroc": per_type}
+        )
     return rows
 
 
@@ -149,9 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print("| checkpoint | letterboxed | " + " | ".join(KEYS) + " |\n|---|---|" + "---|" * len(KEYS))
+    print(
+        "| checkpoint | letterboxed | " + " | ".join(KEYS) + " | pixel AUROC per type |\n|---|---|" + "---|" * (len(KEYS) + 1)
+    )
     for row in rows:
-        print(f"| {row['checkpoint']} | {row['letterboxed']} | " + " | ".join(f"{row[k]:.4f}" for k in KEYS) + " |")
+        types = ", ".join(f"{t} {v:.3f}" for t, v in row["per_type_auroc"].items())
+        print(f"| {row['checkpoint']} | {row['letterboxed']} | " + " | ".join(f"{row[k]:.4f}" for k in KEYS) + f" | {types} |")
     return 0
 
 

@@ -83,6 +83,7 @@ def test_maps_are_scored_on_the_original_pixels(tmp_path: Path, monkeypatch, cap
     monkeypatch.setattr(models.detector.Detector, "from_checkpoint", staticmethod(lambda path, device="cpu": MaskDetector()))
     [row] = letterbox_probe.score(str(tmp_path / "lb"), str(root), "widget", 0, ["fake.pt"])
     assert row["letterboxed"] and row["pixel_auroc"] > 0.99 and row["pixel_f1max"] > 0.8
+    assert set(row["per_type_auroc"]) == {"hole", "scratch"} and min(row["per_type_auroc"].values()) > 0.99
     (tmp_path / "lb" / "widget" / "boxes.json").unlink()  # the same maps taken to be in the reader's frame already
     [uncropped] = letterbox_probe.score(str(tmp_path / "lb"), str(root), "widget", 0, ["fake.pt"])
     assert uncropped["pixel_f1max"] < 0.6
