@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # per_type.py, imported where it is needed
 
 from envs.mvtec import DatasetError, make_mvtec_samples  # noqa: E402
 
@@ -79,6 +80,12 @@ def write_letterboxed(root: Path, category: str, out: Path, size: int = 256) -> 
         boxes[rel.as_posix()] = list(letterbox_box(*image.shape[:2], size))
         if sample.mask_path is not None:
             mask = cv2.imread(str(sample.mask_path), cv2.IMREAD_GRAYSCALE)
+            if mask is None or mask.shape != image.shape[:2]:
+                found = "unreadable" if mask is None else f"{mask.shape[0]}x{mask.shape[1]}"
+                raise DatasetError(
+                    f"'{sample.mask_path}' is {found}: expected a readable mask of its image's size "
+                    f"{image.shape[0]}x{image.shape[1]}"
+                )
             boxed = letterbox((mask > 0).astype(np.float32), size, cv2.INTER_AREA) > 0
             target = dst / sample.mask_path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,8 +102,24 @@ def to_reader_frame(maps: np.ndarray, boxes: list[list[int]]) -> np.ndarray:
     )
 
 
+def _read_boxes(path: Path, files: list[str]) -> list[list[int]] | None:
+    """Each file's box from a copy's ``boxes.json``; None where there is no such file (the original category)."""
+    if not path.is_file():
+        return None
+    try:
+        boxes = json.loads(path.read_text())
+        return [[int(v) for v in boxes[name]] for name in files]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DatasetError(
+            f"'{path}' is not a box list of this copy ({type(error).__name__}: {error}): expected the file "
+            "letterbox_probe.py write made, with [y0, x0, h, w] for every image"
+        ) from None
+
+
 def score(data_root: str, original_root: str, category: str, seed: int, checkpoints: list[str]) -> list[dict]:
     """Each checkpoint's test metrics in the original category's frame, on the seed's test split."""
+    from per_type import TestMaps, type_scores  # each defect type pooled with the good images
+
     from envs.mvtec_patch import MVTecPatchConfig, load_env_data
     from models.detector import Detector
     from models.metrics import compute_metrics
@@ -110,20 +133,18 @@ def score(data_root: str, original_root: str, category: str, seed: int, checkpoi
         raise DatasetError(f"'{data.folder}' and '{original.folder}' do not hold the same files")
     index = split.test
     assert np.array_equal(index, original_split.test)  # same files and seed: the same split
-    box_file = data.folder / BOXES
-    boxes = json.loads(box_file.read_text()) if box_file.is_file() else None
+    boxes = _read_boxes(data.folder / BOXES, [names[i] + ".png" for i in index])
     masks = original.masks[index]  # (N, S, S) bool, the reader's frame
     labels = np.array([data.samples[i].is_anomalous for i in index])
+    kinds = [data.samples[i].label for i in index]
     rows = []
     for path in checkpoints:
         maps = Detector.from_checkpoint(path, device="cpu").anomaly_map(data.images[index])  # (N, S, S)
         if boxes is not None:
-            maps = to_reader_frame(maps, [boxes[names[i] + ".png"] for i in index])
+            maps = to_reader_frame(maps, boxes)
         metrics = compute_metrics(maps, masks, image_labels=labels)
-        per_type = {}  # each defect type pooled with the good images, as per_type.py does
-        for defect in data.defect_types:
-            own = np.array([data.samples[i].label in (defect, "good") for i in index])
-            per_type[defect] = round(float(compute_metrics(maps[own], masks[own])["pixel_auroc"]), 4)
+        test = TestMaps(images=data.images[index], masks=masks, maps=maps, labels=kinds, names=[names[i] for i in index])
+        per_type = {kind: round(auroc, 4) for kind, (auroc, _, _) in type_scores(test).items()}
         rows.append(
             {"checkpoint": path, "letterboxed": boxes is not None}
             | {k: round(float(metrics[k]), 4) for k in KEYS}

@@ -106,3 +106,22 @@ def test_maps_are_scored_on_the_original_pixels(tmp_path: Path, monkeypatch, cap
         == 2
     )
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_broken_mask_or_box_list_is_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "data"
+    folder = write_mvtec_tree(root, "widget", size_hw=(30, 90))
+    mask = next((folder / "ground_truth").rglob("*_mask.png"))
+    cv2.imwrite(str(mask), np.zeros((30, 40), np.uint8))
+    argv = ["write", "--data-root", str(root), "--category", "widget", "--out", str(tmp_path / "lb")]
+    assert letterbox_probe.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and mask.name in err and "30x90" in err and "\n" not in err
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text('{"test/good/000.png": [0, 0, 8, 8]}')
+    with pytest.raises(letterbox_probe.DatasetError, match="boxes.json"):
+        letterbox_probe._read_boxes(boxes, ["test/good/000.png", "test/good/001.png"])
+    boxes.write_text("not json")
+    with pytest.raises(letterbox_probe.DatasetError, match="boxes.json"):
+        letterbox_probe._read_boxes(boxes, ["test/good/000.png"])
+    assert letterbox_probe._read_boxes(tmp_path / "none.json", ["x.png"]) is None
