@@ -137,6 +137,11 @@ class DetectorConfig:
             from training images (:mod:`models.synthesis`); 0: the paper's pool of labelled + normal images only.
         synthetic_paste_fraction: share of those made by pasting a labelled defect; the rest are noise-mask
             anomalies with a foreign texture.
+        synthetic_noise_first_updates: for the predictor's first N updates every synthetic image is a noise-mask anomaly
+            (a foreign texture in a random blob, no labels needed), as DRAEM trains on synthetic anomalies alone; from
+            then on ``synthetic_paste_fraction`` applies. A self-supervised start that teaches "this region's texture
+            differs from its surroundings" before five labelled examples per type teach which differences are defects;
+            0: none. The switch takes effect at the next renewal of the synthetic images.
         synthetic_shift_fraction: share of the synthetic images that are a region's brightness/contrast shift
             (:func:`models.synthesis.shift_anomaly`), drawn before the paste/noise choice; 0: none.
         synthetic_paste_rotate: a defect pasted away from its own place may also be rotated by a multiple of 90
@@ -225,6 +230,7 @@ class DetectorConfig:
     profile_refresh_every: int = 1
     synthetic_pool_size: int = 0
     synthetic_paste_fraction: float = 0.5
+    synthetic_noise_first_updates: int = 0
     synthetic_paste_rotate: bool = True
     synthetic_paste_match: bool = False
     synthetic_paste_margin: int = 0
@@ -335,7 +341,13 @@ class DetectorConfig:
         for name in [*positive, "inference_batch_size"]:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("alpha_decay_updates", "pretrain_epochs", "predictor_warmup_updates", "ae_reset_every"):
+        for name in (
+            "alpha_decay_updates",
+            "pretrain_epochs",
+            "predictor_warmup_updates",
+            "ae_reset_every",
+            "synthetic_noise_first_updates",
+        ):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.pretrain_patches_per_epoch is not None and self.pretrain_patches_per_epoch < 1:
@@ -896,12 +908,14 @@ class Detector:
         images, masks = [], []
         hwc = train.permute(0, 2, 3, 1)  # (N, H, W, 3) view
         c = self.config
+        noise_only = self.predictor_updates < c.synthetic_noise_first_updates  # the self-supervised start
+        paste_fraction = 0.0 if noise_only else c.synthetic_paste_fraction
         for _ in range(c.synthetic_pool_size):
             target = hwc[int(rng.integers(len(train)))].numpy()
             # drawn only when enabled, so the streams of configurations without shifts stay as they were
             if c.synthetic_shift_fraction and rng.random() < c.synthetic_shift_fraction:
                 image, mask = shift_anomaly(target, rng)
-            elif self._pool_positives and rng.random() < c.synthetic_paste_fraction:
+            elif self._pool_positives and rng.random() < paste_fraction:
                 i = self._pool_positives[int(rng.integers(len(self._pool_positives)))][0]
                 source, source_mask = pool[i].permute(1, 2, 0).numpy(), pool_masks[i].numpy()
                 image, mask = paste_defect(

@@ -333,6 +333,39 @@ def test_detector_paste_margin_reaches_paste_defect(monkeypatch: pytest.MonkeyPa
         tiny_config(synthetic_paste_margin=-2)
 
 
+def test_noise_first_updates_makes_noise_anomalies_then_pastes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``synthetic_noise_first_updates``: every synthetic image is a noise-mask anomaly until the predictor has made that
+    many updates, then ``synthetic_paste_fraction`` (here all pastes) applies from the next renewal on."""
+    import models.detector as detector_module
+
+    made: list[str] = []
+
+    def paste_spy(*args, **kwargs):
+        made.append("paste")
+        return paste_defect(*args, **kwargs)
+
+    def noise_spy(*args, **kwargs):
+        made.append("noise")
+        return noise_anomaly(*args, **kwargs)
+
+    monkeypatch.setattr(detector_module, "paste_defect", paste_spy)
+    monkeypatch.setattr(detector_module, "noise_anomaly", noise_spy)
+    train, pool, masks = make_data(seed=4)
+    config = tiny_config(
+        synthetic_pool_size=3, synthetic_paste_fraction=1.0, synthetic_refresh_updates=2, synthetic_noise_first_updates=4
+    )
+    det = Detector(config, train, pool, masks, seed=1)
+    per_update = []
+    for _ in range(8):
+        before = len(made)
+        det.predictor_update()
+        per_update.append(set(made[before:]))
+    # renewals before updates 0, 2, 4, 6: the first two while fewer than 4 updates were made, the last two after
+    assert per_update == [{"noise"}, set(), {"noise"}, set(), {"paste"}, set(), {"paste"}, set()]
+    with pytest.raises(ValueError, match="synthetic_noise_first_updates"):
+        tiny_config(synthetic_noise_first_updates=-1)
+
+
 def test_synthetic_pool_is_renewed_at_each_refresh_and_positives_follow() -> None:
     train, pool, masks = make_data(seed=4)
     det = Detector(tiny_config(synthetic_pool_size=4, synthetic_paste_fraction=0.0), train, pool, masks, seed=1)
