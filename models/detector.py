@@ -46,7 +46,14 @@ from tqdm import tqdm
 from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.global_residual import GLOBAL_CHANNELS, GlobalResidual
 from models.metrics import compute_metrics
-from models.predictor import Predictor, PredictorConfig, soft_dice_loss, weighted_bce, weighted_focal_loss
+from models.predictor import (
+    Predictor,
+    PredictorConfig,
+    pairwise_auc_loss,
+    soft_dice_loss,
+    weighted_bce,
+    weighted_focal_loss,
+)
 from models.runtime import atomic_torch_save, plain
 from models.structural import DEFAULT_FUSED_WEIGHTS, fused_structural_map
 from models.synthesis import corrupt_patches, noise_anomaly, paste_defect, shift_anomaly
@@ -170,6 +177,10 @@ class DetectorConfig:
         pred_loss: "bce" (eq. 8), "bce_dice" (eq. 8 plus a batch soft-Dice term) or "focal" (eq. 8 with the focal
             modulation of exponent ``pred_focal_gamma``, as DRAEM's discriminative network trains).
         pred_focal_gamma: the focal loss's exponent (``pred_loss: focal`` only; 0 gives eq. 8).
+        pred_rank_weight: weight of a pairwise AUROC surrogate added to ``pred_loss`` (:func:`pairwise_auc_loss`: defect
+            pixels ranked against normal pixels drawn from the whole batch, so across images, as pooled pixel AUROC
+            ranks them); 0: none (nothing drawn, the training stream unchanged).
+        pred_rank_pairs: how many defect and how many normal pixels the surrogate draws per update (their square in pairs).
         map_smoothing_sigma: Gaussian sigma (pixels) applied to anomaly maps at inference; 0: none.
         map_smoothing_candidates: if set, every validation run picks ``map_smoothing_sigma`` among these by the
             validation pixel F1max (:func:`choose_smoothing`; the split that picks the checkpoint and the threshold),
@@ -245,6 +256,8 @@ class DetectorConfig:
     pred_jitter: float = 0.0
     pred_loss: str = "bce"
     pred_focal_gamma: float = 2.0
+    pred_rank_weight: float = 0.0
+    pred_rank_pairs: int = 512
     map_smoothing_sigma: float = 0.0
     map_smoothing_candidates: tuple[float, ...] = ()
     map_flip_tta: bool = False
@@ -273,6 +286,8 @@ class DetectorConfig:
             raise ValueError(f"pred_loss must be one of {', '.join(PREDICTOR_LOSSES)}, got {self.pred_loss!r}")
         if self.pred_focal_gamma < 0:
             raise ValueError(f"pred_focal_gamma must be >= 0, got {self.pred_focal_gamma}")
+        if self.pred_rank_weight < 0:
+            raise ValueError(f"pred_rank_weight must be >= 0, got {self.pred_rank_weight}")
         if self.pred_lr_schedule not in PRED_LR_SCHEDULES:
             raise ValueError(f"pred_lr_schedule must be one of {', '.join(PRED_LR_SCHEDULES)}, got {self.pred_lr_schedule!r}")
         if not 0.0 <= self.pred_lr_floor <= 1.0:
@@ -337,6 +352,7 @@ class DetectorConfig:
             "predictor_updates_per_ae_update",
             "profile_refresh_every",
             "synthetic_refresh_updates",
+            "pred_rank_pairs",
         ]
         for name in [*positive, "inference_batch_size"]:
             if int(getattr(self, name)) < 1:
@@ -1062,6 +1078,9 @@ class Detector:
             loss = weighted_bce(prob, y, self.alpha)
         if self.config.pred_loss == "bce_dice":
             loss = loss + soft_dice_loss(prob, y)
+        if self.config.pred_rank_weight > 0:
+            rank = pairwise_auc_loss(prob, y, self.config.pred_rank_pairs, self._gen)
+            loss = loss + self.config.pred_rank_weight * rank
         self.predictor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for group in self.predictor_optimizer.param_groups:

@@ -23,6 +23,7 @@ __all__ = [
     "coordinate_channels",
     "weighted_bce",
     "weighted_focal_loss",
+    "pairwise_auc_loss",
     "soft_dice_loss",
 ]
 
@@ -283,3 +284,36 @@ def soft_dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -
     y = target.to(pred.dtype)
     inter = (pred * y).sum()
     return 1.0 - (2.0 * inter + eps) / (pred.sum() + y.sum() + eps)
+
+
+def pairwise_auc_loss(
+    pred: torch.Tensor, target: torch.Tensor, n_pairs: int, generator: torch.Generator, eps: float = 1e-6
+) -> torch.Tensor:
+    """A pairwise logistic surrogate of the pooled pixel AUROC: ``mean softplus(z_neg - z_pos)`` over pairs.
+
+    Pixel AUROC ranks every defect pixel against every normal pixel of every image; the per-pixel losses never compare
+    two pixels, let alone two images. This loss does: ``n_pairs`` defect pixels and ``n_pairs`` normal pixels are drawn
+    at random from the whole batch (with replacement, from ``generator``), and every drawn defect pixel's logit is
+    compared with every drawn normal pixel's (``n_pairs``² pairs), so a faint defect that scores below the normal pixels
+    of another crop is pushed up against them (Yan et al. 2003, the Wilcoxon-Mann-Whitney surrogate).
+
+    Args:
+        pred: probabilities, any shape; clamped to ``[eps, 1 - eps]`` and turned back into logits.
+        target: labels in {0, 1}, same shape as ``pred``.
+        n_pairs: how many defect and how many normal pixels to draw.
+        generator: the CPU generator the draws come from (the caller's private stream).
+        eps: clamp margin that keeps the logits finite.
+
+    Returns:
+        The scalar loss; 0 (with a gradient path) when the batch lacks defect or normal pixels.
+    """
+    p, y = _clamped_probabilities_and_labels(pred, target, eps)
+    z = (torch.log(p) - torch.log1p(-p)).flatten()  # (N,) logits
+    positive = y.flatten() > 0.5
+    pos_idx, neg_idx = positive.nonzero().squeeze(1), (~positive).nonzero().squeeze(1)
+    if len(pos_idx) == 0 or len(neg_idx) == 0:
+        return z.sum() * 0.0
+    pick_pos = torch.randint(0, len(pos_idx), (n_pairs,), generator=generator).to(pos_idx.device)
+    pick_neg = torch.randint(0, len(neg_idx), (n_pairs,), generator=generator).to(neg_idx.device)
+    z_pos, z_neg = z[pos_idx[pick_pos]], z[neg_idx[pick_neg]]  # (n_pairs,), (n_pairs,)
+    return torch.nn.functional.softplus(z_neg.unsqueeze(0) - z_pos.unsqueeze(1)).mean()  # over (n_pairs, n_pairs)

@@ -495,6 +495,32 @@ def test_each_predictor_step_uses_the_scheduled_rate_and_a_resumed_run_continues
         DetectorConfig(pred_lr_floor=1.5)
 
 
+def test_rank_weight_adds_the_pairwise_auc_term_to_the_loss(data: Data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pred_rank_weight``: the update's loss is ``pred_loss`` plus the weight times the pairwise AUROC surrogate of
+    the same crops, drawn from the detector's generator; at 0 the surrogate is never computed."""
+    import models.detector as detector_module
+
+    calls: list[int] = []
+
+    def rank_spy(prob, y, n_pairs, generator):
+        calls.append(n_pairs)
+        return torch.tensor(2.0)
+
+    monkeypatch.setattr(detector_module, "pairwise_auc_loss", rank_spy)
+    plain = Detector(tiny_config(pred_loss="focal"), *data, seed=0).predictor_update()
+    assert calls == []
+    ranked = Detector(tiny_config(pred_loss="focal", pred_rank_weight=0.25, pred_rank_pairs=7), *data, seed=0)
+    assert ranked.predictor_update() == pytest.approx(plain + 0.25 * 2.0, rel=1e-6)  # same crops, plus the term
+    assert calls == [7]
+    monkeypatch.undo()
+    real = Detector(tiny_config(pred_rank_weight=1.0), *data, seed=0)
+    assert np.isfinite(real.predictor_update())
+    with pytest.raises(ValueError, match="pred_rank_weight"):
+        DetectorConfig(pred_rank_weight=-0.1)
+    with pytest.raises(ValueError, match="pred_rank_pairs"):
+        DetectorConfig(pred_rank_pairs=0)
+
+
 def test_flip_and_dice_options_train(data: Data) -> None:
     det = Detector(tiny_config(pred_flip=True, pred_loss="bce_dice"), *data, seed=0)
     x, y = (det.refresh_profiles(), det._sample_crops(8))[1]

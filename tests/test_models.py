@@ -330,6 +330,35 @@ def test_weighted_focal_loss_weighs_hard_pixels_over_easy_ones() -> None:
         weighted_focal_loss(_P, _Y[:1], 0.5)
 
 
+def test_pairwise_auc_loss_ranks_defect_pixels_above_normal_ones_across_the_batch() -> None:
+    """Equal logits cost ln 2 a pair; a defect above every normal pixel costs less, below more; the gradient lifts the
+    defect pixels and lowers the normal ones, also when they sit in different images of the batch."""
+    from models.predictor import pairwise_auc_loss
+
+    y = torch.zeros(2, 1, 4, 4)
+    y[0, 0, :2, :2] = 1  # the defect pixels are all in image 0; image 1 is normal
+    gen = torch.Generator().manual_seed(0)
+    level = torch.full_like(y, 0.3)
+    assert pairwise_auc_loss(level, y, 32, gen).item() == pytest.approx(np.log(2.0), rel=1e-5)
+    above, below = level.clone(), level.clone()
+    above[y > 0], below[y > 0] = 0.6, 0.1
+    assert pairwise_auc_loss(above, y, 32, gen).item() < np.log(2.0) < pairwise_auc_loss(below, y, 32, gen).item()
+    p = level.clone().requires_grad_(True)
+    pairwise_auc_loss(p, y, 64, gen).backward()
+    assert p.grad is not None
+    assert (p.grad[y > 0] <= 0).all() and p.grad[y > 0].sum() < 0  # descent raises defect pixels
+    assert (p.grad[1] >= 0).all() and p.grad[1].sum() > 0  # and lowers the other image's normal pixels
+    # the draws come from the generator: same seed, same loss; without defect (or normal) pixels, a zero loss
+    rand = torch.rand(2, 1, 4, 4)
+    first = pairwise_auc_loss(rand, y, 8, torch.Generator().manual_seed(3))
+    assert first.item() == pairwise_auc_loss(rand, y, 8, torch.Generator().manual_seed(3)).item()
+    empty = torch.zeros_like(y)
+    assert pairwise_auc_loss(rand, empty, 8, gen).item() == 0.0
+    assert pairwise_auc_loss(rand, torch.ones_like(y), 8, gen).item() == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        pairwise_auc_loss(rand, y[:1], 8, gen)
+
+
 def test_weighted_bce_is_finite_at_saturated_predictions() -> None:
     p = torch.tensor([0.0, 1.0, 0.0, 1.0], requires_grad=True)
     y = torch.tensor([1.0, 0.0, 0.0, 1.0])
