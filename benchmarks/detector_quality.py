@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_env_data  # noqa: E402
+from envs.mvtec_patch import MVTecPatchConfig, build_detector, detector_config, load_env_data  # noqa: E402
 from models.metrics import compute_metrics, f1_at_threshold  # noqa: E402
 
 # MVTecPatchConfig fields that --set passes to the env config (the split's and the detector's schedule); others are
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace, seed: int, stream: int = 0) -> dict[str, Any]:
         config = MVTecPatchConfig.from_kwargs(
             data_root=args.data_root, category=args.category, seed=seed, detector=det_kwargs or None, **env_kwargs
         )
+        detector_config(config)  # a bad value (a negative weight, ...) fails here, before the data is read
     except (TypeError, ValueError) as error:  # an unknown or invalid --set field: one line, not a traceback
         raise SystemExit(f"error: {error}") from error
     category, split = load_env_data(config)

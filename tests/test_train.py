@@ -370,6 +370,16 @@ def test_detector_quality_rejects_an_unknown_field_in_one_line(tmp_path: Path) -
         )
 
 
+def test_detector_quality_rejects_an_invalid_value_in_one_line(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import detector_quality
+
+    with pytest.raises(SystemExit, match="error: pred_rank_weight must be >= 0, got -1"):
+        detector_quality.main(
+            ["--data-root", str(tmp_path), "--category", "x", "--set", "pred_rank_weight=-1", "--log", str(tmp_path / "l")]
+        )
+
+
 def test_detector_quality_warmup_curve_scores_every_n_updates(mvtec_root: Path, tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import detector_quality
