@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.autoencoder import Autoencoder, AutoencoderConfig
+from models.autoencoder import Autoencoder, AutoencoderConfig, anomaly_push_loss
 from models.global_residual import GLOBAL_CHANNELS, GlobalResidual
 from models.metrics import compute_metrics
 from models.predictor import (
@@ -205,6 +205,14 @@ class DetectorConfig:
             damaged by :func:`models.synthesis.corrupt_patches` and the AE learns to restore the clean patch (DRAEM's
             reconstructive training). An AE trained to copy normal patches also copies defects; one trained to undo
             damage reconstructs the normal appearance, so its residual marks what is not normal. 0: the paper's AE.
+        ae_anomaly_weight: weight of a term that pushes the AE's squared error *up* on the labelled defect pixels
+            (semi-supervised AEs, as ABC, Yamanaka et al. 2019): every AE update (pre-training and RL) also reconstructs
+            ``ae_anomaly_patches`` patches of the labelled anomalies, each centred on one of their defect pixels; their
+            normal pixels join the MSE, their defect pixels add ``w * tau * mean(exp(-e / tau))``, ``e`` a pixel's
+            squared error and ``tau`` the batch's normal MSE (detached): bounded, scale-free, and spent once a defect's
+            error is well above the normal level. The paper's AE copies whatever is locally plausible, a faint defect
+            too; this one is taught not to copy what the labels call defective. 0: the paper's AE (nothing is drawn).
+        ae_anomaly_patches: defect-centred patches of the labelled anomalies per AE update (with ``ae_anomaly_weight``).
         ae_grad_clip: clip the AE's gradient to this global norm before each step (0: no clipping). Without
             BatchNorm a rare large gradient can saturate the sigmoid output for good (seen on the synthetic category;
             ``ae.output="linear"`` removes the sigmoid instead).
@@ -266,6 +274,8 @@ class DetectorConfig:
     predictor_ema: float = 0.0
     ae_lr_after_pretrain: float | None = None
     ae_denoise_fraction: float = 0.0
+    ae_anomaly_weight: float = 0.0
+    ae_anomaly_patches: int = 8
     ae_grad_clip: float = 0.0
     inference_batch_size: int = 4  # larger batches are slower per image on CPU (activations leave the cache)
     channels_last: bool = True
@@ -339,6 +349,10 @@ class DetectorConfig:
             raise ValueError(f"map_smoothing_candidates must all be >= 0, got {self.map_smoothing_candidates}")
         if not 0.0 <= self.ae_denoise_fraction <= 1.0:
             raise ValueError(f"ae_denoise_fraction must be in [0, 1], got {self.ae_denoise_fraction}")
+        if self.ae_anomaly_weight < 0:
+            raise ValueError(f"ae_anomaly_weight must be >= 0, got {self.ae_anomaly_weight}")
+        if self.ae_anomaly_patches < 1:
+            raise ValueError(f"ae_anomaly_patches must be >= 1, got {self.ae_anomaly_patches}")
         if self.ae_grad_clip < 0:
             raise ValueError(f"ae_grad_clip must be >= 0, got {self.ae_grad_clip}")
         if self.ae_lr_after_pretrain is not None and self.ae_lr_after_pretrain <= 0:
@@ -696,6 +710,30 @@ class Detector:
         patches = torch.stack([train[i, :, y : y + p, x : x + p] for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist())])
         return patches.float() / 255.0  # (n, 3, p, p)
 
+    def defect_patches(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches of the labelled anomalies, each centred (within the image) on a defect pixel: the labelled image
+        uniformly, then one of its defect pixels uniformly (so every labelled image counts alike, whatever its size).
+
+        Returns:
+            float32 (n, 3, p, p) in [0, 1] and their masks, bool (n, p, p), on the CPU.
+        """
+        if not self._pool_positives:
+            raise RuntimeError("this Detector has no labelled defect pixels: pass anomalous pool images with masks")
+        pool, masks = self._require("pool"), self._pool_masks
+        assert masks is not None
+        H, W = pool.shape[-2:]
+        p = self.config.patch_size
+        which = torch.randint(0, len(self._pool_positives), (n,), generator=self._gen).tolist()
+        patches, patch_masks = [], []
+        for k in which:
+            i, flat = self._pool_positives[k]
+            pixel = int(flat[int(torch.randint(0, len(flat), (1,), generator=self._gen))])
+            y = min(max(pixel // W - p // 2, 0), H - p)
+            x = min(max(pixel % W - p // 2, 0), W - p)
+            patches.append(pool[i, :, y : y + p, x : x + p])
+            patch_masks.append(masks[i, y : y + p, x : x + p])
+        return torch.stack(patches).float() / 255.0, torch.stack(patch_masks)  # (n, 3, p, p), (n, p, p)
+
     def reseed(self, seed: int) -> None:
         """Restart the private generator (patches, crops, flips, synthetic images, dropout) from ``seed``, keeping
         the networks as they are: a new training stream on the same split and initialisation, which measures how
@@ -721,7 +759,7 @@ class Detector:
             patches: float32 (B, 3, p, p) in [0, 1] (any p that is a multiple of the AE's stride).
 
         Returns:
-            The MSE before the step.
+            The MSE before the step (of the normal pixels, with ``config.ae_anomaly_weight``).
         """
         if patches.ndim != 4 or patches.shape[1] != 3:
             raise ValueError(f"patches must be (B, 3, p, p), got {tuple(patches.shape)}")
@@ -733,10 +771,21 @@ class Detector:
         if self.config.ae_denoise_fraction > 0:
             damaged, _ = corrupt_patches(patches.detach().float().cpu(), self._gen, self.config.ae_denoise_fraction)
             x = damaged.to(self.device).contiguous(memory_format=self._memory_format)  # (B, 3, p, p)
+        weight = self.config.ae_anomaly_weight if self._pool_positives else 0.0
+        defect = None
+        if weight > 0:  # the labelled anomalies' patches join the batch: their normal pixels the MSE, their defects the push
+            extra, extra_masks = self.defect_patches(self.config.ae_anomaly_patches)
+            extra = extra.to(self.device).contiguous(memory_format=self._memory_format)
+            x, target = torch.cat([x, extra]), torch.cat([target, extra])  # (B + n, 3, p, p)
+            clean = torch.zeros(len(patches), *patches.shape[-2:], dtype=torch.bool)
+            defect = torch.cat([clean, extra_masks]).to(self.device)  # (B + n, p, p)
         # Train mode: BatchNorm uses batch statistics, dropout is on (drawing from the private RNG)
         self.ae.train()
         with self._private_rng():
-            loss = torch.mean((self.ae(x) - target) ** 2)
+            if defect is None:
+                loss = mse = torch.mean((self.ae(x) - target) ** 2)
+            else:
+                loss, mse = anomaly_push_loss(self.ae(x), target, defect, weight)
             self.ae_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.ae_grad_clip > 0:
@@ -745,7 +794,7 @@ class Detector:
         self.ae_updates += 1
         self.ae_train_updates += 0 if self._pretraining else 1
         self.ae_version += 1
-        self.last_ae_loss = float(loss.detach())
+        self.last_ae_loss = float(mse.detach())
         return self.last_ae_loss
 
     def loss_profiles(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:

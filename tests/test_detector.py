@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from models.autoencoder import AutoencoderConfig
+from models.autoencoder import AutoencoderConfig, anomaly_push_loss
 from models.detector import (
     Detector,
     DetectorConfig,
@@ -82,6 +82,73 @@ def test_ae_update_lowers_the_loss_on_a_fixed_batch(detector: Detector) -> None:
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
     assert detector.ae_updates == 30 and detector.ae_version == 30
     assert detector.last_ae_loss == losses[-1]
+
+
+def test_anomaly_push_loss_is_the_normal_mse_plus_a_bounded_push_on_defects() -> None:
+    target = torch.zeros(2, 3, 4, 4)
+    recon = torch.full((2, 3, 4, 4), 0.1)  # every pixel's squared error is 0.01
+    defect = torch.zeros(2, 4, 4, dtype=torch.bool)
+    defect[0, :2] = True
+    loss, mse = anomaly_push_loss(recon, target, defect, weight=2.0)
+    assert float(mse) == pytest.approx(0.01)
+    assert float(loss) == pytest.approx(0.01 + 2.0 * 0.01 * np.exp(-1.0))  # e = tau on the defects
+    assert torch.equal(anomaly_push_loss(recon, target, defect, weight=0.0)[0], mse)
+    # the gradient raises the defect pixels' error and lowers the normal ones'
+    recon = recon.clone().requires_grad_(True)
+    anomaly_push_loss(recon, target, defect, weight=2.0)[0].backward()
+    assert recon.grad is not None
+    assert (recon.grad[0, :, :2] < 0).all() and (recon.grad[0, :, 2:] > 0).all() and (recon.grad[1] > 0).all()
+    # a defect already far above the normal level costs (almost) nothing more
+    far = torch.where(defect[:, None], torch.tensor(1.0), torch.tensor(0.1)).expand(2, 3, 4, 4)
+    loss_far, mse_far = anomaly_push_loss(far, target, defect, weight=2.0)
+    assert float(loss_far - mse_far) < 1e-6
+
+
+def test_defect_patches_are_centred_on_labelled_defects_and_seeded(data: Data) -> None:
+    _, pool, masks = data
+    a, b = (Detector(tiny_config(), *data, seed=5) for _ in range(2))
+    patches, patch_masks = a.defect_patches(12)
+    assert patches.shape == (12, 3, 16, 16) and patch_masks.shape == (12, 16, 16) and patch_masks.dtype == torch.bool
+    assert patch_masks.flatten(1).any(1).all()  # every patch holds defect pixels
+    assert torch.equal(patches, b.defect_patches(12)[0])  # the private generator draws them
+    # each patch is a window of a labelled anomaly, its mask the same window of that image's mask
+    labelled = [i for i in range(len(pool)) if masks[i].any()]
+    for patch, m in zip(patches, patch_masks):
+        found = False
+        for i in labelled:
+            img = torch.from_numpy(pool[i]).permute(2, 0, 1).float() / 255
+            for y in range(SIZE - 15):
+                for x in range(SIZE - 15):
+                    if torch.equal(img[:, y : y + 16, x : x + 16], patch):
+                        found = found or torch.equal(torch.from_numpy(masks[i, y : y + 16, x : x + 16]), m)
+        assert found
+    normal_only = Detector(tiny_config(), data[0], pool[~masks.any((1, 2))], masks[~masks.any((1, 2))], seed=0)
+    with pytest.raises(RuntimeError, match="no labelled defect pixels"):
+        normal_only.defect_patches(1)
+
+
+def test_ae_anomaly_weight_raises_the_residual_on_labelled_defects(data: Data) -> None:
+    """``ae_anomaly_weight``: the AE is taught not to copy the labelled defects; at 0 nothing is drawn, so the AE's
+    training is the paper's bit for bit."""
+    train, pool, masks = data
+    pool = pool.copy()
+    pool[masks] = 90  # flat defects at the texture's mean level: what an AE that smooths copies best
+    residual = {}  # the defect pixels' mean residual over the normal pixels'
+    for w in (0.0, 1.0):
+        det = Detector(tiny_config(ae_anomaly_weight=w, ae_anomaly_patches=4), train, pool, masks, seed=0)
+        for _ in range(60):
+            det.ae_update(det.random_patches(4))
+        prof = det.loss_profiles(pool).mean(1)  # (n_pool, H, W)
+        residual[w] = float(prof[torch.from_numpy(masks)].mean()) / float(prof[~torch.from_numpy(masks)].mean())
+    assert residual[1.0] > 1.5 * residual[0.0]
+    # weight 0 draws nothing (the private generator's stream, so every later patch, is the paper's AE's)
+    zero = Detector(tiny_config(ae_anomaly_weight=0.0), *data, seed=1)
+    zero.defect_patches = None  # type: ignore[method-assign,assignment]  # a call would fail
+    zero.ae_update(zero.random_patches(4))
+    with pytest.raises(ValueError, match="ae_anomaly_weight"):
+        DetectorConfig(ae_anomaly_weight=-1.0)
+    with pytest.raises(ValueError, match="ae_anomaly_patches"):
+        DetectorConfig(ae_anomaly_patches=0)
 
 
 def test_loss_profiles_are_the_eval_mode_residual(detector: Detector, data: Data) -> None:
