@@ -710,9 +710,13 @@ class Detector:
         patches = torch.stack([train[i, :, y : y + p, x : x + p] for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist())])
         return patches.float() / 255.0  # (n, 3, p, p)
 
-    def defect_patches(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def defect_patches(self, n: int, side: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Patches of the labelled anomalies, each centred (within the image) on a defect pixel: the labelled image
         uniformly, then one of its defect pixels uniformly (so every labelled image counts alike, whatever its size).
+
+        Args:
+            n: number of patches.
+            side: their side p (None: ``config.patch_size``).
 
         Returns:
             float32 (n, 3, p, p) in [0, 1] and their masks, bool (n, p, p), on the CPU.
@@ -722,7 +726,7 @@ class Detector:
         pool, masks = self._require("pool"), self._pool_masks
         assert masks is not None
         H, W = pool.shape[-2:]
-        p = self.config.patch_size
+        p = side or self.config.patch_size
         which = torch.randint(0, len(self._pool_positives), (n,), generator=self._gen).tolist()
         patches, patch_masks = [], []
         for k in which:
@@ -774,7 +778,7 @@ class Detector:
         weight = self.config.ae_anomaly_weight if self._pool_positives else 0.0
         defect = None
         if weight > 0:  # the labelled anomalies' patches join the batch: their normal pixels the MSE, their defects the push
-            extra, extra_masks = self.defect_patches(self.config.ae_anomaly_patches)
+            extra, extra_masks = self.defect_patches(self.config.ae_anomaly_patches, side=patches.shape[-1])
             extra = extra.to(self.device).contiguous(memory_format=self._memory_format)
             x, target = torch.cat([x, extra]), torch.cat([target, extra])  # (B + n, 3, p, p)
             clean = torch.zeros(len(patches), *patches.shape[-2:], dtype=torch.bool)

@@ -111,6 +111,7 @@ def test_defect_patches_are_centred_on_labelled_defects_and_seeded(data: Data) -
     assert patches.shape == (12, 3, 16, 16) and patch_masks.shape == (12, 16, 16) and patch_masks.dtype == torch.bool
     assert patch_masks.flatten(1).any(1).all()  # every patch holds defect pixels
     assert torch.equal(patches, b.defect_patches(12)[0])  # the private generator draws them
+    assert a.defect_patches(2, side=8)[0].shape == (2, 3, 8, 8)  # the side of the AE batch they join
     # each patch is a window of a labelled anomaly, its mask the same window of that image's mask
     labelled = [i for i in range(len(pool)) if masks[i].any()]
     for patch, m in zip(patches, patch_masks):
@@ -141,6 +142,7 @@ def test_ae_anomaly_weight_raises_the_residual_on_labelled_defects(data: Data) -
         prof = det.loss_profiles(pool).mean(1)  # (n_pool, H, W)
         residual[w] = float(prof[torch.from_numpy(masks)].mean()) / float(prof[~torch.from_numpy(masks)].mean())
     assert residual[1.0] > 1.5 * residual[0.0]
+    assert np.isfinite(det.ae_update(torch.rand(2, 3, 8, 8)))  # the defect patches take the batch's side
     # weight 0 draws nothing (the private generator's stream, so every later patch, is the paper's AE's)
     zero = Detector(tiny_config(ae_anomaly_weight=0.0), *data, seed=1)
     zero.defect_patches = None  # type: ignore[method-assign,assignment]  # a call would fail
