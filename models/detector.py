@@ -435,6 +435,15 @@ class DetectorConfig:
         return cls(**d)
 
 
+def _window_on(pixel: int, shape: tuple[int, int], side: int, offset: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """Top-left corner of the ``side``-pixel window centred on flat index ``pixel`` of an (H, W) image, moved by
+    ``offset`` (dy, dx) and kept inside the image."""
+    H, W = shape
+    y = min(max(pixel // W + offset[0] - side // 2, 0), H - side)
+    x = min(max(pixel % W + offset[1] - side // 2, 0), W - side)
+    return y, x
+
+
 def _zoom_crop(
     profile: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, side: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -611,6 +620,11 @@ class Detector:
         if "global" in config.predictor_inputs and self._train is not None:
             self._global()
 
+        if config.ae_anomaly_weight > 0 and self._train is not None and not self._positives:
+            logger.warning(
+                "ae_anomaly_weight %g has no labelled defect pixels to act on: the AE trains as the paper's",
+                config.ae_anomaly_weight,
+            )
         self.ae = self._new_ae()
         self.predictor = self._new_predictor()
         # The weights' moving average that makes the maps (predictor_ema > 0); a copy, never trained directly
@@ -732,8 +746,7 @@ class Detector:
         for k in which:
             i, flat = self._pool_positives[k]
             pixel = int(flat[int(torch.randint(0, len(flat), (1,), generator=self._gen))])
-            y = min(max(pixel // W - p // 2, 0), H - p)
-            x = min(max(pixel % W - p // 2, 0), W - p)
+            y, x = _window_on(pixel, (H, W), p)
             patches.append(pool[i, :, y : y + p, x : x + p])
             patch_masks.append(masks[i, y : y + p, x : x + p])
         return torch.stack(patches).float() / 255.0, torch.stack(patch_masks)  # (n, 3, p, p), (n, p, p)
@@ -1076,8 +1089,7 @@ class Detector:
                 i, flat = self._positives[j]
                 pix = int(flat[int(torch.randint(0, len(flat), (), generator=g))])
                 jy, jx = (torch.randint(-(w // 4), w // 4 + 1, (2,), generator=g)).tolist()
-                y0 = min(max(pix // W + jy - w // 2, 0), H - w)
-                x0 = min(max(pix % W + jx - w // 2, 0), W - w)
+                y0, x0 = _window_on(pix, (H, W), w, (jy, jx))
             else:
                 i = int(torch.randint(0, M, (), generator=g))
                 y0 = int(torch.randint(0, H - w + 1, (), generator=g))

@@ -837,3 +837,11 @@ def test_texture_input_adds_two_channels_to_the_predictor(data: Data) -> None:
     assert maps.shape == (2, *data[1].shape[1:3]) and np.isfinite(maps).all()
     with pytest.raises(ValueError, match="texture_sigma"):
         tiny_config(predictor_inputs=("profile", "texture"), texture_sigma=0.0)
+
+
+def test_ae_anomaly_weight_without_labelled_defects_warns(data: Data, caplog: pytest.LogCaptureFixture) -> None:
+    train, pool, masks = data
+    normal = ~masks.any((1, 2))
+    with caplog.at_level("WARNING", logger="models.detector"):
+        Detector(tiny_config(ae_anomaly_weight=1.0), train, pool[normal], masks[normal], seed=0)
+    assert "ae_anomaly_weight" in caplog.text and "no labelled defect pixels" in caplog.text
