@@ -58,34 +58,11 @@ def evaluate_images(
     return compute_metrics(maps, masks, image_labels=labels), maps
 
 
-def _smoothing_candidates(detector: Any) -> tuple[float, ...]:
-    """The detector's ``map_smoothing_candidates`` (a baseline's config has none: empty)."""
-    return tuple(getattr(getattr(detector, "config", None), "map_smoothing_candidates", ()))
-
-
 def validate(
     detector: Any, images: np.ndarray, masks: np.ndarray, image_labels: list[bool] | np.ndarray | None = None
 ) -> tuple[dict[str, float], np.ndarray]:
-    """:func:`evaluate_images` of the detector on the validation split. A detector with ``map_smoothing_candidates``
-    first picks its ``map_smoothing_sigma`` there (:func:`models.detector.choose_smoothing`; reported as the metric
-    ``map_smoothing_sigma``, with every candidate's ``pixel_auroc_sigma<s>`` and ``pixel_f1max_sigma<s>``), so that
-    the checkpoint saved after this call keeps the smoothing it was chosen with."""
-    sigmas = _smoothing_candidates(detector)
-    if not sigmas:
-        return evaluate_images(detector, images, masks, "detector", image_labels)
-    from models.detector import choose_smoothing
-
-    config = detector.config
-    kept, config.map_smoothing_sigma = config.map_smoothing_sigma, 0.0
-    try:
-        raw = detector.anomaly_map(images)  # (N, H, W), unsmoothed
-    finally:
-        config.map_smoothing_sigma = kept
-    labels = None if image_labels is None else np.asarray(image_labels, dtype=bool)
-    sigma, metrics, maps, scores = choose_smoothing(raw, masks, sigmas, labels)
-    config.map_smoothing_sigma = sigma
-    each = {f"{key}_sigma{s:g}": m[key] for s, m in scores.items() for key in ("pixel_auroc", "pixel_f1max")}
-    return {**metrics, "map_smoothing_sigma": sigma, **each}, maps
+    """:func:`evaluate_images` of the detector's own maps on the validation split (what picks the best checkpoint)."""
+    return evaluate_images(detector, images, masks, "detector", image_labels)
 
 
 def load_run(
@@ -93,8 +70,10 @@ def load_run(
 ) -> tuple[dict, Any, Any, Any]:
     """The run's config, the category and split it (or ``data_root``/``category``) gives, and its best model: the
     method's detector, or a baseline's trainer (both have ``anomaly_map`` and ``load_weights``)."""
-    from envs.mvtec_patch import MVTecPatchConfig, build_detector, load_data, load_env_data
+    from envs.config import MVTecPatchConfig, detector_config
+    from envs.data import load_data, load_env_data
     from models.baselines import build_baseline
+    from models.detector import build_detector
 
     config_path = run_dir / "config.yml"
     if not config_path.is_file():
@@ -109,7 +88,7 @@ def load_run(
     if method == "sampler":
         env_config = MVTecPatchConfig.from_kwargs(**env_kwargs)
         data, split = load_env_data(env_config)
-        detector: Any = build_detector(env_config, data, split)
+        detector: Any = build_detector(detector_config(env_config), data, split, seed=env_config.seed)
     else:  # a baseline: the data protocol alone, an inference-only model
         data, split = load_data(**{k: v for k, v in env_kwargs.items() if k != "device"})
         detector = build_baseline(method, {**config["hyperparams"], "device": device}, int(config.get("seed", 0)))
@@ -267,8 +246,6 @@ def evaluate_run(
     metrics, maps = evaluate_images(detector, test_images, test_masks, method, test_labels)
     metrics["val_threshold"] = threshold
     metrics["f1_at_val_threshold"] = f1_at_threshold(maps, test_masks, threshold) if np.isfinite(threshold) else float("nan")
-    if method == "detector" and _smoothing_candidates(detector):
-        metrics["map_smoothing_sigma"] = detector.config.map_smoothing_sigma  # the one its validation chose
 
     record = {
         "category": data.name,

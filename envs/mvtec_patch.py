@@ -1,4 +1,4 @@
-"""``MVTecPatch-v0``: the neural batch sampler's environment (paper §III.A-B, §IV.C-D; DESIGN.md).
+"""``MVTecPatch-v0``: the neural batch sampler's environment (paper §III.A-B, §IV.C-D; docs/design.md).
 
 The env *is* the training process of the autoencoder and the predictor: each ``step`` moves the sampler's crop,
 feeds the chosen 64x64 patch to the autoencoder's mini-batch, trains the AE and the predictor when the batch is full,
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,108 +20,16 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.mvtec import Category, load_category_cached
-from envs.split import Split, SplitConfig, make_split
-from models.detector import Detector, DetectorConfig
-from models.runtime import check_device
+from envs.config import MVTecPatchConfig, detector_config
+from envs.data import load_env_data
+from models.detector import build_detector
 from models.structural import fused_structural_map, sobel_magnitude
 
 logger = logging.getLogger(__name__)
 
-OBSERVATIONS = ("enriched", "rgb_history")  # paper's 6 channels | Chu & Kitani's RGB + history
 SKIP = 8
 # (dy, dx) per action: N, S, W, E, NW, NE, SW, SE; action 8 is skip
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
-
-
-@dataclass
-class MVTecPatchConfig:
-    """Every knob of the environment; ``gymnasium.make("MVTecPatch-v0", **kwargs)`` takes these names."""
-
-    data_root: str | None = None  # folder holding MVTec AD categories; None: the embedded synthetic category
-    category: str | None = None
-    image_size: int = 256  # paper §IV.B
-    k_shot: int = 5  # labelled anomalies per defect type
-    normal_pool: int = 15  # normal images in the predictor's pool
-    val_fraction: float = 0.2
-    seed: int = 0  # fixes the split and the networks' initialisation; reset(seed=...) fixes the actions' randomness
-    crop_size: int = 128  # the sampler's view
-    patch_size: int = 64  # what the AE trains on
-    move_step: int = 24  # pixels per move
-    episode_length: int = 32  # one AE mini-batch of moves
-    ae_batch_size: int = 32
-    beta_decay_steps: int = 2000  # L in beta = max(beta_min, 1 - j / L)
-    beta_min: float = 0.15
-    alpha_decay_updates: int = 200  # predictor updates over which alpha goes 1.0 -> 0.15
-    predictor_freeze_steps: int = 50  # no predictor update before this env step
-    feedback_start_steps: int = 100  # the sampler gets no RL feedback before this env step
-    pretrain_epochs: int = 40  # AE pre-training epochs of one patch per training image (the paper: 100, preset "paper")
-    predictor_warmup_updates: int = 100
-    observation: str = "enriched"  # one of OBSERVATIONS
-    ae_reset_every: int = 0  # Chu & Kitani: re-initialise the AE every N updates; 0 = never (paper)
-    profile_stack: int = 1  # Chu & Kitani: predictor input = last K loss profiles; 1 = paper
-    detector: dict[str, Any] | None = None  # further DetectorConfig fields (nested "ae" / "predictor" dicts allowed)
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
-
-        if self.observation not in OBSERVATIONS:
-            raise bad("observation", f"one of {', '.join(OBSERVATIONS)}")
-        if self.k_shot < 1:
-            raise bad("k_shot", "an integer >= 1")
-        if self.image_size < 16:
-            raise bad("image_size", "an integer >= 16")
-        if not 8 <= self.crop_size <= self.image_size or self.crop_size % 2:
-            raise bad("crop_size", f"an even number, 8 <= crop_size <= image_size ({self.image_size})")
-        if not 4 <= self.patch_size <= self.crop_size or self.patch_size % 2:
-            raise bad("patch_size", f"an even number, 4 <= patch_size <= crop_size ({self.crop_size})")
-        for name in ("move_step", "episode_length", "ae_batch_size", "beta_decay_steps"):
-            if getattr(self, name) < 1:
-                raise bad(name, "an integer >= 1")
-        for name in (
-            "predictor_freeze_steps",
-            "feedback_start_steps",
-            "pretrain_epochs",
-            "predictor_warmup_updates",
-            "ae_reset_every",
-            "alpha_decay_updates",
-        ):
-            if getattr(self, name) < 0:
-                raise bad(name, "an integer >= 0")
-        if self.profile_stack < 1:
-            raise bad("profile_stack", "an integer >= 1")
-        if self.detector is not None:
-            if not isinstance(self.detector, dict):
-                raise bad("detector", "a dict of DetectorConfig fields")
-            owned = {
-                "patch_size",
-                "ae_batch_size",
-                "alpha_decay_updates",
-                "pretrain_epochs",
-                "predictor_warmup_updates",
-                "ae_reset_every",
-                "profile_stack",
-                "device",
-            } & set(self.detector)
-            if owned:
-                raise bad("detector", f"DetectorConfig fields other than the env's own ({', '.join(sorted(owned))})")
-            valid = {f.name for f in fields(DetectorConfig)}
-            unknown = sorted(set(self.detector) - valid)
-            if unknown:
-                raise bad("detector", f"DetectorConfig fields; unknown: {', '.join(unknown)}")
-        if not 0.0 <= self.beta_min <= 1.0:
-            raise bad("beta_min", "a number in [0, 1]")
-        check_device(self.device)  # every spelling torch accepts: cpu, cuda, cuda:N, mps
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> MVTecPatchConfig:
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(kwargs) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown MVTecPatch-v0 kwarg(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-        return cls(**kwargs)
 
 
 class MVTecPatchEnv(gym.Env):
@@ -178,7 +86,7 @@ class MVTecPatchEnv(gym.Env):
         self.config = config = MVTecPatchConfig.from_kwargs(**kwargs)
         self.render_mode = render_mode
         self.category, self.split = load_env_data(config)
-        self.detector = build_detector(config, self.category, self.split)
+        self.detector = build_detector(detector_config(config), self.category, self.split, seed=config.seed)
         train_images = self.category.images[self.split.train]  # uint8 (N, S, S, 3)
         self.train_images = train_images
         n, size = len(train_images), config.image_size
@@ -448,69 +356,3 @@ class MVTecPatchEnv(gym.Env):
             self.load_state_dict(state)
         except ValueError as error:
             raise ValueError(f"env state '{path}' does not fit this env: {error}") from None
-
-
-def load_env_data(config: MVTecPatchConfig) -> tuple[Category, Split]:
-    """The category (embedded synthetic without ``data_root``) and its split for an env config."""
-    return load_data(
-        config.data_root,
-        config.category,
-        config.image_size,
-        config.k_shot,
-        config.normal_pool,
-        config.val_fraction,
-        config.seed,
-    )
-
-
-def load_data(
-    data_root: str | None = None,
-    category: str | None = None,
-    image_size: int = 256,
-    k_shot: int = 5,
-    normal_pool: int = 15,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-) -> tuple[Category, Split]:
-    """A category (embedded synthetic without ``data_root``) and its split: the data protocol alone, which the
-    baselines share with the env (same arguments, same files)."""
-    if data_root is None:
-        from envs.synthetic import SYNTHETIC_CATEGORY, default_root
-
-        if category not in (None, SYNTHETIC_CATEGORY):
-            raise ValueError(f"category={category!r} needs data_root (without it '{SYNTHETIC_CATEGORY}' is used)")
-        root, name = default_root(), SYNTHETIC_CATEGORY
-    else:
-        if category is None:
-            raise ValueError("data_root is set but category is not: expected the name of a category folder under data_root")
-        root, name = Path(data_root), category
-    if image_size < 16:
-        raise ValueError(f"image_size={image_size!r} is invalid: expected an integer >= 16")
-    if k_shot < 1:
-        raise ValueError(f"k_shot={k_shot!r} is invalid: expected an integer >= 1")
-    data = load_category_cached(root, name, image_size)
-    return data, make_split(data, SplitConfig(k_shot, normal_pool, val_fraction, seed))
-
-
-def build_detector(config: MVTecPatchConfig, category: Category, split: Split) -> Detector:
-    """The detector an env config trains: the AE on ``train/good``, the predictor on the labelled anomalies plus the
-    normal pool. evaluate.py rebuilds it the same way from a run's config before loading the weights."""
-    pool = np.concatenate([split.labelled, split.normal_pool])
-    return Detector(
-        detector_config(config), category.images[split.train], category.images[pool], category.masks[pool], seed=config.seed
-    )
-
-
-def detector_config(config: MVTecPatchConfig) -> DetectorConfig:
-    """The env config's DetectorConfig (validated: a bad value raises ValueError naming it), without building networks."""
-    return DetectorConfig(
-        patch_size=config.patch_size,
-        ae_batch_size=config.ae_batch_size,
-        alpha_decay_updates=config.alpha_decay_updates,
-        pretrain_epochs=config.pretrain_epochs,
-        predictor_warmup_updates=config.predictor_warmup_updates,
-        ae_reset_every=config.ae_reset_every,
-        profile_stack=config.profile_stack,
-        device=config.device,
-        **copy.deepcopy(config.detector or {}),
-    )

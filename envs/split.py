@@ -1,4 +1,4 @@
-"""The semi-supervised split protocol (paper §IV.A, DESIGN.md "Data protocol").
+"""The semi-supervised split protocol (paper §IV.A; docs/design.md).
 
 From a loaded category and one seed:
 

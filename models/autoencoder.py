@@ -21,7 +21,7 @@ from torch import nn
 
 from models.padding import FastPadSequential
 
-__all__ = ["AutoencoderConfig", "Autoencoder", "NORMS", "OUTPUTS", "PADDING_MODES", "UPSAMPLES", "anomaly_push_loss"]
+__all__ = ["AutoencoderConfig", "Autoencoder", "NORMS", "OUTPUTS", "PADDING_MODES", "UPSAMPLES"]
 
 NORMS = ("batch", "none")
 PADDING_MODES = ("zeros", "reflect")
@@ -174,30 +174,3 @@ class Autoencoder(nn.Module):
         z = self.bottleneck(z)  # (B, widths[-1], H/s, W/s)
         out = self.decoder(z)  # (B, C, H, W)
         return torch.sigmoid(out) if self.config.output == "sigmoid" else out
-
-
-def anomaly_push_loss(
-    recon: torch.Tensor, target: torch.Tensor, defect: torch.Tensor, weight: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The AE's loss with labelled defect pixels: the MSE of the normal pixels plus a bounded push on the defect ones.
-
-    ``e`` is each pixel's squared error (mean over channels) and ``tau`` the normal pixels' mean ``e``, detached. The
-    push ``weight * tau * mean(exp(-e / tau))`` over the defect pixels has a gradient of at most ``weight`` per pixel
-    (per pixel of the mean, as the MSE's), largest while a defect is reconstructed as well as normal texture and
-    vanishing once its error is a few ``tau`` above it: the AE is taught not to copy defects, not to paint noise on them.
-
-    Args:
-        recon, target: float (B, C, H, W).
-        defect: bool (B, H, W), True on labelled defect pixels.
-        weight: the push's weight (0: the MSE of the normal pixels alone).
-
-    Returns:
-        (loss, mse): the scalar to minimise and the normal pixels' MSE (what the paper's AE minimises; for logging).
-    """
-    errors = ((recon - target) ** 2).mean(dim=1)  # (B, H, W)
-    mse = errors[~defect].mean()
-    if weight <= 0 or not bool(defect.any()):
-        return mse, mse
-    tau = mse.detach().clamp_min(1e-8)
-    push = torch.exp(-errors[defect] / tau).mean()
-    return mse + weight * tau * push, mse

@@ -6,7 +6,7 @@ are fitted once, and an image's residual after projection onto them is upsampled
 paper's AE sees 64x64 patches and reconstructs whatever is locally plausible: a band of normal texture that is too
 bright, a part in the wrong place, a missing part. The PCA sees the whole image at once, so what no normal image has at
 that place and scale stands out. It is fitted on normal images only (no labels) and costs two small matrix products
-per image, so the predictor can read it beside the loss profile (``predictor_inputs`` "global").
+per image, so its map can be mixed into the predictor's (``DetectorConfig.map_global_weight``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-__all__ = ["GlobalResidual", "GLOBAL_CHANNELS"]
-
-GLOBAL_CHANNELS = 3  # one residual per colour channel, like the loss profile
+__all__ = ["GlobalResidual"]
 
 
 class GlobalResidual:
@@ -100,7 +98,8 @@ class GlobalResidual:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """float (B, 3, H, W) in [0, 1] -> (B, 3, H, W): each pixel's absolute residual, at the images' size."""
-        return self.upsample(self.coarse_residual(images), tuple(images.shape[-2:])).to(images.device)
+        H, W = images.shape[-2:]
+        return self.upsample(self.coarse_residual(images), (H, W)).to(images.device)
 
     def state_dict(self) -> dict[str, object]:
         return {"size": self.size, "components": self.components, "mean": self.mean, "basis": self.basis, "scale": self.scale}

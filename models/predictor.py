@@ -15,15 +15,12 @@ import torch
 from torch import nn
 
 from models.resize import resize_bilinear
-from models.unet import UNet, UNetConfig
 
 __all__ = [
     "PredictorConfig",
     "Predictor",
-    "coordinate_channels",
     "weighted_bce",
     "weighted_focal_loss",
-    "pairwise_auc_loss",
     "soft_dice_loss",
 ]
 
@@ -40,18 +37,6 @@ class PredictorConfig:
             hundredths); normalising the first layer's output makes training insensitive to their scale.
         norm: the normalisation when ``batch_norm`` is on: "batch" (BatchNorm2d, the paper) or "group"
             (GroupNorm with 8 channels per group: the same in training and eval mode, whatever the batch holds).
-        global_context: after the dilated body, give every position the image-wide mean of the body's features
-            too (ParseNet's global context, Liu et al. 2015): a 1x1 convolution of [local, global] features, so a
-            region can be judged against the rest of its image. Train on whole images (``pred_crop_size`` = image
-            size), or the mean differs between training crops and inference.
-        strip_context: after the dilated body, give every position the mean of the body's features along its row
-            and along its column too (strip pooling, Hou et al., CVPR 2020): a 1x1 convolution of [local, row, column]
-            features, so a band that spans the image (a discoloured strip, a long scratch) is judged as a whole
-            rather than cell by cell. Train on whole images, as for ``global_context``.
-        coord_channels: append two channels holding each pixel's row and column in [-1, 1] (CoordConv, Liu et al.
-            2018), so the network knows where the image's border is: padding that continues the image (reflect,
-            replicate) hides it, and a defect that lies along a side of a part (a band between an edge and the
-            border) is judged by its position. Train on whole images, or the positions are the crop's.
     """
 
     in_channels: int = 3
@@ -61,11 +46,6 @@ class PredictorConfig:
     norm: str = "batch"
     downsample: int = 1  # 1: the paper's full-resolution FCN; 2^L: an encoder-decoder with the dilations at 1/2^L
     padding_mode: str = "zeros"  # "zeros" (paper) | "reflect" | "replicate": no border stripes in the maps
-    arch: str = "dilated"  # "dilated" (the paper's body, above) | "unet": models.unet.UNet (width, unet_levels, norm)
-    unet_levels: int = 4
-    global_context: bool = False
-    strip_context: bool = False
-    coord_channels: bool = False
 
     def __post_init__(self) -> None:
         self.dilations = tuple(int(d) for d in self.dilations)
@@ -81,13 +61,6 @@ class PredictorConfig:
             raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
         if self.padding_mode not in ("zeros", "reflect", "replicate"):
             raise ValueError(f"padding_mode must be 'zeros', 'reflect' or 'replicate', got {self.padding_mode!r}")
-        if self.arch not in ("dilated", "unet"):
-            raise ValueError(f"arch must be 'dilated' or 'unet', got {self.arch!r}")
-        if not 1 <= self.unet_levels <= 6:
-            raise ValueError(f"unet_levels must be in 1..6, got {self.unet_levels}")
-        for name in ("global_context", "strip_context"):
-            if getattr(self, name) and self.arch != "dilated":
-                raise ValueError(f"{name} needs arch 'dilated' (the U-Net has no dilated body to extend)")
 
     @property
     def receptive_field(self) -> int:
@@ -128,19 +101,12 @@ class Predictor(nn.Module):
     def __init__(self, config: PredictorConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or PredictorConfig()
-        self.unet: UNet | None = None
-        n_in = config.in_channels + 2 * config.coord_channels  # the network's own input channels
-        if config.arch == "unet":  # a full U-Net reading the same inputs (README "Design choices")
-            net = UNetConfig(n_in, config.width, config.unet_levels, config.norm, config.padding_mode)
-            self.unet = UNet(net)
-            return
         pad: Any = config.padding_mode  # a validated str; torch's stubs want a Literal
         bias = not config.batch_norm
 
-        def block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1, kernel: int = 3) -> nn.Sequential:
-            padding = dilation * (kernel // 2)
+        def block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
             layers: list[nn.Module] = [
-                _Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias, padding_mode=pad)
+                _Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=bias, padding_mode=pad)
             ]
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(c_out) if config.norm == "batch" else nn.GroupNorm(max(1, c_out // 8), c_out))
@@ -149,7 +115,7 @@ class Predictor(nn.Module):
 
         self.widths = [config.width * min(2**level, 2) for level in range(config.levels)]  # per encoder level
         self.down = nn.ModuleList()
-        c = n_in
+        c = config.in_channels
         for w in self.widths:
             self.down.append(block(c, w, stride=2))
             c = w
@@ -160,8 +126,6 @@ class Predictor(nn.Module):
             c = w_body
         # the paper's layout (downsample 1) keeps its flat Sequential: body.0.weight, body.1, ...
         self.body = nn.Sequential(*[m for b in body for m in b]) if not self.widths else nn.Sequential(*body)
-        n_context = int(config.global_context) + 2 * int(config.strip_context)  # pooled copies of the body's features
-        self.context = block((1 + n_context) * c, c, kernel=1) if n_context else None
         self.up = nn.ModuleList()
         for w in reversed(self.widths[:-1]):  # from the second-deepest level up to half resolution
             self.up.append(block(c + w, w))
@@ -183,10 +147,6 @@ class Predictor(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid scores, shape (B, 1, H, W)."""
-        if self.config.coord_channels:
-            x = torch.cat([x, coordinate_channels(x)], dim=1)  # (B, C_in + 2, H, W)
-        if self.unet is not None:
-            return self.unet(x)  # (B, 1, H, W)
         H, W = x.shape[-2:]
         skips = []
         h = x
@@ -194,14 +154,6 @@ class Predictor(nn.Module):
             h = down(h)  # (B, w_l, H / 2^l, W / 2^l)
             skips.append(h)
         h = self.body(h)  # (B, w_L, H / 2^L, W / 2^L)
-        if self.context is not None:
-            pooled = [h]
-            if self.config.global_context:
-                pooled.append(h.mean(dim=(-2, -1), keepdim=True).expand_as(h))  # (B, w_L, h, w): the image-wide mean
-            if self.config.strip_context:
-                pooled.append(h.mean(dim=-1, keepdim=True).expand_as(h))  # (B, w_L, h, w): each row's mean
-                pooled.append(h.mean(dim=-2, keepdim=True).expand_as(h))  # (B, w_L, h, w): each column's mean
-            h = self.context(torch.cat(pooled, dim=1))  # (B, w_L, H / 2^L, W / 2^L)
         for up, skip in zip(self.up, reversed(skips[:-1])):
             h = resize_bilinear(h, skip.shape[-2:])  # (B, w, skip's H, skip's W)
             h = up(torch.cat([h, skip], dim=1))  # (B, w_l, H / 2^l, W / 2^l)
@@ -209,14 +161,6 @@ class Predictor(nn.Module):
         if self.down:
             z = resize_bilinear(z, (H, W))  # (B, 1, H, W)
         return z
-
-
-def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
-    """Each pixel's (row, column) in [-1, 1] for a batch like x (B, C, H, W): shape (B, 2, H, W), x's dtype."""
-    B, _, H, W = x.shape
-    rows = torch.linspace(-1.0, 1.0, H, device=x.device, dtype=x.dtype).view(1, 1, H, 1).expand(B, 1, H, W)
-    cols = torch.linspace(-1.0, 1.0, W, device=x.device, dtype=x.dtype).view(1, 1, 1, W).expand(B, 1, H, W)
-    return torch.cat([rows, cols], dim=1)  # (B, 2, H, W)
 
 
 def _clamped_probabilities_and_labels(
@@ -284,36 +228,3 @@ def soft_dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -
     y = target.to(pred.dtype)
     inter = (pred * y).sum()
     return 1.0 - (2.0 * inter + eps) / (pred.sum() + y.sum() + eps)
-
-
-def pairwise_auc_loss(
-    pred: torch.Tensor, target: torch.Tensor, n_pairs: int, generator: torch.Generator, eps: float = 1e-6
-) -> torch.Tensor:
-    """A pairwise logistic surrogate of the pooled pixel AUROC: ``mean softplus(z_neg - z_pos)`` over pairs.
-
-    Pixel AUROC ranks every defect pixel against every normal pixel of every image; the per-pixel losses never compare
-    two pixels, let alone two images. This loss does: ``n_pairs`` defect pixels and ``n_pairs`` normal pixels are drawn
-    at random from the whole batch (with replacement, from ``generator``), and every drawn defect pixel's logit is
-    compared with every drawn normal pixel's (``n_pairs``² pairs), so a faint defect that scores below the normal pixels
-    of another crop is pushed up against them (Yan et al. 2003, the Wilcoxon-Mann-Whitney surrogate).
-
-    Args:
-        pred: probabilities, any shape; clamped to ``[eps, 1 - eps]`` and turned back into logits.
-        target: labels in {0, 1}, same shape as ``pred``.
-        n_pairs: how many defect and how many normal pixels to draw.
-        generator: the CPU generator the draws come from (the caller's private stream).
-        eps: clamp margin that keeps the logits finite.
-
-    Returns:
-        The scalar loss; 0 (with a gradient path) when the batch lacks defect or normal pixels.
-    """
-    p, y = _clamped_probabilities_and_labels(pred, target, eps)
-    z = (torch.log(p) - torch.log1p(-p)).flatten()  # (N,) logits
-    positive = y.flatten() > 0.5
-    pos_idx, neg_idx = positive.nonzero().squeeze(1), (~positive).nonzero().squeeze(1)
-    if len(pos_idx) == 0 or len(neg_idx) == 0:
-        return z.sum() * 0.0
-    pick_pos = torch.randint(0, len(pos_idx), (n_pairs,), generator=generator).to(pos_idx.device)
-    pick_neg = torch.randint(0, len(neg_idx), (n_pairs,), generator=generator).to(neg_idx.device)
-    z_pos, z_neg = z[pos_idx[pick_pos]], z[neg_idx[pick_neg]]  # (n_pairs,), (n_pairs,)
-    return torch.nn.functional.softplus(z_neg.unsqueeze(0) - z_pos.unsqueeze(1)).mean()  # over (n_pairs, n_pairs)

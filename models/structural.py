@@ -64,7 +64,7 @@ def gradient_magnitude(grey: np.ndarray) -> np.ndarray:
 
     The square root is numpy's, not ``cv2.magnitude``: OpenCV's vectorised loop rounds some pixels differently
     (one ulp) depending on where its buffers happen to lie in memory, so the cloning reward, and with it a seeded run,
-    depended on the process's allocation history (measured in session 30: unrelated code changes moved a run)."""
+    depended on the process's allocation history (unrelated code changes were seen to move a seeded run)."""
     g = grey.astype(np.float32)
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)

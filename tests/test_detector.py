@@ -10,17 +10,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from models.autoencoder import AutoencoderConfig, anomaly_push_loss
-from models.detector import (
-    Detector,
-    DetectorConfig,
-    ae_baseline_maps,
-    choose_smoothing,
-    close_maps,
-    smooth_maps,
-    texture_channels,
-)
-from models.metrics import compute_metrics
+from models.autoencoder import AutoencoderConfig
+from models.detector import Detector, DetectorConfig, ae_baseline_maps, close_maps
 from models.predictor import PredictorConfig
 
 SIZE = 32
@@ -82,75 +73,6 @@ def test_ae_update_lowers_the_loss_on_a_fixed_batch(detector: Detector) -> None:
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
     assert detector.ae_updates == 30 and detector.ae_version == 30
     assert detector.last_ae_loss == losses[-1]
-
-
-def test_anomaly_push_loss_is_the_normal_mse_plus_a_bounded_push_on_defects() -> None:
-    target = torch.zeros(2, 3, 4, 4)
-    recon = torch.full((2, 3, 4, 4), 0.1)  # every pixel's squared error is 0.01
-    defect = torch.zeros(2, 4, 4, dtype=torch.bool)
-    defect[0, :2] = True
-    loss, mse = anomaly_push_loss(recon, target, defect, weight=2.0)
-    assert float(mse) == pytest.approx(0.01)
-    assert float(loss) == pytest.approx(0.01 + 2.0 * 0.01 * np.exp(-1.0))  # e = tau on the defects
-    assert torch.equal(anomaly_push_loss(recon, target, defect, weight=0.0)[0], mse)
-    # the gradient raises the defect pixels' error and lowers the normal ones'
-    recon = recon.clone().requires_grad_(True)
-    anomaly_push_loss(recon, target, defect, weight=2.0)[0].backward()
-    assert recon.grad is not None
-    assert (recon.grad[0, :, :2] < 0).all() and (recon.grad[0, :, 2:] > 0).all() and (recon.grad[1] > 0).all()
-    # a defect already far above the normal level costs (almost) nothing more
-    far = torch.where(defect[:, None], torch.tensor(1.0), torch.tensor(0.1)).expand(2, 3, 4, 4)
-    loss_far, mse_far = anomaly_push_loss(far, target, defect, weight=2.0)
-    assert float(loss_far - mse_far) < 1e-6
-
-
-def test_defect_patches_are_centred_on_labelled_defects_and_seeded(data: Data) -> None:
-    _, pool, masks = data
-    a, b = (Detector(tiny_config(), *data, seed=5) for _ in range(2))
-    patches, patch_masks = a.defect_patches(12)
-    assert patches.shape == (12, 3, 16, 16) and patch_masks.shape == (12, 16, 16) and patch_masks.dtype == torch.bool
-    assert patch_masks.flatten(1).any(1).all()  # every patch holds defect pixels
-    assert torch.equal(patches, b.defect_patches(12)[0])  # the private generator draws them
-    assert a.defect_patches(2, side=8)[0].shape == (2, 3, 8, 8)  # the side of the AE batch they join
-    # each patch is a window of a labelled anomaly, its mask the same window of that image's mask
-    labelled = [i for i in range(len(pool)) if masks[i].any()]
-    for patch, m in zip(patches, patch_masks):
-        found = False
-        for i in labelled:
-            img = torch.from_numpy(pool[i]).permute(2, 0, 1).float() / 255
-            for y in range(SIZE - 15):
-                for x in range(SIZE - 15):
-                    if torch.equal(img[:, y : y + 16, x : x + 16], patch):
-                        found = found or torch.equal(torch.from_numpy(masks[i, y : y + 16, x : x + 16]), m)
-        assert found
-    normal_only = Detector(tiny_config(), data[0], pool[~masks.any((1, 2))], masks[~masks.any((1, 2))], seed=0)
-    with pytest.raises(RuntimeError, match="no labelled defect pixels"):
-        normal_only.defect_patches(1)
-
-
-def test_ae_anomaly_weight_raises_the_residual_on_labelled_defects(data: Data) -> None:
-    """``ae_anomaly_weight``: the AE is taught not to copy the labelled defects; at 0 nothing is drawn, so the AE's
-    training is the paper's bit for bit."""
-    train, pool, masks = data
-    pool = pool.copy()
-    pool[masks] = 90  # flat defects at the texture's mean level: what an AE that smooths copies best
-    residual = {}  # the defect pixels' mean residual over the normal pixels'
-    for w in (0.0, 1.0):
-        det = Detector(tiny_config(ae_anomaly_weight=w, ae_anomaly_patches=4), train, pool, masks, seed=0)
-        for _ in range(60):
-            det.ae_update(det.random_patches(4))
-        prof = det.loss_profiles(pool).mean(1)  # (n_pool, H, W)
-        residual[w] = float(prof[torch.from_numpy(masks)].mean()) / float(prof[~torch.from_numpy(masks)].mean())
-    assert residual[1.0] > 1.5 * residual[0.0]
-    assert np.isfinite(det.ae_update(torch.rand(2, 3, 8, 8)))  # the defect patches take the batch's side
-    # weight 0 draws nothing (the private generator's stream, so every later patch, is the paper's AE's)
-    zero = Detector(tiny_config(ae_anomaly_weight=0.0), *data, seed=1)
-    zero.defect_patches = None  # type: ignore[method-assign,assignment]  # a call would fail
-    zero.ae_update(zero.random_patches(4))
-    with pytest.raises(ValueError, match="ae_anomaly_weight"):
-        DetectorConfig(ae_anomaly_weight=-1.0)
-    with pytest.raises(ValueError, match="ae_anomaly_patches"):
-        DetectorConfig(ae_anomaly_patches=0)
 
 
 def test_loss_profiles_are_the_eval_mode_residual(detector: Detector, data: Data) -> None:
@@ -358,18 +280,15 @@ def test_corrupt_or_wrong_checkpoint_raises_value_error(tmp_path: Path, detector
 
 
 def test_a_checkpoint_with_other_predictor_inputs_of_the_same_width_is_refused(tmp_path: Path, data: Data) -> None:
-    # (image, texture) and (profile, texture) both give the predictor 5 input channels: only the inputs differ
-    saved = Detector(tiny_config(predictor_inputs=("image", "texture")), *data)
-    saved.save(tmp_path / "d.pt")
-    other = Detector(tiny_config(predictor_inputs=("profile", "texture")), *data)
-    assert other.config.predictor.in_channels == saved.config.predictor.in_channels
+    # (image,) and (profile,) both give the predictor 3 input channels: only the inputs differ
+    Detector(tiny_config(predictor_inputs=("image",)), *data).save(tmp_path / "d.pt")
+    other = Detector(tiny_config(predictor_inputs=("profile",)), *data)
+    assert other.config.predictor.in_channels == 3
     with pytest.raises(ValueError, match="d.pt.*predictor_inputs"):
         other.load_weights(tmp_path / "d.pt")
-    other_sigma = Detector(tiny_config(predictor_inputs=("texture", "image"), texture_sigma=4.0), *data)
-    with pytest.raises(ValueError, match="d.pt.*texture_sigma"):
-        other_sigma.load_weights(tmp_path / "d.pt")
-    same = Detector(tiny_config(predictor_inputs=("texture", "image")), *data)  # the order does not matter
-    same.load_weights(tmp_path / "d.pt")
+    Detector(tiny_config(predictor_inputs=("profile", "image")), *data).save(tmp_path / "both.pt")
+    same = Detector(tiny_config(predictor_inputs=("image", "profile")), *data)  # the order does not matter
+    same.load_weights(tmp_path / "both.pt")
 
 
 def test_same_seed_same_training_and_global_rng_untouched(data: Data) -> None:
@@ -420,7 +339,7 @@ def test_predictor_learns_to_find_bright_defects() -> None:
     assert roc_auc_score(test_masks.ravel(), maps.ravel()) > 0.9
 
 
-# ---------------------------------------------------------------------- options measured for real data (issue 8)
+# ---------------------------------------------------------------------- options of the presets
 def test_predictor_reads_the_image_when_asked(data: Data) -> None:
     det = Detector(tiny_config(predictor_inputs=("profile", "image")), *data, seed=0)
     assert det.predictor.config.in_channels == 6
@@ -457,59 +376,6 @@ def test_closing_fills_the_inside_of_a_lit_edge_and_never_lowers_a_score() -> No
     np.testing.assert_array_equal(wide[1], maps[1])  # nor around a lone pixel
 
 
-def test_choose_smoothing_takes_the_best_f1max_and_the_smaller_sigma_on_ties() -> None:
-    rng = np.random.default_rng(0)
-    masks = np.zeros((4, 64, 64), dtype=bool)
-    masks[:2, 16:48, 16:48] = True  # a large defect ...
-    raw = rng.uniform(0.0, 0.6, size=masks.shape).astype(np.float32)
-    ring = masks.copy()
-    ring[:2, 20:44, 20:44] = False
-    raw[ring] += 0.4  # ... that the map lights only along its edge, as magnetic_tile's `uneven`
-    sigmas = (0.0, 2.0, 8.0)
-    sigma, metrics, maps, scores = choose_smoothing(raw, masks, sigmas)
-    by_sigma = {s: compute_metrics(smooth_maps(raw, s), masks)["pixel_f1max"] for s in sigmas}
-    assert {s: m["pixel_f1max"] for s, m in scores.items()} == pytest.approx(by_sigma)
-    assert sigma == max(by_sigma, key=by_sigma.get) and sigma > 0  # smoothing fills the inside here
-    assert metrics["pixel_f1max"] == pytest.approx(by_sigma[sigma])
-    np.testing.assert_array_equal(maps, smooth_maps(raw, sigma))
-    flat = np.full(masks.shape, 0.5, dtype=np.float32)  # every sigma scores the same: the smallest is kept
-    assert choose_smoothing(flat, masks, (8.0, 4.0))[0] == 4.0
-    with pytest.raises(ValueError, match="candidate"):
-        choose_smoothing(raw, masks, ())
-    with pytest.raises(ValueError, match="map_smoothing_candidates"):
-        DetectorConfig(map_smoothing_candidates=(4.0, -1.0))
-    for bad in (4.0, "4", ["wide"]):  # a bare number or text is refused with the option's name, not a TypeError
-        with pytest.raises(ValueError, match="map_smoothing_candidates must be a list"):
-            DetectorConfig(map_smoothing_candidates=bad)
-
-
-def test_validation_picks_the_smoothing_and_the_checkpoint_keeps_it(tmp_path: Path, data: Data) -> None:
-    import evaluate
-
-    config = tiny_config(map_smoothing_sigma=4.0, map_smoothing_candidates=[0, 1, 2, 4, 8])
-    assert config.map_smoothing_candidates == (0.0, 1.0, 2.0, 4.0, 8.0)
-    det = Detector(config, *data, seed=0)
-    det.pretrain_ae()
-    det.predictor_update()
-    images, masks = data[1], data[2]
-    metrics, maps = evaluate.validate(det, images, masks)
-    raw = Detector(tiny_config(), *data, seed=0)
-    raw.load_state_dict(det.state_dict())
-    raw.config.map_smoothing_sigma = 0.0  # (the checkpoint's sigma came with its weights) unsmoothed maps
-    sigma, expected, _, scores = choose_smoothing(raw.anomaly_map(images), masks, config.map_smoothing_candidates)
-    assert metrics["map_smoothing_sigma"] == sigma == det.config.map_smoothing_sigma
-    assert metrics["pixel_f1max_sigma8"] == pytest.approx(scores[8.0]["pixel_f1max"])  # every candidate is reported
-    assert metrics["pixel_f1max"] == pytest.approx(expected["pixel_f1max"])
-    np.testing.assert_allclose(maps, det.anomaly_map(images), atol=1e-6)  # the maps are the chosen sigma's
-    det.config.map_smoothing_sigma = sigma  # whatever was chosen, a different value must come back from the file
-    det.save(tmp_path / "best.pt")
-    fresh = Detector(replace(config, map_smoothing_sigma=sigma + 3.0), *data, seed=1)
-    fresh.load_weights(tmp_path / "best.pt")
-    assert fresh.config.map_smoothing_sigma == sigma
-    plain_metrics, _ = evaluate.validate(raw, images, masks)  # no candidates: evaluate_images, sigma untouched
-    assert "map_smoothing_sigma" not in plain_metrics and raw.config.map_smoothing_sigma == 0.0
-
-
 def test_profile_refresh_every_skips_refreshes_between_due_updates(data: Data) -> None:
     det = Detector(tiny_config(profile_refresh_every=3), *data, seed=0)
     assert det.refresh_profiles() is True  # the first always computes
@@ -531,63 +397,6 @@ def test_ae_lr_after_pretrain_applies_once_pretraining_ends(data: Data) -> None:
     assert det.ae_optimizer.param_groups[0]["lr"] == det.config.lr
     det.pretrain_ae()
     assert det.ae_optimizer.param_groups[0]["lr"] == 1e-4
-
-
-@pytest.mark.parametrize("updates,expected", [(0, 1.0), (5, 0.55), (10, 0.1), (40, 0.1)])
-def test_cosine_pred_lr_falls_over_the_warmup_to_its_floor_and_stays(data: Data, updates: int, expected: float) -> None:
-    det = Detector(tiny_config(pred_lr=2e-3, predictor_warmup_updates=10, pred_lr_schedule="cosine"), *data)
-    det.predictor_updates = updates
-    assert det.pred_lr == pytest.approx(2e-3 * expected)
-    constant = Detector(tiny_config(pred_lr=2e-3, predictor_warmup_updates=10), *data)
-    constant.predictor_updates = updates
-    assert constant.pred_lr == 2e-3
-
-
-def test_each_predictor_step_uses_the_scheduled_rate_and_a_resumed_run_continues_it(data: Data, tmp_path: Path) -> None:
-    config = tiny_config(pred_lr=1e-3, predictor_warmup_updates=4, pred_lr_schedule="cosine", pred_lr_floor=0.2)
-    det = Detector(config, *data, seed=0)
-    rates = []
-    for _ in range(6):
-        rate = det.pred_lr
-        det.predictor_update()
-        assert det.predictor_optimizer.param_groups[0]["lr"] == pytest.approx(rate)
-        rates.append(rate)
-    assert rates[0] == pytest.approx(1e-3) and rates[4] == rates[5] == pytest.approx(2e-4)
-    assert all(a > b for a, b in zip(rates[:4], rates[1:5]))
-    det.save(tmp_path / "d.pt")
-    resumed = Detector(config, *data, seed=0)
-    resumed.load_weights(tmp_path / "d.pt")
-    assert resumed.pred_lr == pytest.approx(2e-4)
-    with pytest.raises(ValueError, match="pred_lr_schedule"):
-        DetectorConfig(pred_lr_schedule="linear")
-    with pytest.raises(ValueError, match="pred_lr_floor"):
-        DetectorConfig(pred_lr_floor=1.5)
-
-
-def test_rank_weight_adds_the_pairwise_auc_term_to_the_loss(data: Data, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``pred_rank_weight``: the update's loss is ``pred_loss`` plus the weight times the pairwise AUROC surrogate of
-    the same crops, drawn from the detector's generator; at 0 the surrogate is never computed."""
-    import models.detector as detector_module
-
-    calls: list[int] = []
-
-    def rank_spy(prob, y, n_pairs, generator):
-        calls.append(n_pairs)
-        return torch.tensor(2.0)
-
-    monkeypatch.setattr(detector_module, "pairwise_auc_loss", rank_spy)
-    plain = Detector(tiny_config(pred_loss="focal"), *data, seed=0).predictor_update()
-    assert calls == []
-    ranked = Detector(tiny_config(pred_loss="focal", pred_rank_weight=0.25, pred_rank_pairs=7), *data, seed=0)
-    assert ranked.predictor_update() == pytest.approx(plain + 0.25 * 2.0, rel=1e-6)  # same crops, plus the term
-    assert calls == [7]
-    monkeypatch.undo()
-    real = Detector(tiny_config(pred_rank_weight=1.0), *data, seed=0)
-    assert np.isfinite(real.predictor_update())
-    with pytest.raises(ValueError, match="pred_rank_weight"):
-        DetectorConfig(pred_rank_weight=-0.1)
-    with pytest.raises(ValueError, match="pred_rank_pairs"):
-        DetectorConfig(pred_rank_pairs=0)
 
 
 def test_flip_and_dice_options_train(data: Data) -> None:
@@ -652,42 +461,6 @@ def test_predictor_average_follows_the_weights_and_makes_the_maps(data: Data, tm
         DetectorConfig(predictor_ema=1.0)
 
 
-def test_pred_jitter_changes_only_the_image_input_by_a_bounded_affine_map(data: Data) -> None:
-    cfg = dict(predictor_inputs=("profile", "image"))
-    plain_det = Detector(tiny_config(**cfg), *data, seed=0)
-    jitter_det = Detector(tiny_config(pred_jitter=0.3, **cfg), *data, seed=0)
-    for det in (plain_det, jitter_det):
-        det.refresh_profiles()
-    x0, y0 = plain_det._sample_crops(16)
-    x1, y1 = jitter_det._sample_crops(16)
-    assert torch.equal(y0, y1) and torch.equal(x0[:, :3], x1[:, :3])  # same crops and masks, profiles untouched
-    assert not torch.equal(x0[:, 3:], x1[:, 3:])
-    for before, after in zip(x0[:, 3:], x1[:, 3:]):  # per crop: after = clamp(gain * before + offset, 0, 1)
-        a, b = before.flatten().double(), after.flatten().double()
-        free = (b > 0) & (b < 1)  # fit on the pixels that were not clamped (the bright defects can reach 1)
-        af, bf = a[free], b[free]
-        gain = float(((af - af.mean()) * (bf - bf.mean())).sum() / ((af - af.mean()) ** 2).sum())
-        offset = float(bf.mean() - gain * af.mean())
-        assert 0.7 - 1e-4 <= gain <= 1.3 + 1e-4 and abs(offset) <= 0.15 + 1e-4
-        assert torch.allclose(b, (gain * a + offset).clamp(0, 1), atol=1e-4)
-
-
-def test_pred_jitter_is_validated() -> None:
-    with pytest.raises(ValueError, match="pred_jitter"):
-        tiny_config(pred_jitter=1.5)
-
-
-def test_map_flip_tta_averages_the_image_and_its_mirror(data: Data) -> None:
-    raw = Detector(tiny_config(predictor_inputs=("profile", "image")), *data, seed=0)
-    tta = Detector(tiny_config(predictor_inputs=("profile", "image"), map_flip_tta=True), *data, seed=0)
-    images = data[1]
-    mirrored = np.ascontiguousarray(images[:, :, ::-1])
-    assert not np.allclose(raw.anomaly_map(mirrored)[:, :, ::-1], raw.anomaly_map(images), atol=1e-5)  # not equivariant
-    expected = 0.5 * (raw.anomaly_map(images) + raw.anomaly_map(mirrored)[:, :, ::-1])
-    np.testing.assert_allclose(tta.anomaly_map(images), expected, atol=1e-6)
-    np.testing.assert_allclose(tta.anomaly_map(mirrored)[:, :, ::-1], tta.anomaly_map(images), atol=1e-6)  # equivariant
-
-
 def test_map_predictor_flips_averages_the_predictor_over_its_inputs_four_flips(data: Data) -> None:
     det = Detector(tiny_config(predictor_inputs=("profile", "image"), map_predictor_flips=True), *data, seed=0)
     images = data[1][:3]
@@ -704,12 +477,11 @@ def test_map_predictor_flips_averages_the_predictor_over_its_inputs_four_flips(d
     np.testing.assert_allclose(maps, (plain + sum(per_flip)) / 4, atol=1e-6)
 
 
-def test_map_predictor_flips_use_the_weight_average_and_compose_with_the_mirror(data: Data) -> None:
+def test_map_predictor_flips_use_the_weight_average(data: Data) -> None:
     det = Detector(tiny_config(predictor_inputs=("profile", "image"), predictor_ema=0.5, pred_flip=True), *data, seed=0)
     for _ in range(3):
         det.predictor_update()
     images = data[1][:3]
-    mirrored = np.ascontiguousarray(images[:, :, ::-1])
     det.config.map_predictor_flips = True
     flips = det.anomaly_map(images)
     assert det.predictor_average is not None
@@ -718,34 +490,6 @@ def test_map_predictor_flips_use_the_weight_average_and_compose_with_the_mirror(
     np.testing.assert_allclose(det.anomaly_map(images), flips, atol=1e-6)
     det.predictor, det.predictor_average = raw_predictor, det.predictor
     assert not np.allclose(det.anomaly_map(images), Detector(det.config, *data, seed=0).anomaly_map(images), atol=1e-5)
-    det.config.map_flip_tta = True  # both: the mirror's four-flip map averaged with the image's
-    np.testing.assert_allclose(det.anomaly_map(images), 0.5 * (flips + _flips_map(det, mirrored)[:, :, ::-1]), atol=1e-6)
-
-
-def _flips_map(det: Detector, images: np.ndarray) -> np.ndarray:
-    det.config.map_flip_tta = False
-    try:
-        return det.anomaly_map(images)
-    finally:
-        det.config.map_flip_tta = True
-
-
-def test_pred_weight_decay_shrinks_the_predictor_and_survives_a_checkpoint(data: Data, tmp_path: Path) -> None:
-    def norm_after(decay: float) -> tuple[Detector, float]:
-        det = Detector(tiny_config(pred_weight_decay=decay, pred_lr=1e-2), *data, seed=0)
-        for _ in range(20):
-            det.predictor_update()
-        return det, float(sum(p.detach().pow(2).sum() for p in det.predictor.parameters()))
-
-    _, plain = norm_after(0.0)
-    decayed, shrunk = norm_after(5.0)
-    assert shrunk < plain
-    assert isinstance(decayed.predictor_optimizer, torch.optim.AdamW)
-    decayed.save(tmp_path / "d.pt")
-    again = Detector.from_checkpoint(tmp_path / "d.pt", *data)
-    assert again.predictor_optimizer.param_groups[0]["weight_decay"] == 5.0
-    with pytest.raises(ValueError, match="pred_weight_decay"):
-        tiny_config(pred_weight_decay=-1.0)
 
 
 def test_reseed_changes_the_stream_but_not_the_networks(data: Data) -> None:
@@ -777,7 +521,7 @@ def test_pretraining_warns_when_the_sigmoid_output_saturates(caplog: pytest.LogC
 
 
 def test_a_checkpoint_saved_before_the_output_option_rebuilds_a_sigmoid_ae(tmp_path: Path, data: Data) -> None:
-    """Checkpoints of session 7 and before have no ``ae.output``: they were trained with the sigmoid and must keep it."""
+    """Checkpoints written before ``ae.output`` existed were trained with the sigmoid and must keep it."""
     detector = Detector(tiny_config(ae=AutoencoderConfig(widths=(8, 16), latent_channels=4, output="sigmoid")), *data)
     state = detector.state_dict()
     del state["config"]["ae"]["output"]
@@ -788,60 +532,29 @@ def test_a_checkpoint_saved_before_the_output_option_rebuilds_a_sigmoid_ae(tmp_p
     assert np.array_equal(rebuilt.anomaly_map(pool), detector.anomaly_map(pool))
 
 
-def test_pred_zoom_resamples_windows_with_image_and_mask_aligned() -> None:
-    """Zoomed crops are smaller windows resized to the crop's side; the mask follows the image pixel for pixel."""
-    rng = np.random.default_rng(0)
-    train = rng.integers(60, 120, size=(6, SIZE, SIZE, 3), dtype=np.uint8)
-    masks = np.zeros((4, SIZE, SIZE), dtype=bool)
-    masks[:2, ::3] = True  # every third row of the two anomalous images is a defect...
-    pool = np.repeat(np.where(masks[..., None], 255, 0), 3, axis=-1).astype(np.uint8)  # ...and white exactly there
-    cfg = dict(predictor_inputs=("image",), pred_crop_size=24, pred_positive_fraction=0.5)
-    plain_det = Detector(tiny_config(**cfg), train, pool, masks, seed=0)
-    zoom_det = Detector(tiny_config(pred_zoom=3.0, **cfg), train, pool, masks, seed=0)
-    for det in (plain_det, zoom_det):
-        det.refresh_profiles()
-    x0, _ = plain_det._sample_crops(32)
-    x, y = zoom_det._sample_crops(32)
-    assert x.shape == x0.shape == (32, 3, 24, 24) and y.shape == (32, 1, 24, 24)
-    assert set(x0.unique().tolist()) <= {0.0, 1.0}  # unzoomed crops copy pixels
-    assert len(x.unique()) > 2  # zoomed ones interpolate between the rows
-    # the same bilinear weights make the image >= half-white exactly where the mask is >= 0.5
-    assert torch.equal(y[:, 0] > 0.5, x[:, 0] >= 0.5 - 1e-6)
-    with pytest.raises(ValueError, match="pred_zoom"):
-        DetectorConfig(pred_zoom=0.5)
-
-
-def test_texture_channels_single_out_a_region_unlike_the_rest_of_its_image() -> None:
-    g = torch.Generator().manual_seed(0)
-    images = 0.3 + 0.2 * torch.rand(2, 1, 64, 64, generator=g).expand(2, 3, 64, 64)  # (2, 3, 64, 64) grey noise
-    images = images.clone()
-    images[0, :, 8:24, 8:24] += 0.3  # a brighter square
-    images[1, :, 40:56, 40:56] = 0.4  # a smooth square: lower local contrast
-    tex = texture_channels(images, sigma=2.0)  # (2, 2, 64, 64)
-    assert tex.shape == (2, 2, 64, 64)
-    assert tex[0, 0, 12:20, 12:20].mean() > 5 * tex[0, 0, 32:, 32:].abs().mean()  # brightness stands out
-    assert tex[1, 1, 44:52, 44:52].mean() < -2 * tex[1, 1, :32, :32].abs().mean()  # and so does smoothness
-    # robust z-scores within each image: the same whatever the image's exposure and contrast
-    torch.testing.assert_close(texture_channels(0.5 * images + 0.2, sigma=2.0), tex, atol=0.1, rtol=0.05)
-    assert texture_channels(torch.full((1, 3, 16, 16), 0.3), sigma=2.0).abs().max() == 0  # a flat image: nothing
-    half_flat = images[:1].clone()
-    half_flat[..., :40] = 0.0  # a black background over most of the image: its MAD is 0
-    assert texture_channels(half_flat, sigma=2.0).abs().max() <= 10.0  # bounded all the same
-
-
-def test_texture_input_adds_two_channels_to_the_predictor(data: Data) -> None:
-    det = Detector(tiny_config(predictor_inputs=("profile", "image", "texture"), texture_sigma=2.0), *data, seed=0)
-    assert det.predictor.config.in_channels == 3 + 3 + 2
-    det.predictor_update()
-    maps = det.anomaly_map(data[1][:2])
-    assert maps.shape == (2, *data[1].shape[1:3]) and np.isfinite(maps).all()
-    with pytest.raises(ValueError, match="texture_sigma"):
-        tiny_config(predictor_inputs=("profile", "texture"), texture_sigma=0.0)
-
-
-def test_ae_anomaly_weight_without_labelled_defects_warns(data: Data, caplog: pytest.LogCaptureFixture) -> None:
-    train, pool, masks = data
-    normal = ~masks.any((1, 2))
+def test_map_predictor_flips_without_flipped_training_warns(data: Data, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="models.detector"):
-        Detector(tiny_config(ae_anomaly_weight=1.0), train, pool[normal], masks[normal], seed=0)
-    assert "ae_anomaly_weight" in caplog.text and "no labelled defect pixels" in caplog.text
+        Detector(tiny_config(map_predictor_flips=True, pred_flip=True), *data, seed=0)
+    assert "never trains on" not in caplog.text
+    with caplog.at_level("WARNING", logger="models.detector"):
+        Detector(tiny_config(map_predictor_flips=True), *data, seed=0)
+    assert "never trains on" in caplog.text
+
+
+def test_a_removed_option_loads_at_its_no_op_value_only(tmp_path: Path, data: Data) -> None:
+    """A config saved with options that no longer exist (config.yml, a checkpoint) loads when they held the value
+    that made them a no-op, and is refused, naming the option, otherwise."""
+    old = {**tiny_config().to_dict(), "map_flip_tta": False, "map_smoothing_candidates": [], "pred_lr_schedule": "constant"}
+    old["predictor"] = {**old["predictor"], "arch": "dilated", "coord_channels": False}
+    assert DetectorConfig.from_dict(old) == tiny_config()
+    with pytest.raises(ValueError, match="'map_flip_tta' was removed"):
+        DetectorConfig.from_dict({**old, "map_flip_tta": True})
+    with pytest.raises(ValueError, match="'arch' was removed"):
+        DetectorConfig.from_dict({**old, "predictor": {**old["predictor"], "arch": "unet"}})
+    with pytest.raises(ValueError, match="unknown predictor keys"):
+        DetectorConfig.from_dict({**old, "predictor": {**old["predictor"], "widht": 4}})
+    detector = Detector(tiny_config(), *data, seed=0)
+    state = detector.state_dict()
+    state["config"] = old
+    torch.save(state, tmp_path / "old.pt")
+    assert np.array_equal(Detector.from_checkpoint(tmp_path / "old.pt").anomaly_map(data[1]), detector.anomaly_map(data[1]))

@@ -1,8 +1,7 @@
-"""Tests of the global residual (a PCA of whole normal images) and of the detector's "global" predictor input."""
+"""Tests of the global residual (a PCA of whole normal images) and of its late fusion into the detector's maps."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,44 +50,6 @@ def test_fit_holds_images_out_keeps_at_most_half_the_rest_and_is_deterministic()
         GlobalResidual().fit(images[:2])
 
 
-def test_global_input_adds_three_channels_and_survives_a_checkpoint(tmp_path: Path) -> None:
-    data = make_data()
-    config = tiny_config(predictor_inputs=("profile", "image", "global"), global_size=8, global_components=3)
-    det = Detector(config, *data, seed=0)
-    assert det.predictor.config.in_channels == 3 + 3 + 3
-    det.pretrain_ae(1)
-    det.warmup_predictor(2)
-    maps = det.anomaly_map(data[1])
-    assert maps.shape == (len(data[1]), SIZE, SIZE) and np.isfinite(maps).all()
-    det.save(tmp_path / "d.pt")
-    restored = Detector.from_checkpoint(tmp_path / "d.pt")  # no training images: the PCA comes from the checkpoint
-    np.testing.assert_array_equal(restored.anomaly_map(data[1]), maps)
-    other = Detector(replace(config, global_components=2), *data, seed=0)
-    with pytest.raises(ValueError, match="global_components"):
-        other.load_weights(tmp_path / "d.pt")
-    state = det.state_dict() | {"global_residual": None}
-    with pytest.raises(ValueError, match="PCA"):
-        Detector(config, *data, seed=0).load_state_dict(state)
-
-
-def test_training_crops_read_their_whole_image_global_residual() -> None:
-    """A crop's global channels are the crop of its whole image's residual, not the residual of the crop."""
-    train, pool, masks = make_data(n_pool=1)
-    pool[0, :8] = 255  # a bright band along the top: outside the normal span
-    config = tiny_config(
-        predictor_inputs=("profile", "global"), global_size=8, global_components=3, pred_crop_size=16, pred_flip=False
-    )
-    det = Detector(config, train, pool, masks, seed=0)
-    det.refresh_profiles()
-    assert det.global_residual is not None
-    whole = det.global_residual(det._to_float(pool))[0]  # (3, 32, 32)
-    x, _ = det._sample_crops(6)  # (6, 3 + 3, 16, 16)
-    for crop in x[:, 3:]:
-        windows = [whole[:, y : y + 16, x0 : x0 + 16] for y in range(17) for x0 in range(17)]
-        assert any(torch.allclose(crop, w, atol=1e-6) for w in windows)
-    assert not torch.allclose(x[0, 3:], det.global_residual(det._to_float(pool)[:, :, :16, :16])[0], atol=1e-4)
-
-
 def test_late_fusion_mixes_the_global_residual_into_the_maps_without_touching_training(tmp_path: Path) -> None:
     data = make_data()
     plain = Detector(tiny_config(), *data, seed=0)
@@ -103,6 +64,9 @@ def test_late_fusion_mixes_the_global_residual_into_the_maps_without_touching_tr
     fused.save(tmp_path / "d.pt")
     restored = Detector.from_checkpoint(tmp_path / "d.pt")  # the fitted PCA and its scale travel with the weights
     np.testing.assert_array_equal(restored.anomaly_map(data[1]), fused.anomaly_map(data[1]))
+    other = Detector(tiny_config(map_global_weight=0.5, global_size=8, global_components=2), *data, seed=0)
+    with pytest.raises(ValueError, match="global_components"):
+        other.load_weights(tmp_path / "d.pt")
     with pytest.raises(RuntimeError, match="without train images"):
         Detector(tiny_config(map_global_weight=0.5)).global_map(data[1])
     with pytest.raises(ValueError, match="map_global_weight"):

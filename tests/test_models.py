@@ -10,13 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
-from models.predictor import (
-    Predictor,
-    PredictorConfig,
-    coordinate_channels,
-    weighted_bce,
-    weighted_focal_loss,
-)
+from models.predictor import Predictor, PredictorConfig, weighted_bce, weighted_focal_loss
 from models.resize import resize_bilinear
 from models.structural import fused_structural_map, gradient_magnitude, local_variance, sobel_magnitude
 
@@ -176,8 +170,8 @@ def test_predictor_training_step_is_unchanged_by_the_faster_resize(monkeypatch) 
 
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_unet_training_step_is_unchanged_by_the_faster_resize(monkeypatch, channels_last: bool) -> None:
-    """The U-Net (the baseline, contiguous layout; the predictor's ``arch: unet``, channels-last): the same parameter
-    gradients with ``resize_bilinear`` as with torch's own interpolate."""
+    """The U-Net baseline, in either memory layout: the same parameter gradients with ``resize_bilinear`` as with
+    torch's own interpolate."""
     import models.unet as unet_module
     from models.unet import UNet, UNetConfig
 
@@ -330,35 +324,6 @@ def test_weighted_focal_loss_weighs_hard_pixels_over_easy_ones() -> None:
         weighted_focal_loss(_P, _Y[:1], 0.5)
 
 
-def test_pairwise_auc_loss_ranks_defect_pixels_above_normal_ones_across_the_batch() -> None:
-    """Equal logits cost ln 2 a pair; a defect above every normal pixel costs less, below more; the gradient lifts the
-    defect pixels and lowers the normal ones, also when they sit in different images of the batch."""
-    from models.predictor import pairwise_auc_loss
-
-    y = torch.zeros(2, 1, 4, 4)
-    y[0, 0, :2, :2] = 1  # the defect pixels are all in image 0; image 1 is normal
-    gen = torch.Generator().manual_seed(0)
-    level = torch.full_like(y, 0.3)
-    assert pairwise_auc_loss(level, y, 32, gen).item() == pytest.approx(np.log(2.0), rel=1e-5)
-    above, below = level.clone(), level.clone()
-    above[y > 0], below[y > 0] = 0.6, 0.1
-    assert pairwise_auc_loss(above, y, 32, gen).item() < np.log(2.0) < pairwise_auc_loss(below, y, 32, gen).item()
-    p = level.clone().requires_grad_(True)
-    pairwise_auc_loss(p, y, 64, gen).backward()
-    assert p.grad is not None
-    assert (p.grad[y > 0] <= 0).all() and p.grad[y > 0].sum() < 0  # descent raises defect pixels
-    assert (p.grad[1] >= 0).all() and p.grad[1].sum() > 0  # and lowers the other image's normal pixels
-    # the draws come from the generator: same seed, same loss; without defect (or normal) pixels, a zero loss
-    rand = torch.rand(2, 1, 4, 4)
-    first = pairwise_auc_loss(rand, y, 8, torch.Generator().manual_seed(3))
-    assert first.item() == pairwise_auc_loss(rand, y, 8, torch.Generator().manual_seed(3)).item()
-    empty = torch.zeros_like(y)
-    assert pairwise_auc_loss(rand, empty, 8, gen).item() == 0.0
-    assert pairwise_auc_loss(rand, torch.ones_like(y), 8, gen).item() == 0.0
-    with pytest.raises(ValueError, match="same shape"):
-        pairwise_auc_loss(rand, y[:1], 8, gen)
-
-
 def test_weighted_bce_is_finite_at_saturated_predictions() -> None:
     p = torch.tensor([0.0, 1.0, 0.0, 1.0], requires_grad=True)
     y = torch.tensor([1.0, 0.0, 0.0, 1.0])
@@ -443,7 +408,7 @@ def test_sobel_magnitude_per_channel() -> None:
         sobel_magnitude(patch[0])
 
 
-# ---------------------------------------------------------------------- options measured for real data (issue 8)
+# ---------------------------------------------------------------------- options of the presets
 def test_autoencoder_without_batchnorm_trains_independently_of_the_batch() -> None:
     """norm="none": an image's training-mode reconstruction does not depend on the other images in its batch."""
     torch.manual_seed(0)
@@ -502,78 +467,6 @@ def test_predictor_group_norm_trains_independently_of_the_batch() -> None:
     for norm, independent in (("group", True), ("batch", False)):
         p = Predictor(PredictorConfig(in_channels=3, width=8, norm=norm, downsample=2)).train()
         assert torch.allclose(p(x[:1]), p(x)[:1], atol=1e-6) is independent
-
-
-def test_predictor_unet_arch_reads_every_input_at_full_resolution() -> None:
-    config = PredictorConfig(in_channels=6, width=4, arch="unet", unet_levels=2, norm="group", padding_mode="replicate")
-    predictor = Predictor(config)
-    x = torch.rand(2, 6, 32, 32, requires_grad=True)
-    prob = predictor(x)
-    assert prob.shape == (2, 1, 32, 32) and float(prob.detach().min()) >= 0 and float(prob.detach().max()) <= 1
-    prob.sum().backward()
-    assert all(p.grad is not None for p in predictor.parameters())
-    assert x.grad is not None and bool((x.grad[:, :3].abs().sum() > 0) & (x.grad[:, 3:].abs().sum() > 0))
-    # a single-pixel change moves the logit at that very pixel: no half-resolution head in between
-    base = predictor.eval().logits(torch.zeros(1, 6, 32, 32))
-    poked = torch.zeros(1, 6, 32, 32)
-    poked[0, :, 16, 16] = 1.0
-    assert float((predictor.logits(poked) - base)[0, 0, 16, 16].detach().abs()) > 0
-    with pytest.raises(ValueError, match="arch"):
-        PredictorConfig(arch="resnet")
-    assert Predictor(PredictorConfig()).unet is None  # the default keeps the paper's dilated body
-
-
-def test_predictor_global_context_lets_a_far_region_move_the_output() -> None:
-    """Beyond the 31-px receptive field nothing reaches an output pixel, unless the image-wide mean is fed back in."""
-    torch.manual_seed(0)
-    x = torch.rand(1, 3, 96, 96)
-    far = x.clone()
-    far[..., :8, :8] += 1.0  # a change in one corner, 88 px from the other
-    for context in (False, True):
-        p = Predictor(PredictorConfig(in_channels=3, width=8, norm="batch", global_context=context)).eval()
-        with torch.no_grad():  # eval BatchNorm is per pixel: no image-wide statistic of its own
-            moved = float((p.logits(far) - p.logits(x))[0, 0, -1, -1].abs())
-        assert (moved > 0) is context
-    deep = Predictor(PredictorConfig(in_channels=3, width=8, downsample=8, norm="group", global_context=True))
-    assert deep(x).shape == (1, 1, 96, 96)
-    with pytest.raises(ValueError, match="global_context"):
-        PredictorConfig(arch="unet", global_context=True)
-
-
-def test_predictor_strip_context_reaches_along_rows_and_columns_only() -> None:
-    """With strip pooling, a change far away moves an output pixel in the same row or column as the change (beyond
-    the 31-px receptive field) but not one that shares neither with it; without it, neither moves."""
-    torch.manual_seed(0)
-    x = torch.rand(1, 3, 96, 96)
-    far = x.clone()
-    far[..., :4, :4] += 1.0  # a change in the top-left corner
-    for strip in (False, True):
-        p = Predictor(PredictorConfig(in_channels=3, width=8, norm="batch", strip_context=strip)).eval()
-        with torch.no_grad():
-            delta = (p.logits(far) - p.logits(x))[0, 0].abs()  # (96, 96)
-        assert (float(delta[1, -1]) > 0) is strip  # same row, 92 px away
-        assert (float(delta[-1, 1]) > 0) is strip  # same column
-        assert float(delta[-1, -1]) == 0  # neither: out of reach of rows, columns and receptive field
-    both = Predictor(
-        PredictorConfig(in_channels=3, width=8, downsample=8, norm="group", strip_context=True, global_context=True)
-    )
-    assert both(x).shape == (1, 1, 96, 96) and both.context[0].in_channels == 4 * 16
-    with pytest.raises(ValueError, match="strip_context"):
-        PredictorConfig(arch="unet", strip_context=True)
-
-
-@pytest.mark.parametrize("arch", ["dilated", "unet"])
-def test_predictor_coord_channels_tell_positions_apart_on_a_uniform_image(arch: str) -> None:
-    """Replicate padding makes a uniform input look the same everywhere; the coordinate channels break that tie."""
-    torch.manual_seed(0)
-    x = torch.full((1, 3, 32, 32), 0.5)
-    for coords in (False, True):
-        cfg = PredictorConfig(in_channels=3, width=8, norm="batch", padding_mode="replicate", arch=arch, coord_channels=coords)
-        p = Predictor(cfg).eval()
-        with torch.no_grad():
-            z = p.logits(x)  # (1, 1, 32, 32)
-        assert (float(z.max() - z.min()) > 1e-4) is coords
-    assert coordinate_channels(x)[0, 0, 0, 0] == -1.0 and coordinate_channels(x)[0, 1, -1, -1] == 1.0  # (row, column)
 
 
 def test_predictor_reflect_padding_falls_back_on_a_map_too_small_to_reflect() -> None:

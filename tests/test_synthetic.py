@@ -1,5 +1,5 @@
-"""Tests for the embedded synthetic MVTec-layout category (envs/synthetic.py): determinism, layout, exact masks,
-caching and the CLI. Small images and few of them, so the whole file runs in seconds."""
+"""Tests for the embedded synthetic MVTec-layout category (envs/synthetic.py, envs/synthetic_render.py): determinism,
+layout, exact masks, caching and the CLI. Small images and few of them, so the whole file runs in seconds."""
 
 from __future__ import annotations
 
@@ -18,12 +18,10 @@ from envs.synthetic import (
     SyntheticConfig,
     default_root,
     generate,
-    image_rngs,
     is_complete,
     main,
-    render_texture,
-    to_uint8,
 )
+from envs.synthetic_render import image_rngs, render_texture, to_uint8
 
 SMALL = SyntheticConfig(image_size=64, n_train=3, n_test_good=2, n_per_defect=3)
 
