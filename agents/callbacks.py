@@ -1,8 +1,8 @@
 """SB3 callbacks shared by every algorithm: reward-term logging, validation metrics and figures, atomic checkpoints,
 a clean Ctrl-C and progress lines for unattended runs.
 
-They reach the detector through the env object they are given (``MVTecPatchEnv``; the AE and predictor live inside the
-env, so ``model.save()`` alone would lose them: DESIGN.md "Known pitfalls").
+They reach the detector through the env object they are given (``MVTecPatchEnv``): the AE and predictor live inside the
+env, so ``model.save()`` alone would lose them.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,17 +22,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
 
 from agents.random_agent import RandomAgent
+from agents.runs import BestCheckpoint, ProgressLine, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 REWARD_TERMS = ("r_clone", "r_cover", "r_pred", "beta", "alpha", "pred_lr", "ae_loss", "pred_loss")
 NOT_TEXT = ("stdout", "log", "json", "csv")  # images go to TensorBoard only
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RewardTermsCallback(BaseCallback):
@@ -89,10 +82,8 @@ class ValidationCallback(BaseCallback):
     ) -> None:
         super().__init__(verbose)
         self.env, self.evaluate, self.images, self.masks = env, evaluate, images, masks
-        self.eval_freq, self.best_path, self.n_figure = eval_freq, best_path, n_figure
-        self.best_f1max = -np.inf
-        if best_path is not None and best_path.with_suffix(".json").is_file():  # a resumed run keeps its best so far
-            self.best_f1max = float(json.loads(best_path.with_suffix(".json").read_text())["pixel_f1max"])
+        self.eval_freq, self.n_figure = eval_freq, n_figure
+        self.best = BestCheckpoint(best_path)
         self.history: list[dict[str, float]] = []
         self._last_eval = 0
 
@@ -111,12 +102,8 @@ class ValidationCallback(BaseCallback):
         for key, value in metrics.items():
             self.logger.record(f"eval/{key}", value)
         self.history.append({"timesteps": self.num_timesteps, **metrics})
-        if metrics["pixel_f1max"] > self.best_f1max:
-            self.best_f1max = metrics["pixel_f1max"]
-            if self.best_path is not None:
-                detector.save(self.best_path)
-                atomic_write_text(self.best_path.with_suffix(".json"), json.dumps(self.history[-1], indent=2))
-        self.logger.record("eval/best_pixel_f1max", self.best_f1max)
+        self.best.offer(detector, self.history[-1])
+        self.logger.record("eval/best_pixel_f1max", self.best.best_f1max)
         self._record_figures(detector, maps)
         self.logger.dump(self.num_timesteps)
         return metrics
@@ -233,58 +220,23 @@ class InterruptCallback(BaseCallback):
 
 
 class ProgressLogCallback(BaseCallback):
-    """A log line every ``every_s`` seconds or ``every_steps`` steps, whichever comes first: steps done / total,
-    steps/s, ETA and the latest validation metrics (what a progress bar shows, for output that goes to a file).
-
-    Args:
-        total: the run's total env steps (a resumed run counts from its checkpoint).
-        validation: the run's ValidationCallback, whose latest metrics are reported (None: none).
-        every_s: seconds between lines.
-        every_steps: steps between lines; None: 5% of ``total``.
-    """
+    """A :class:`agents.runs.ProgressLine` of env steps, with the latest metrics of ``validation`` (a
+    ValidationCallback, or None), for output that goes to a file instead of a progress bar."""
 
     def __init__(
         self, total: int, validation: Any = None, every_s: float = 60.0, every_steps: int | None = None, verbose: int = 0
     ) -> None:
         super().__init__(verbose)
-        self.total, self.validation, self.every_s = total, validation, every_s
-        self.every_steps = every_steps or max(total // 20, 1)
-        self._start_time = self._last_time = 0.0
-        self._start_steps = self._last_steps = 0
+        self.validation = validation
+        self.line = ProgressLine(total, "step", "timesteps", every_s, every_steps)
 
     def _on_training_start(self) -> None:
-        self._start_time = self._last_time = time.perf_counter()
-        self._start_steps = self._last_steps = self.num_timesteps
+        self.line.start(self.num_timesteps)
 
     def _on_step(self) -> bool:
-        now = time.perf_counter()
-        if now - self._last_time >= self.every_s or self.num_timesteps - self._last_steps >= self.every_steps:
-            self._log(now)
+        self.line.maybe_log(self.num_timesteps, getattr(self.validation, "history", None))
         return True
 
     def _on_training_end(self) -> None:
-        if self.num_timesteps != self._last_steps:
-            self._log(time.perf_counter())
-
-    def _log(self, now: float) -> None:
-        self._last_time, self._last_steps = now, self.num_timesteps
-        rate = (self.num_timesteps - self._start_steps) / max(now - self._start_time, 1e-9)
-        eta = max(self.total - self.num_timesteps, 0) / rate if rate > 0 else float("inf")
-        line = f"step {self.num_timesteps}/{self.total} ({100 * self.num_timesteps / max(self.total, 1):.0f}%), "
-        line += f"{rate:.2f} steps/s, ETA {_duration(eta)}"
-        history = getattr(self.validation, "history", None)
-        if history:
-            latest = history[-1]
-            line += f"; validation at {latest['timesteps']}: " + ", ".join(
-                f"{key} {latest[key]:.4f}" for key in ("pixel_auroc", "pixel_f1max", "pixel_aupro") if key in latest
-            )
-        logger.info(line)
-
-
-def _duration(seconds: float) -> str:
-    """``3725`` -> ``1:02:05``."""
-    if not np.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
+        if self.num_timesteps != self.line.last_done:
+            self.line.log(self.num_timesteps, getattr(self.validation, "history", None))

@@ -1,4 +1,4 @@
-"""Uniform random sampler: the control that says whether RL helps (DESIGN.md, "Variants").
+"""Uniform random sampler: the control that says whether RL helps (docs/design.md).
 
 It steps the env with uniformly random actions, so the AE and predictor inside the env train on randomly chosen
 patches exactly as they would under an RL sampler. Built on SB3's ``BaseAlgorithm`` with a parameter-free policy, so

@@ -8,6 +8,7 @@ import optuna
 import pytest
 import yaml
 
+import agents.run_config
 import train
 from agents.hyperparams_opt import ALGO_SPACES, ENV_SPACE, deep_merge, grid, space_for, suggest, to_config
 from tests.test_train import SMALL_ALGO, SMALL_ENV, data_root  # noqa: F401 - the module-scoped data fixture
@@ -101,11 +102,11 @@ def test_the_best_preset_pasted_into_the_algo_file_reproduces_the_trial(
     hyperparams_dir = tmp_path / "hyperparams"
     hyperparams_dir.mkdir()
     for name in ("reinforce.yml", "env.yml"):
-        (hyperparams_dir / name).write_text((train.HYPERPARAMS_DIR / name).read_text())
+        (hyperparams_dir / name).write_text((agents.run_config.HYPERPARAMS_DIR / name).read_text())
     table = yaml.safe_load((hyperparams_dir / "reinforce.yml").read_text())
     table["MVTecPatch-v0"].update(yaml.safe_load((report / "best_preset.yml").read_text())["MVTecPatch-v0"])
     (hyperparams_dir / "reinforce.yml").write_text(yaml.safe_dump(table))
-    monkeypatch.setattr(train, "HYPERPARAMS_DIR", hyperparams_dir)
+    monkeypatch.setattr(agents.run_config, "HYPERPARAMS_DIR", hyperparams_dir)
     args = ["--preset", "tuned-tiny", "--data-root", str(data_root), "--category", "widget", "--seed", "1"]
     config = train.resolve_config(train.build_parser().parse_args(args))
     trial_config = yaml.safe_load((Path(best.user_attrs["run"]) / "config.yml").read_text())

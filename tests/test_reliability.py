@@ -1,4 +1,4 @@
-"""Reliability: reproducible seeded runs, resumable GPU runs, device spellings, clean interrupts (issue 11)."""
+"""Reliability: reproducible seeded runs, resumable GPU runs, device spellings, clean interrupts."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_env_state_of_a_gpu_run_loads_on_the_cpu(data_root: Path, tmp_path: Path
 
 # --- 2. every device spelling torch accepts ---------------------------------------------------------------------------
 def test_device_check_accepts_every_cuda_spelling(monkeypatch: pytest.MonkeyPatch) -> None:
-    from envs.mvtec_patch import MVTecPatchConfig
+    from envs.config import MVTecPatchConfig
     from models.runtime import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -179,7 +179,7 @@ def test_resume_refuses_what_it_cannot_honour(data_root: Path, tmp_path: Path, c
 def test_resume_honours_device_threads_and_a_larger_n(
     data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level("INFO", logger="agents.callbacks"):
+    with caplog.at_level("INFO", logger="agents.runs"):
         assert train.main(run_args(data_root, tmp_path, "reinforce", 32, "--no-evaluate")) == 0
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert progress and "/32 (" in progress[-1] and "steps/s, ETA" in progress[-1]  # lines without a progress bar

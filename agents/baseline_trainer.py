@@ -1,0 +1,106 @@
+"""The training loop of the paper's baselines (``--method unet|vqvae2``, :mod:`models.baselines`): no env, no agent.
+
+A baseline trains on the method's split (same seed, same files) and writes the same run folder
+(:mod:`agents.runs`): TensorBoard losses, validation every ``eval_freq`` updates (best pixel F1max ->
+``best_detector.pt``), a resumable checkpoint every ``save_freq`` updates and on Ctrl-C, ``detector.pt`` at the end, so
+``evaluate.py --run`` treats it like any other run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.runs import TRAINER_CHECKPOINT, BestCheckpoint, Interrupted, ProgressLine, validation_split, write_split
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["train_baseline"]
+
+Validate = Callable[[Any, np.ndarray, np.ndarray, list[bool]], tuple[dict[str, float], np.ndarray]]
+
+
+def train_baseline(
+    config: dict[str, Any],
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    tensorboard_log: str | None,
+    validate: Validate,
+) -> None:
+    """Train the baseline of ``config`` (``config["method"]``) for ``config["n_updates"]`` optimiser updates.
+
+    Args:
+        config: the run's config (:func:`agents.run_config.resolve_config`).
+        run_dir: the run folder.
+        resume: continue from the folder's checkpoint.
+        progress: a progress bar (else a log line every minute or 5% of the updates).
+        tensorboard_log: TensorBoard folder (None: ``<run>/tensorboard``).
+        validate: ``(model, images, masks, image_labels) -> (metrics, maps)`` on the validation split.
+
+    Raises:
+        Interrupted: Ctrl-C stopped training between two updates; a checkpoint was written.
+    """
+    from stable_baselines3.common.utils import set_random_seed
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from agents.callbacks import InterruptCallback
+    from envs.data import load_data
+    from models.baselines import build_baseline
+
+    set_random_seed(config["seed"])
+    category, split = load_data(**{k: v for k, v in config["env_kwargs"].items() if k != "device"})
+    write_split(run_dir, category, split)
+    settings = {**config["hyperparams"], "device": config["device"]}
+    trainer = build_baseline(config["method"], settings, config["seed"], category.images, category.masks, split)
+    checkpoint, best = run_dir / TRAINER_CHECKPOINT, BestCheckpoint(run_dir / "best_detector.pt")
+    if resume:
+        trainer.load_weights(checkpoint)
+        logger.info("resumed from %s at %d updates", checkpoint, trainer.updates)
+    logger.info("%s trains on %d images", config["method"], len(trainer.training_indices(split)))
+
+    val_images, val_masks, val_labels = validation_split(category, split)
+    writer = SummaryWriter(str(Path(tensorboard_log or run_dir / "tensorboard") / config["method"]))
+    history: list[dict[str, float]] = []
+
+    def run_validation() -> None:
+        metrics = validate(trainer, val_images, val_masks, val_labels)[0]
+        for key, value in metrics.items():
+            writer.add_scalar(f"eval/{key}", value, trainer.updates)
+        history.append({"updates": trainer.updates, **metrics})
+        best.offer(trainer, history[-1])
+        writer.add_scalar("eval/best_pixel_f1max", best.best_f1max, trainer.updates)
+
+    total, interrupt = config["n_updates"], InterruptCallback()
+    validating = config["eval_freq"] > 0 and bool(val_masks.any())
+    bar = tqdm(total=total, initial=trainer.updates, desc=config["method"], disable=not progress)
+    line = ProgressLine(total, "update", "updates")
+    line.start(trainer.updates)
+    with interrupt.catch_sigint():
+        while trainer.updates < total and not interrupt.interrupted:
+            terms = trainer.update()
+            for key, value in terms.items():
+                writer.add_scalar(f"train/{key}", value, trainer.updates)
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}")
+            if validating and trainer.updates % config["eval_freq"] == 0:
+                run_validation()
+            if config["save_freq"] > 0 and trainer.updates % config["save_freq"] == 0:
+                trainer.save(checkpoint)
+            if not progress:
+                line.maybe_log(trainer.updates, history, f", loss {terms['loss']:.4f}")
+    bar.close()
+    trainer.save(checkpoint)
+    if interrupt.interrupted:
+        writer.close()
+        raise Interrupted(f"{trainer.updates} updates", run_dir)
+    trainer.save(run_dir / "detector.pt")
+    if validating and (not history or history[-1]["updates"] != trainer.updates):
+        run_validation()  # the final weights compete for the best checkpoint too
+    writer.close()

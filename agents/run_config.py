@@ -1,0 +1,232 @@
+"""A run's config: the preset (``agents/hyperparams/*.yml``, rl-baselines3-zoo style) with the command line's
+overrides, as one dict that train.py saves as ``config.yml`` so that evaluate.py and a resume need nothing else.
+
+The RL sampler's preset is the algorithm's file (``<algo>.yml``) with the env's settings of the same preset
+(``env.yml``, shared by every algorithm so that ablations differ only in the algorithm) as ``env_kwargs``. A
+baseline's preset is ``<method>.yml``; it takes only the data protocol (:data:`DATA_KEYS`) from ``env.yml``, so that
+its split is the method's, file for file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.hyperparams_opt import deep_merge
+from agents.runs import TRAINER_CHECKPOINT
+from models.runtime import DEFAULT_THREADS, check_device
+
+__all__ = [
+    "ENV_IDS",
+    "HYPERPARAMS_DIR",
+    "METHOD",
+    "PRESETS",
+    "load_preset",
+    "parse_pairs",
+    "parse_value",
+    "preset_table",
+    "resolve_config",
+    "resume_config",
+]
+
+HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
+ENV_IDS = ("MVTecPatch-v0",)
+PRESETS = ("default", "paper", "paper-long")
+METHOD = "sampler"  # the paper's method: an RL sampler (--algo) training the AE and predictor inside the env
+# env settings a baseline takes from env.yml's preset (and --env-kwargs): the data protocol, so its split is the method's
+DATA_KEYS = ("data_root", "category", "image_size", "k_shot", "normal_pool", "val_fraction")
+
+# flags that fix what a run computes: -i refuses them, since config.yml already holds their values
+RESUME_REFUSED = (
+    ("--method", "method"),
+    ("--env", "env"),
+    ("--algo", "algo"),
+    ("--seed", "seed"),
+    ("--preset", "preset"),
+    ("--env-kwargs", "env_kwargs"),
+    ("--hyperparams", "hyperparams"),
+    ("--eval-freq", "eval_freq"),
+    ("--save-freq", "save_freq"),
+    ("--data-root", "data_root"),
+    ("--category", "category"),
+    ("--image-size", "image_size"),
+    ("--k-shot", "k_shot"),
+)
+
+
+def parse_value(text: str) -> Any:
+    """``3e-4`` -> 0.0003, ``[64, 64]`` -> list, ``true`` -> True, anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = yaml.safe_load(text)
+        return text if value is None else value
+
+
+def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
+    """``["k:v", ...]`` of ``option`` (--env-kwargs, --hyperparams) -> ``{k: parse_value(v)}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition(":")
+        if not sep or not key:
+            raise ValueError(f"{option} expects key:value pairs, got {pair!r}")
+        out[key] = parse_value(value)
+    return out
+
+
+def preset_table(path: Path, env_id: str, preset: str, what: str) -> dict[str, Any]:
+    """Preset ``preset`` of ``env_id`` in the YAML file ``path`` (a copy); ``what`` names the file's owner in errors."""
+    if not path.is_file():
+        raise ValueError(f"no hyperparameter file '{path}' for {what}")
+    table = yaml.safe_load(path.read_text()) or {}
+    if env_id not in table:
+        raise ValueError(f"'{path}' has no entry for env {env_id!r} (has: {', '.join(table)})")
+    if preset not in table[env_id]:
+        raise ValueError(f"unknown preset {preset!r} for {what}/{env_id} (valid: {', '.join(table[env_id])})")
+    return copy.deepcopy(table[env_id][preset] or {})
+
+
+def load_preset(algo: str, env_id: str, preset: str) -> dict[str, Any]:
+    """A preset's hyperparameters: the algorithm's (``hyperparams/<algo>.yml``) with the env's settings
+    (``hyperparams/env.yml``) as ``env_kwargs``; an algorithm file's own ``env_kwargs`` override the shared ones key
+    by key. A preset that only the algorithm's file names (a study's ``best_preset.yml`` pasted there) is
+    self-contained: its ``env_kwargs`` are all the env settings."""
+    hyperparams = preset_table(HYPERPARAMS_DIR / f"{algo}.yml", env_id, preset, f"algo {algo!r}")
+    env_presets = (yaml.safe_load((HYPERPARAMS_DIR / "env.yml").read_text()) or {}).get(env_id) or {}
+    env_kwargs = copy.deepcopy(env_presets.get(preset) or {})
+    hyperparams["env_kwargs"] = deep_merge(env_kwargs, hyperparams.get("env_kwargs") or {})
+    return hyperparams
+
+
+def data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The data flags the user gave (--data-root, --category, --image-size, --k-shot), as env kwargs."""
+    given = {"data_root": args.data_root, "category": args.category, "image_size": args.image_size, "k_shot": args.k_shot}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """One dict with everything a new run needs (train.py's parsed flags -> ``config.yml``).
+
+    Raises:
+        ValueError: an unknown method, env, algorithm or preset, a bad key:value pair or a run of no length.
+    """
+    from agents import AGENTS
+    from models.baselines import BASELINES
+
+    args = copy.copy(args)
+    method = getattr(args, "method", None) or METHOD
+    if method != METHOD and method not in BASELINES:
+        raise ValueError(f"unknown method {method!r} (valid: {METHOD}, {', '.join(BASELINES)})")
+    if method != METHOD and args.algo is not None:
+        raise ValueError(f"--algo chooses the RL sampler's algorithm; --method {method} trains no agent")
+    args.env, args.algo, args.preset = args.env or ENV_IDS[0], args.algo or "reinforce", args.preset or PRESETS[0]
+    args.seed = 0 if args.seed is None else args.seed
+    if args.env not in ENV_IDS:
+        raise ValueError(f"unknown env {args.env!r} (valid: {', '.join(ENV_IDS)})")
+    if method != METHOD:
+        return _baseline_config(args, method)
+    if args.algo not in AGENTS:
+        raise ValueError(f"unknown algo {args.algo!r} (valid: {', '.join(AGENTS)})")
+    hyperparams = load_preset(args.algo, args.env, args.preset)
+    hyperparams.update(parse_pairs(args.hyperparams, "--hyperparams"))
+    env_kwargs = {**(hyperparams.pop("env_kwargs", None) or {}), **data_options(args)}
+    env_kwargs = deep_merge(env_kwargs, parse_pairs(args.env_kwargs, "--env-kwargs"))
+    head = {"method": METHOD, "env": args.env, "algo": args.algo}
+    return _config(head, args, "n_timesteps", hyperparams, env_kwargs)
+
+
+def _baseline_config(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """A baseline's config: its preset (``hyperparams/<method>.yml``) and --hyperparams as the trainer's settings,
+    the data protocol of env.yml's preset of the same name (and --data-root, --k-shot, ...) as env_kwargs."""
+    from models.baselines import BASELINES
+
+    hyperparams = preset_table(HYPERPARAMS_DIR / f"{method}.yml", args.env, args.preset, f"method {method!r}")
+    hyperparams = deep_merge(hyperparams, parse_pairs(args.hyperparams, "--hyperparams"))
+    env_preset = preset_table(HYPERPARAMS_DIR / "env.yml", args.env, args.preset, "the env") if args.preset in PRESETS else {}
+    data = {**{key: value for key, value in env_preset.items() if key in DATA_KEYS}, **data_options(args)}
+    extra = parse_pairs(args.env_kwargs, "--env-kwargs")
+    unknown = sorted(set(extra) - set(DATA_KEYS))
+    if unknown:
+        raise ValueError(
+            f"--env-kwargs {', '.join(unknown)} do not apply to --method {method} (valid: {', '.join(DATA_KEYS)})"
+        )
+    data.update(extra)
+    config = _config({"method": method, "env": args.env}, args, "n_updates", hyperparams, data)
+    BASELINES[method].config_from_dict({**hyperparams, "device": config["device"]})  # unknown or invalid settings fail here
+    return config
+
+
+def _config(
+    head: dict[str, Any], args: argparse.Namespace, length: str, hyperparams: dict[str, Any], env_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The config dict: ``head``, the run's settings, its ``length`` (env steps or updates) and frequencies (the
+    preset's, popped from ``hyperparams``, or the flags'), then ``env_kwargs`` (with the seed, the device and an
+    absolute data root) and the remaining ``hyperparams``."""
+    device = check_device(args.device or "cpu")
+    env_kwargs.update(seed=args.seed, device=device)
+    if env_kwargs.get("data_root") is not None:
+        env_kwargs["data_root"] = str(Path(env_kwargs["data_root"]).resolve())
+    run = {key: hyperparams.pop(key) for key in (length, "eval_freq", "save_freq") if key in hyperparams}
+    for key, value in ((length, args.n_timesteps), ("eval_freq", args.eval_freq), ("save_freq", args.save_freq)):
+        if value is not None:
+            run[key] = value
+    if int(run.get(length, 0)) < 1:
+        raise ValueError(f"{length} must be >= 1 (set -n/--n-timesteps or {length} in the preset)")
+    return {
+        **head,
+        "preset": args.preset,
+        "seed": args.seed,
+        "device": device,
+        "threads": DEFAULT_THREADS if args.threads is None else args.threads,
+        length: int(run[length]),
+        "eval_freq": int(run.get("eval_freq", 0)),
+        "save_freq": int(run.get("save_freq", 0)),
+        "env_kwargs": env_kwargs,
+        "hyperparams": hyperparams,
+    }
+
+
+def resume_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """The saved config of ``run_dir`` with what -i may change: a larger -n, --device, --threads.
+
+    Raises:
+        ValueError: not a run folder, no checkpoint to continue from, a refused flag, or a smaller -n.
+    """
+    from agents.callbacks import latest_checkpoint
+
+    if not (run_dir / "config.yml").is_file():
+        raise ValueError(f"'{run_dir}' is not a run folder (expected config.yml from a previous train.py run)")
+    refused = [flag for flag, name in RESUME_REFUSED if getattr(args, name) is not None]
+    if refused:
+        raise ValueError(
+            f"-i continues '{run_dir}' with its saved config.yml: {', '.join(refused)} cannot change "
+            "(valid with -i: -n, --device, --threads; start a new run for anything else)"
+        )
+    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    sampler = config.get("method", METHOD) == METHOD
+    if sampler:
+        checkpoint = latest_checkpoint(run_dir / "checkpoints")
+        if checkpoint is None or not (checkpoint / "agent.zip").is_file() or not (checkpoint / "env_state.pt").is_file():
+            raise ValueError(
+                f"'{run_dir}' has no complete checkpoint to continue from (expected checkpoints/latest.json and the folder "
+                "it names): start a new run without -i"
+            )
+    elif not (run_dir / TRAINER_CHECKPOINT).is_file():
+        raise ValueError(f"'{run_dir}' has no checkpoint to continue from (expected {TRAINER_CHECKPOINT}): start a new run")
+    length = "n_timesteps" if sampler else "n_updates"
+    if args.n_timesteps is not None:
+        if args.n_timesteps < config[length]:
+            raise ValueError(f"-n {args.n_timesteps} is smaller than the run's {length} {config[length]}")
+        config[length] = args.n_timesteps
+    if args.device is not None:
+        config["device"] = config["env_kwargs"]["device"] = args.device
+    config["device"] = config["env_kwargs"]["device"] = check_device(config["device"])
+    if args.threads is not None:
+        config["threads"] = args.threads
+    config.setdefault("threads", DEFAULT_THREADS)
+    return config

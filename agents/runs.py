@@ -1,0 +1,142 @@
+"""A run folder and the helpers that the RL sampler's loop (train.py) and the baselines' loop
+(:mod:`agents.baseline_trainer`) share: its numbering, the split, the best checkpoint, Ctrl-C and progress lines.
+
+A run folder ``<log-folder>/<algo or method>/<env>_<N>/`` holds ``config.yml``, ``split.json``, ``tensorboard/``,
+``checkpoints/``, ``detector.pt`` (the last), ``best_detector.pt`` (best validation pixel F1max, its metrics in
+``best_detector.json``) and the test-split evaluation of evaluate.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TRAINER_CHECKPOINT",
+    "BestCheckpoint",
+    "Interrupted",
+    "ProgressLine",
+    "atomic_write_text",
+    "new_run_dir",
+    "validation_split",
+    "write_split",
+]
+
+TRAINER_CHECKPOINT = "checkpoints/trainer.pt"  # a baseline's resumable state (weights, optimiser, generator, counters)
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C (SIGINT) between two steps; a checkpoint was written."""
+
+    def __init__(self, done: str, run_dir: Path) -> None:
+        super().__init__(f"interrupted at {done}: checkpoint written; continue with -i {run_dir}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def new_run_dir(log_folder: str, algo: str, env_id: str) -> Path:
+    """``<log_folder>/<algo>/<env_id>_<N>`` with N one more than the largest existing (rl-zoo's numbering)."""
+    parent = Path(log_folder) / algo
+    parent.mkdir(parents=True, exist_ok=True)
+    ids = [int(p.name.rsplit("_", 1)[1]) for p in parent.glob(f"{env_id}_*") if p.name.rsplit("_", 1)[1].isdigit()]
+    run_dir = parent / f"{env_id}_{max(ids, default=0) + 1}"
+    run_dir.mkdir()
+    return run_dir
+
+
+def write_split(run_dir: Path, category: Any, split: Any) -> None:
+    """``split.json``: which files the run trains, validates and tests on."""
+    from envs.split import split_json
+
+    (run_dir / "split.json").write_text(split_json(split, category))
+
+
+def validation_split(category: Any, split: Any) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+    """The validation images (uint8 (N, H, W, 3)), masks (bool (N, H, W)) and image labels (True: defective)."""
+    labels = [category.samples[i].is_anomalous for i in split.val]
+    return category.images[split.val], category.masks[split.val], labels
+
+
+class BestCheckpoint:
+    """The model with the best validation pixel F1max so far, saved to ``path`` and its metrics to ``path.json``;
+    a resumed run starts from the best it recorded (the validation split picks the checkpoint).
+
+    Args:
+        path: where the best model goes (None: tracked, not saved).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.best_f1max = -np.inf
+        if path is not None and path.with_suffix(".json").is_file():
+            self.best_f1max = float(json.loads(path.with_suffix(".json").read_text())["pixel_f1max"])
+
+    def offer(self, model: Any, record: dict[str, float]) -> None:
+        """Save ``model`` (anything with ``save(path)``) if its validation ``record`` beats the best so far."""
+        if record["pixel_f1max"] > self.best_f1max:
+            self.best_f1max = record["pixel_f1max"]
+            if self.path is not None:
+                model.save(self.path)
+                atomic_write_text(self.path.with_suffix(".json"), json.dumps(record, indent=2))
+
+
+class ProgressLine:
+    """A log line every ``every_s`` seconds or ``every`` units, whichever comes first: done / total, rate, ETA and
+    the latest validation metrics (what a progress bar shows, for output that goes to a file).
+
+    Args:
+        total: the run's total (env steps or updates; a resumed run counts from its checkpoint).
+        unit: what is counted ("step", "update"); validation records count it under ``count_key``.
+        every_s: seconds between lines; every: units between lines (None: 5% of ``total``).
+    """
+
+    def __init__(
+        self, total: int, unit: str = "step", count_key: str = "timesteps", every_s: float = 60.0, every: int | None = None
+    ) -> None:
+        self.total, self.unit, self.count_key, self.every_s = total, unit, count_key, every_s
+        self.every = every or max(total // 20, 1)
+        self.start(0)
+
+    def start(self, done: int) -> None:
+        self._start_time = self._last_time = time.perf_counter()
+        self._start_done = self.last_done = done
+
+    def maybe_log(self, done: int, history: list[dict[str, float]] | None = None, extra: str = "") -> None:
+        now = time.perf_counter()
+        if now - self._last_time >= self.every_s or done - self.last_done >= self.every:
+            self.log(done, history, extra, now)
+
+    def log(self, done: int, history: list[dict[str, float]] | None = None, extra: str = "", now: float = 0.0) -> None:
+        now = now or time.perf_counter()
+        self._last_time, self.last_done = now, done
+        rate = (done - self._start_done) / max(now - self._start_time, 1e-9)
+        eta = max(self.total - done, 0) / rate if rate > 0 else float("inf")
+        line = f"{self.unit} {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%), "
+        line += f"{rate:.2f} {self.unit}s/s, ETA {_duration(eta)}{extra}"
+        if history:
+            latest = history[-1]
+            line += f"; validation at {latest[self.count_key]}: " + ", ".join(
+                f"{key} {latest[key]:.4f}" for key in ("pixel_auroc", "pixel_f1max", "pixel_aupro") if key in latest
+            )
+        logger.info(line)
+
+
+def _duration(seconds: float) -> str:
+    """``3725`` -> ``1:02:05``."""
+    if not np.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
