@@ -1,12 +1,13 @@
 """Is the AE alive? Prints the range of its reconstructions and the size of its gradients on training images.
 
 A saturated output sigmoid reconstructs every pixel as 0 (or 1) and passes no gradient: the "loss profile" is then the
-image itself and the sampler's patches cannot change anything. It happened to the session-7 default on tire (README
-"Detection quality", session 8); the default's linear output (``ae.output: linear``) has nothing to saturate.
+image itself and the sampler's patches cannot change anything. Without BatchNorm a sigmoid output saturates on a dark
+category such as tire within the first pre-training updates; the default's linear output (``ae.output: linear``) has
+nothing to saturate (docs/design.md).
 
-    python benchmarks/ae_health.py --run runs/.../MVTecPatch-v0_1            # a trained run's best detector
-    python benchmarks/ae_health.py --data-root ../shared/data --category tire --epochs 3   # pre-training, epoch by epoch
-    python benchmarks/ae_health.py --data-root ../shared/data --category tire --epochs 3 --set ae.output=sigmoid
+    python -m benchmarks.ae_health --run runs/.../MVTecPatch-v0_1            # a trained run's best detector
+    python -m benchmarks.ae_health --data-root ../shared/data --category tire --epochs 3   # pre-training, epoch by epoch
+    python -m benchmarks.ae_health --data-root ../shared/data --category tire --epochs 3 --set ae.output=sigmoid
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def health(detector: Any, images: torch.Tensor) -> str:
@@ -40,18 +37,22 @@ def health(detector: Any, images: torch.Tensor) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from detector_quality import parse_sets
-
     from agents.hyperparams_opt import deep_merge
-    from envs.mvtec_patch import MVTecPatchConfig, build_detector, detector_config, load_env_data
+    from benchmarks.overrides import parse_sets
+    from envs.config import MVTecPatchConfig, detector_config
+    from envs.data import load_env_data
     from evaluate import load_run
+    from models.detector import build_detector
+    from train import load_preset
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=None, help="a train.py run folder: check its best detector")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--category", default=None)
     parser.add_argument("--preset", default="default", help="env.yml preset for a fresh detector (without --run)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="K=V", help="override fields as detector_quality.py does")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="K=V", help="env or DetectorConfig fields (dotted: ae.output=sigmoid)"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="pre-training epochs to follow (without --run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=8, help="training images to check (256 px)")
@@ -61,16 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.run is not None:
             _, category, split, detector = load_run(Path(args.run), args.data_root, args.category)
         else:
-            presets = yaml.safe_load((ROOT / "agents" / "hyperparams" / "env.yml").read_text())["MVTecPatch-v0"]
-            if args.preset not in presets:
-                raise ValueError(f"unknown preset {args.preset!r} (valid: {', '.join(presets)})")
             env_kwargs, det_kwargs = parse_sets(args.set)
             overrides = {**env_kwargs, "detector": det_kwargs} if det_kwargs else env_kwargs
-            preset = deep_merge(presets[args.preset] or {}, overrides)
+            preset = deep_merge(load_preset("random", "MVTecPatch-v0", args.preset)["env_kwargs"], overrides)
             config = MVTecPatchConfig.from_kwargs(**preset, data_root=args.data_root, category=args.category, seed=args.seed)
-            detector_config(config)  # a bad --set value stops here, before the data are read
+            options = detector_config(config)  # a bad --set value stops here, before the data are read
             category, split = load_env_data(config)
-            detector = build_detector(config, category, split)
+            detector = build_detector(options, category, split, seed=config.seed)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -10,9 +10,9 @@ inference per image at batch 1 and batched, and the peak RSS.
 Targets on 2 CPU cores: full cycle <= 1.2 s, inference <= 30 ms per image at batch 1, peak RSS <= 3 GiB
 for a 300-image category.
 
-    python benchmarks/bench_detector.py [--train-images 300] [--pool 40] [--repeats 10] [--threads 2] [--batch 16]
-    python benchmarks/bench_detector.py --set map_global_weight=0.1   # DetectorConfig fields over the preset's
-    python benchmarks/bench_detector.py --device cuda                  # on a GPU (each timing waits for its kernels)
+    python -m benchmarks.bench_detector [--train-images 300] [--pool 40] [--repeats 10] [--threads 2] [--batch 16]
+    python -m benchmarks.bench_detector --set map_global_weight=0.1   # DetectorConfig fields over the preset's
+    python -m benchmarks.bench_detector --device cuda                  # on a GPU (each timing waits for its kernels)
 
 Run it on an otherwise idle machine: with 2 OpenMP threads, CPU contention from other processes can slow
 small convolutions down many times over.
@@ -24,20 +24,16 @@ import argparse
 import functools
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from models import padding  # noqa: E402
-from models.detector import Detector, DetectorConfig  # noqa: E402
-from models.resize import resize_bilinear  # noqa: E402
-from train import load_preset  # noqa: E402
+from models import padding
+from models.detector import Detector, DetectorConfig
+from models.resize import resize_bilinear
+from train import load_preset
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 2, device: str = "cpu") -> tuple[float, float, float]:
@@ -79,9 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         check_device(args.device)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    from detector_quality import parse_sets
-
     from agents.hyperparams_opt import deep_merge
+    from benchmarks.overrides import parse_sets
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """Env throughput at the paper's sizes: MVTecPatch-v0 steps/s with random actions, and where the time goes.
 
-    python benchmarks/bench_env.py [--steps 640] [--data-root R --category C] [--threads N] [--preset default|paper]
+    python -m benchmarks.bench_env [--steps 640] [--data-root R --category C] [--threads N] [--preset default|paper]
 
 256x256 images, 128x128 crops, 64x64 patches, AE batch 32 (one AE update every 32 patches, then the preset's
 predictor updates and profile refreshes). Target: >= 25 steps/s on 2 CPU cores. The warm-up (pre-training etc.) is not timed.

@@ -4,24 +4,20 @@ Builds a seeded split (default 150 images of 256x256, 2/3 of them with elliptic 
 raised over the defects, then prints the wall time of compute_metrics (exact or binned) and roc_pr_curves, and the peak
 resident memory of the process before and after (resource.getrusage; the inputs themselves take 5 bytes per pixel).
 
-    python benchmarks/bench_metrics.py
-    python benchmarks/bench_metrics.py --num-bins 10000
+    python -m benchmarks.bench_metrics
+    python -m benchmarks.bench_metrics --num-bins 10000
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from models.metrics import compute_metrics, roc_pr_curves  # noqa: E402
+from models.metrics import compute_metrics, roc_pr_curves
 
 
 def make_split(n_images: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,16 +1,17 @@
 """The one comparison runner: (category, method, seed) cells, each a train.py process, then the tables.
 
-    python benchmarks/compare.py --data-root ../shared/data --categories magnetic_tile tire \\
-        --methods reinforce random ae --seeds 0 1 2 --out runs/compare
-    python benchmarks/compare.py ... --variants benchmarks/ablation.yml --methods paper +image +synthetic  # ablations
+    python -m benchmarks.compare --data-root ../shared/data --categories magnetic_tile tire \\
+        --methods default default-random ae@default --seeds 0 1 2 --out runs/compare
+    python -m benchmarks.compare ... --methods reinforce random ae --preset paper  # the registry's algorithms on a preset
 
 A *method* is one of
   * an RL algorithm of the registry (``reinforce``, ``random``, ``ppo``, ``a2c``, ``dqn``), trained with ``--preset``;
   * ``ae``: the AE-only residual baseline of the ``reinforce`` cell of the same (category, seed) (run if missing);
   * a baseline of the paper's tables, ``unet`` or ``vqvae2`` (``train.py --method``, same split and metrics);
-  * a name from ``--variants FILE``, a YAML mapping ``name: {algo | method, preset, env_kwargs, hyperparams,
-    n_timesteps}`` (every key optional): a named configuration for ablations (``method: unet`` with ``hyperparams``
-    varies a baseline). ``ae@NAME`` is the AE-only baseline of that variant.
+  * a name from ``--variants FILE`` (default: ``benchmarks/ablation.yml``, the variants of docs/results.md), a YAML
+    mapping ``name: {algo | method, preset, env_kwargs, hyperparams, n_timesteps}`` (every key optional): a named,
+    pinned configuration (``method: unet`` with ``hyperparams`` varies a baseline). ``ae@NAME`` is the AE-only
+    baseline of that variant.
 
 Every cell runs ``train.py`` in its own process (``--parallel`` at a time, ``--threads`` torch threads each) into
 ``OUT/cells/<category>/<method>/seed<k>/`` and is finished once ``result.json`` is there: a rerun skips finished
@@ -26,8 +27,8 @@ study. A cell is trained once: a second trial of the same cell (two workers queu
 finished one or yields to the lower-numbered one. ``--workers N`` starts N worker processes here (``--threads`` =
 cores / N each) on ``--storage`` (default: an SQLite file ``OUT/<study name>.db``)::
 
-    python benchmarks/compare.py --categories magnetic_tile tire ... --workers 2          # one machine
-    python benchmarks/compare.py --categories magnetic_tile tire ... \\
+    python -m benchmarks.compare --categories magnetic_tile tire ... --workers 2          # one machine
+    python -m benchmarks.compare --categories magnetic_tile tire ... \\
         --storage postgresql://user:pw@host/db --study-name grid1                         # on every machine
 
 Every worker needs the same grid arguments (``--categories``, ``--methods``, ``--seeds``, ``--variants``): a study
@@ -36,26 +37,27 @@ heartbeat: a dead worker's cell stays "running", and a worker does not wait for 
 rows live in the study (trial user attribute ``rows``), so ``--table-only --storage URL`` writes them anywhere; the
 run folders stay on the machine that trained them. Failed cells are queued again when a worker starts.
 
-Writes ``OUT/results.csv`` (one row per cell; ``seconds`` is wall-clock, ``cpu_seconds`` the cell's own CPU time)
-and ``OUT/table.md``: per category, a row per method with every metric
-as mean ± std over seeds, then the paper's two tables (pixel F1max and pixel AUROC, category x method).
+Writes ``OUT/results.csv`` (one row per cell and method, the schema of ``benchmarks/results/results.csv``: the
+method as ``variant``, the metrics, ``seconds`` of wall clock, the cell's own ``cpu_seconds``, the ``cpu_model`` and
+the ``commit`` of the code that trained it) and ``OUT/table.md``: per category, a row per method with every metric as
+mean ± std over seeds, then the paper's two tables (pixel F1max and pixel AUROC, category x method).
 
-*Recorded rows* (``--recorded CSV ...``, not with worker mode): rows of earlier grids' ``results.csv`` files
-(``benchmarks/results/`` keeps this project's) stand in for cells, so a table can combine grids that ran on other
-machines or in other checkouts, whose run folders are gone. A training is skipped when every row of it that the grid
-asks for is recorded (its method and, if asked, its ``ae@`` row); otherwise it runs, and a finished cell in ``OUT``
-always wins over recorded rows. Rows are matched by (category, method, seed) alone, so record pinned variants: a
-recorded ``reinforce`` row is whatever ``--preset`` meant when it was recorded (the runner warns when it uses one)::
+*Recorded rows* (``--recorded CSV ...``, not with worker mode): rows of ``results.csv`` files
+(``benchmarks/results/results.csv`` keeps this project's) stand in for cells, so a table can combine grids that ran
+on other machines or in other checkouts, whose run folders are gone. A training is skipped when every row of it that
+the grid asks for is recorded (its method and, if asked, its ``ae@`` row); otherwise it runs, and a finished cell in
+``OUT`` always wins over recorded rows. Of several recorded rows of one cell the last wins, or one measured on the
+CPU that ``--prefer-cpu`` names. Rows are matched by (category, method, seed) alone, so record pinned variants: a
+recorded ``reinforce`` row is whatever ``--preset`` meant when it was recorded (the runner warns when it uses one).
+Rows of variants not in ``--variants`` make tables with ``--table-only``::
 
-    python benchmarks/compare.py --data-root ../shared/data --categories magnetic_tile tire \\
-        --variants benchmarks/ablation.yml --methods warm3000 warm3000-random --seeds 0 1 2 \\
-        --recorded benchmarks/results/*.csv --table-only --out runs/table
+    python -m benchmarks.compare --categories magnetic_tile tire --methods default default-random focal \\
+        --seeds 0 1 2 --recorded benchmarks/results/results.csv --prefer-cpu "family 26 model 2" --table-only
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -68,25 +70,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.tables import (
+    CSV_COLUMNS,
+    METRICS,
+    UNKNOWN,
+    Key,
+    code_commit,
+    cpu_model,
+    index_rows,
+    markdown_tables,
+    read_rows,
+    write_rows,
+)
 
 if TYPE_CHECKING:
     import optuna
 
-METRICS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "image_auroc", "f1_at_val_threshold")
-CSV_COLUMNS = ("category", "method", "seed", *METRICS, "seconds", "cpu_seconds")
-LABELS = {
-    "pixel_auroc": "AUROC",
-    "pixel_f1max": "F1max",
-    "f1_at_val_threshold": "F1@val",
-    "pixel_ap": "AP",
-    "pixel_aupro": "AUPRO",
-    "image_auroc": "img AUROC",
-}
+__all__ = ["CSV_COLUMNS", "METRICS", "main"]
+ABLATION = Path(__file__).with_name("ablation.yml")  # the default --variants: the named configurations of docs/results.md
 
 
 def load_variants(path: str | None) -> dict[str, dict[str, Any]]:
@@ -103,41 +106,14 @@ def load_variants(path: str | None) -> dict[str, dict[str, Any]]:
     return table
 
 
-def load_recorded(paths: list[str] | None) -> dict[tuple[str, str, int], dict[str, Any]]:
-    """Rows of earlier grids' ``results.csv`` files, keyed by (category, method, seed); a later row wins a tie.
+def load_recorded(paths: list[str] | None, prefer_cpu: str | None = None) -> dict[Key, dict[str, Any]]:
+    """Rows of ``results.csv`` files, one per (category, variant, seed) (:func:`benchmarks.tables.index_rows`: a later
+    row wins a tie, a row measured on ``prefer_cpu`` wins over others).
 
     Raises:
-        ValueError: a file is unreadable or not a ``results.csv`` of this runner (the message names it).
+        ValueError: a file is unreadable or not a ``results.csv`` (the message names it).
     """
-    recorded: dict[tuple[str, str, int], dict[str, Any]] = {}
-    required = set(CSV_COLUMNS) - {"cpu_seconds"}  # absent from the files of the runner's first grids
-    for path in paths or []:
-        try:
-            with open(path, newline="") as handle:
-                reader = csv.DictReader(handle)
-                missing = required - set(reader.fieldnames or [])
-                if missing:
-                    raise ValueError(f"'{path}': not a compare.py results.csv (lacks columns {sorted(missing)})")
-                for r in reader:
-                    try:
-                        key = (r["category"], r["method"], int(r["seed"]))
-                        row: dict[str, Any] = {
-                            "category": key[0],
-                            "method": key[1],
-                            "seed": key[2],
-                            **{k: float(r[k]) for k in (*METRICS, "seconds")},
-                            "cpu_seconds": float(r.get("cpu_seconds") or "nan"),
-                        }
-                    except (TypeError, ValueError) as error:
-                        where = f"'{path}', line {reader.line_num}"
-                        raise ValueError(
-                            f"{where}: expected a whole seed and numbers in {CSV_COLUMNS[3:]} ({error})"
-                        ) from error
-                    recorded[key] = row
-        except (OSError, UnicodeDecodeError, csv.Error) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            raise ValueError(f"'{path}': cannot read recorded rows ({reason})") from error
-    return recorded
+    return index_rows([row for path in paths or [] for row in read_rows(path)], prefer_cpu)
 
 
 def resolve_method(method: str, variants: dict[str, dict[str, Any]], preset: str) -> tuple[str, dict[str, Any], bool]:
@@ -169,7 +145,7 @@ def resolve_method(method: str, variants: dict[str, dict[str, Any]], preset: str
 
 def train_command(spec: dict[str, Any], category: str, seed: int, args: argparse.Namespace, folder: Path) -> list[str]:
     model = ["--method", spec["method"]] if "method" in spec else ["--algo", spec["algo"]]
-    cmd = [sys.executable, str(ROOT / "train.py"), *model, "--preset", spec["preset"], "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "train", *model, "--preset", spec["preset"], "--seed", str(seed)]
     cmd += ["-f", str(folder), "--no-progress", "-v", "1", "--threads", str(args.threads)]
     if getattr(args, "device", None) is not None:
         cmd += ["--device", args.device]
@@ -228,7 +204,7 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     start = time.perf_counter()
     with (cell / "train.log").open("w") as log:
         extra = _child_options() if getattr(args, "study_mode", False) else {}
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, **extra)
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, **extra)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, whatever else runs
         process.returncode = code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
@@ -238,7 +214,8 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     runs = sorted((cell / "logs" / (spec.get("method") or spec["algo"])).glob("MVTecPatch-v0_*"))
     if not runs or not (runs[-1] / "metrics.json").is_file():
         raise RuntimeError(f"cell {category}/{base}/seed{seed} wrote no metrics.json; see {cell / 'train.log'}")
-    result = {"run": str(runs[-1]), "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "command": cmd}
+    result = {"run": str(runs[-1]), "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}
+    result |= {"cpu_model": cpu_model(), "commit": code_commit(), "command": cmd}
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(done)
@@ -248,67 +225,28 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     return result
 
 
-def cell_row(category: str, method: str, seed: int, result: dict[str, Any], ae_only: bool) -> dict[str, Any]:
+def cell_row(category: str, variant: str, seed: int, result: dict[str, Any], ae_only: bool) -> dict[str, Any]:
+    """A finished cell's ``results.csv`` row (``variant`` is the grid's method name; ``ae@`` rows read the AE-only
+    baseline of the same run)."""
     run = Path(result["run"])
     metrics = json.loads((run / "ae_baseline" / "metrics.json" if ae_only else run / "metrics.json").read_text())
     return {
+        "variant": variant,
         "category": category,
-        "method": method,
         "seed": seed,
         **{k: float(metrics[k]) for k in METRICS},
         "seconds": result["seconds"],
         "cpu_seconds": result.get("cpu_seconds", float("nan")),
+        "cpu_model": result.get("cpu_model", UNKNOWN),
+        "commit": result.get("commit", UNKNOWN),
     }
 
 
-def mean_std(values: list[float]) -> str:
-    arr = np.asarray(values, dtype=float)
-    if len(arr) == 1:
-        return f"{arr[0]:.3f}"
-    return f"{arr.mean():.3f} ± {arr.std(ddof=1):.3f}"
-
-
-def markdown_tables(rows: list[dict[str, Any]], methods: list[str], categories: list[str]) -> str:
-    def cells(category: str, method: str) -> list[dict[str, Any]]:
-        return [r for r in rows if r["category"] == category and r["method"] == method]
-
-    out: list[str] = []
-    for category in categories:
-        header = " | ".join(LABELS[k] for k in METRICS)
-        out += [f"### {category}", "", f"| method | seeds | {header} | minutes | CPU minutes |"]
-        out.append("|---" * (len(METRICS) + 4) + "|")
-        for method in methods:
-            rs = cells(category, method)
-            if rs:
-                minutes = np.mean([r["seconds"] for r in rs]) / 60
-                cpus = [r["cpu_seconds"] for r in rs if np.isfinite(r["cpu_seconds"])]  # absent from older cells
-                cpu = f"{np.mean(cpus) / 60:.1f}" if cpus else "-"
-                stats = " | ".join(mean_std([r[k] for r in rs]) for k in METRICS)
-                out.append(f"| {method} | {len(rs)} | {stats} | {minutes:.1f} | {cpu} |")
-        out.append("")
-    for key in ("pixel_f1max", "pixel_auroc"):
-        out += [f"### pixel {LABELS[key]} (mean ± std over seeds)", "", "| category | " + " | ".join(methods) + " |"]
-        out.append("|---" * (len(methods) + 1) + "|")
-        for category in categories:
-            out.append(
-                f"| {category} | "
-                + " | ".join(mean_std([r[key] for r in cells(category, m)]) if cells(category, m) else "-" for m in methods)
-                + " |"
-            )
-        out.append("")
-    return "\n".join(out)
-
-
-def write_tables(out: Path, rows: list[dict[str, Any]], methods: list[str], categories: list[str]) -> str:
+def write_tables(out: Path, rows: list[dict[str, Any]], variants: list[str], categories: list[str]) -> str:
     """``OUT/results.csv`` and ``OUT/table.md`` (each replaced at once: several workers may write them); returns the table."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".results.csv.{os.getpid()}.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    tmp.replace(out / "results.csv")
-    table = markdown_tables(rows, methods, categories)
+    write_rows(out / "results.csv", rows)
+    table = markdown_tables(rows, variants, categories)
     tmp = out / f".table.md.{os.getpid()}.tmp"
     tmp.write_text(table + "\n")
     tmp.replace(out / "table.md")
@@ -507,7 +445,7 @@ def study_rows(
 
 def start_workers(args: argparse.Namespace, argv: list[str]) -> list[int]:
     """``--workers N``: N worker processes of this command on the study; returns their exit codes."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--storage", args.storage, "--study-name", args.study_name]
+    cmd = [sys.executable, "-m", "benchmarks.compare", *argv, "--storage", args.storage, "--study-name", args.study_name]
     cmd += ["--threads", str(args.threads), "--workers", "1", "--worker"]
     print(f"[compare] {args.workers} workers on study {args.study_name!r}, {args.threads} threads each", flush=True)
     processes = [subprocess.Popen(cmd, **_child_options()) for _ in range(args.workers)]
@@ -587,7 +525,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["reinforce", "random", "ae"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--preset", default="default", help="train.py preset for methods that do not name one")
-    parser.add_argument("--variants", default=None, help="YAML of named configurations (see the module docstring)")
+    parser.add_argument(
+        "--variants",
+        default=str(ABLATION),
+        help="YAML of named configurations (see the module docstring; default: the package's ablation.yml)",
+    )
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--parallel", type=int, default=1, help="cells run at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: cores / parallel)")
@@ -601,6 +543,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="CSV",
         help="results.csv files of earlier grids: their rows count as finished cells (see the module docstring)",
+    )
+    parser.add_argument(
+        "--prefer-cpu",
+        default=None,
+        metavar="TEXT",
+        help="of several recorded rows of one cell, take one whose cpu_model contains TEXT (default: the last row)",
     )
     parser.add_argument(
         "--storage",
@@ -633,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--data-root needs --categories (category folders under it)")
         if args.data_root is not None:
             args.data_root = str(Path(args.data_root).resolve())
-        args.out = str(Path(args.out).resolve())  # cells run train.py from the project root
+        args.out = str(Path(args.out).resolve())  # run folders and result.json files hold absolute paths
         if args.workers < 1:
             raise ValueError("--workers must be at least 1")
         if args.device is not None:
@@ -651,10 +599,17 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = args.threads or max(1, (os.cpu_count() or 1) // (args.workers if args.study_mode else args.parallel))
         categories = args.categories or ["synthetic"]
         variants = load_variants(args.variants)
-        plan = [(m, *resolve_method(m, variants, args.preset)) for m in args.methods]
         if args.recorded and args.study_mode:
             raise ValueError("--recorded works without --storage/--workers (a study keeps its own rows)")
-        recorded = load_recorded(args.recorded)
+        recorded = load_recorded(args.recorded, args.prefer_cpu)
+        plan = []
+        for method in args.methods:
+            try:
+                plan.append((method, *resolve_method(method, variants, args.preset)))
+            except ValueError:  # a name that only recorded rows know (a variant not in --variants): tables only
+                if not (args.table_only and any(key[1] == method for key in recorded)):
+                    raise
+                plan.append((method, method, {}, False))
     except (ValueError, OSError, yaml.YAMLError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -662,8 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device is not None and args.device.startswith("cuda") and cells_at_once > 1:
         print(
             f"warning: {cells_at_once} cells at once on --device {args.device}: processes that share a GPU are time-sliced "
-            "(session 27: 12 cells on one H200 got none through the predictor's warm-up in 8 minutes, which one alone "
-            "does in about 35 s); run one cell per GPU",
+            "(12 cells on one H200 got none through the predictor's warm-up in 8 minutes, which one alone does in "
+            "about 35 s); run one cell per GPU",
             file=sys.stderr,
         )
 
@@ -698,13 +653,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     by_name: list[str] = []  # recorded rows whose meaning depends on --preset
     for category in categories:
-        for method, base, _, ae_only in plan:
+        for method, base, spec, ae_only in plan:
             for seed in args.seeds:
                 if (category, base, seed) in results:
                     rows.append(cell_row(category, method, seed, results[(category, base, seed)], ae_only))
                 elif (category, method, seed) in recorded:
                     rows.append(recorded[(category, method, seed)])
-                    if base not in variants and method not in by_name:
+                    if base not in variants and spec and method not in by_name:  # a recorded-only name is pinned
                         by_name.append(method)
     if by_name:
         print(

@@ -1,6 +1,6 @@
 """Kill train.py with SIGKILL at random points and continue it with ``-i``: how many steps does each kill lose?
 
-    python benchmarks/kill_resume.py --trials 5 --seed 0 -n 1024 --save-freq 256 --eval-freq 512
+    python -m benchmarks.kill_resume --trials 5 --seed 0 -n 1024 --save-freq 256 --eval-freq 512
 
 One run of the embedded category (default preset, shortened by ``-n``) is killed ``--trials`` times at random steps
 drawn after the first checkpoint (a kill before it leaves nothing to continue from: ``-i`` refuses, and the run starts
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 EPISODE = 32  # MVTecPatch-v0's default episode_length
 
 
@@ -43,7 +42,7 @@ def run_until(cmd: list[str], run: Path, target: int | None, start_step: int, lo
     base = episodes(run)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with log.open("a") as out:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         while process.poll() is None:
             time.sleep(0.2)
             if target is not None:
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     log_folder.mkdir(parents=True, exist_ok=True)  # a new folder given with -f
     flags = [("-n", args.n_timesteps), ("--save-freq", args.save_freq), ("--eval-freq", args.eval_freq)]
     extra = [str(x) for flag, value in flags if value is not None for x in (flag, value)]
-    first = [sys.executable, "train.py", "--seed", str(args.seed), "-f", str(log_folder), "--no-progress", *extra]
+    first = [sys.executable, "-m", "train", "--seed", str(args.seed), "-f", str(log_folder), "--no-progress", *extra]
     n = args.n_timesteps or 6144
     save_freq = args.save_freq or 1024
     rng = np.random.default_rng(args.seed)
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 "steps lost": done - resumed_from,
             }
         )
-        cmd = [sys.executable, "train.py", "-i", str(run), "--no-progress"]
+        cmd = [sys.executable, "-m", "train", "-i", str(run), "--no-progress"]
         start_step = resumed_from
     code, done = run_until(cmd, run, None, start_step, log)
     finished = (run / "metrics.json").is_file()

@@ -1,7 +1,7 @@
 """Pixel metrics per defect type of finished runs: which defects a detector finds and which it misses.
 
-    python benchmarks/per_type.py --runs runs/issue8c/cells/magnetic_tile/reinforce/seed*/logs/reinforce/MVTecPatch-v0_1
-    python benchmarks/per_type.py --runs RUN --images 8 --grid costliest.png
+    python -m benchmarks.per_type --runs runs/compare/cells/magnetic_tile/default/seed*/logs/reinforce/MVTecPatch-v0_1
+    python -m benchmarks.per_type --runs RUN --images 8 --grid costliest.png
 
 Each run's best detector (or baseline) is loaded as ``evaluate.py`` does and maps its test split with the run's own
 options; each defect type is scored pooled with the split's good images (as anomalib's per-category figures pool
@@ -21,13 +21,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from evaluate import load_run, save_prediction_grid  # noqa: E402
-from models.metrics import auroc_shortfall_by_image, compute_metrics  # noqa: E402
+from evaluate import load_run, save_prediction_grid
+from models.metrics import auroc_shortfall_by_image, compute_metrics
 
 
 @dataclass

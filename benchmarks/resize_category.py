@@ -5,7 +5,7 @@ resize to the size an image already has changes nothing, so a copy written at th
 names, same split, same images and masks. Use it where the originals are too large to move, e.g. to an accelerator
 machine that takes a 64 MiB working tree (magnetic_tile: 80 MiB of PNGs, 53 MiB at 256 px):
 
-    python benchmarks/resize_category.py --data-root ../shared/data --category magnetic_tile --out .gpudata
+    python -m benchmarks.resize_category --data-root ../shared/data --category magnetic_tile --out .gpudata
 
 Grey images stay grey PNGs, colour ones RGB PNGs; masks are 0/255 PNGs. The copy is loaded again and compared with
 the original before the script reports success; an existing output category folder is not overwritten.
@@ -20,9 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from envs.mvtec import DatasetError, load_category  # noqa: E402
+from envs.mvtec import DatasetError, load_category
 
 
 def write_resized(root: Path, category: str, out: Path, image_size: int = 256) -> Path:

@@ -1,13 +1,18 @@
 """Detector quality without RL: the fast loop for tuning the AE and the predictor on a real category.
 
-    python benchmarks/detector_quality.py --data-root ../shared/data --category magnetic_tile \\
-        --set ae.norm=none predictor_inputs='["profile","image"]' --cycles 192 --seeds 0 1
+    python -m experiments.detector_quality --data-root ../shared/data --category magnetic_tile --seeds 0 \\
+        --streams 0 1 2 --preset-env agents/hyperparams/reinforce.yml --preset default --set pred_focal_gamma=1
 
 Builds the detector exactly as ``MVTecPatch-v0`` does (same split, same config fields), pre-trains the AE, warms
 the predictor up, then runs ``Detector.fit_random`` (uniform random patches: the no-RL control) for ``--cycles``
 AE updates, validating every ``--eval-every`` cycles and keeping the best validation F1max, as train.py does. Prints
 one JSON line per seed with the test metrics (full method and AE-only) and the seconds taken, and appends it to
 ``--log`` (JSON lines). A full ``train.py`` run is the confirmation; this loop is minutes instead of tens of them.
+
+``--set key=value`` sets env or ``DetectorConfig`` fields (:mod:`benchmarks.overrides`), over ``--preset`` of
+``--preset-env`` when given, else over the bare config defaults (the paper's). ``--streams`` trains several detectors
+on one seed's split and initial weights with different random streams: one run's training noise, the yardstick for a
+change. ``--warmup-curve N`` scores along the predictor's warm-up; ``--save-dir`` keeps each best detector.
 """
 
 from __future__ import annotations
@@ -15,48 +20,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import yaml
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from envs.mvtec_patch import MVTecPatchConfig, build_detector, detector_config, load_env_data  # noqa: E402
-from models.metrics import compute_metrics, f1_at_threshold  # noqa: E402
-
-# MVTecPatchConfig fields that --set passes to the env config (the split's and the detector's schedule); others are
-# DetectorConfig fields
-ENV_FIELDS = {"pretrain_epochs", "predictor_warmup_updates", "alpha_decay_updates", "ae_reset_every", "profile_stack"}
-ENV_FIELDS |= {"k_shot", "normal_pool", "val_fraction", "image_size"}
-
-
-def parse_sets(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``key=value`` pairs -> (env kwargs, detector kwargs); dotted keys (``ae.norm``) go into nested dicts."""
-    env: dict[str, Any] = {}
-    det: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --set expects key=value, got {pair!r}")
-        value = yaml.safe_load(text)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if key in ENV_FIELDS:
-            env[key] = value
-            continue
-        target = det
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return env, det
+from benchmarks.overrides import parse_sets
+from envs.config import MVTecPatchConfig, detector_config
+from envs.data import load_env_data
+from models.detector import build_detector
+from models.metrics import compute_metrics, f1_at_threshold
 
 
 def preset_env_kwargs(path: Path, preset: str) -> dict[str, Any]:
@@ -92,11 +67,11 @@ def run(args: argparse.Namespace, seed: int, stream: int = 0) -> dict[str, Any]:
         config = MVTecPatchConfig.from_kwargs(
             data_root=args.data_root, category=args.category, seed=seed, detector=det_kwargs or None, **env_kwargs
         )
-        detector_config(config)  # a bad value (a negative weight, ...) fails here, before the data is read
+        detector_options = detector_config(config)  # a bad value (a negative weight, ...) fails before the data is read
     except (TypeError, ValueError) as error:  # an unknown or invalid --set field: one line, not a traceback
         raise SystemExit(f"error: {error}") from error
     category, split = load_env_data(config)
-    detector = build_detector(config, category, split)
+    detector = build_detector(detector_options, category, split, seed=config.seed)
     if stream:  # same split and initial weights, another random stream (stream 0: the seed's own, as train.py)
         detector.reseed(seed * 1_000_003 + stream)
     val_x, val_y = category.images[split.val], category.masks[split.val]

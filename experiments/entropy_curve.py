@@ -3,8 +3,8 @@
 SB3 logs ``train/entropy_loss`` = −entropy at every policy update; a uniform policy over the 9 actions has
 ln 9 = 2.197 nats. Each run is one column, each row a step (the logged update nearest to it).
 
-    python benchmarks/entropy_curve.py --runs runs/issue8e/cells/*/linear-ae/seed0/logs/reinforce/MVTecPatch-v0_1
-    python benchmarks/entropy_curve.py --runs RUN --every 512
+    python -m experiments.entropy_curve --runs runs/compare/cells/*/default/seed0/logs/reinforce/MVTecPatch-v0_1
+    python -m experiments.entropy_curve --runs RUN --every 512
 """
 
 from __future__ import annotations

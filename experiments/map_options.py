@@ -1,17 +1,16 @@
-"""Inference-only map options on trained runs: Gaussian smoothing sigma, flip test-time augmentation, late fusion with
-the global residual, morphological closing and a second, smaller scale.
+"""Inference-only map options on trained runs: Gaussian smoothing sigma, the predictor's flip test-time augmentation,
+late fusion with the global residual, morphological closing and a second, smaller scale.
 
-    python benchmarks/map_options.py --runs runs/issue8b/cells/*/tuned-paste-only/seed*/logs/reinforce/MVTecPatch-v0_1
+    python -m experiments.map_options --runs runs/compare/cells/*/default/seed*/logs/reinforce/MVTecPatch-v0_1
 
 These options change only how a trained detector's maps are made (``map_smoothing_sigma``, and the test-time
-augmentations ``map_flip_tta`` and ``map_predictor_flips``), so they can be compared on finished runs without training
-again: each run's best detector is loaded as ``evaluate.py`` does, its raw maps of the validation and test splits are
-computed with each augmentation (none; "mirror": the image's mirror through AE and predictor; "flips4": the predictor
-on its input's four flips; both), and smoothed with each ``--sigmas``. Prints a Markdown table per split of the mean
-pixel AUROC / F1max / AP / AUPRO over the runs of each category; choose on the validation split (the checkpoint was chosen
-there with the run's own options, so the gain of a full run with the new options can differ a little). A last table
-chooses sigma per run on its validation split (``--choose-by``, as ``map_smoothing_candidates`` does in training) and
-scores the test split with it. ``--log`` appends one JSON line per run, split and option.
+augmentation ``map_predictor_flips``), so they can be compared on finished runs without training again: each run's best
+detector is loaded as ``evaluate.py`` does, its raw maps of the validation and test splits are computed with each
+augmentation (none; "flips4": the predictor on its input's four flips), and smoothed with each ``--sigmas``. Prints a
+Markdown table per split of the mean pixel AUROC / F1max / AP / AUPRO over the runs of each category; choose on the
+validation split (the checkpoint was chosen there with the run's own options, so the gain of a full run with the new
+options can differ a little). A last table chooses sigma per run on its validation split (``--choose-by``) and scores
+the test split with it. ``--log`` appends one JSON line per run, split and option.
 
 ``--global-weights`` adds late fusion with the global residual before smoothing, as ``map_global_weight`` does in
 training (:class:`models.global_residual.GlobalResidual`, a PCA of whole normal images fitted on 90% of the run's
@@ -32,18 +31,16 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from evaluate import load_run  # noqa: E402
-from models.detector import Detector, close_maps, fuse_global, smooth_maps  # noqa: E402
-from models.metrics import compute_metrics  # noqa: E402
+from evaluate import load_run
+from models.detector import Detector, close_maps, fuse_global, smooth_maps
+from models.metrics import compute_metrics
 
 KEYS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro")
-TTA = {"none": (False, False), "mirror": (True, False), "flips4": (False, True), "mirror+flips4": (True, True)}
+TTA = {"none": False, "flips4": True}  # map_predictor_flips
 SCALE_MULTIPLE = 16  # a resized image's sides are rounded to a multiple of this: the AE's and predictor's strides divide it
 
 
@@ -85,10 +82,10 @@ def run_rows(
         index = getattr(split, part)
         images, masks = data.images[index], data.masks[index]  # (N, H, W, 3) uint8, (N, H, W) bool
         labels = np.array([data.samples[i].is_anomalous for i in index])
-        for tta, (mirror, flips) in TTA.items():
+        for tta, flips in TTA.items():
             if ttas is not None and tta not in ttas:
                 continue
-            detector.config.map_flip_tta, detector.config.map_predictor_flips = mirror, flips
+            detector.config.map_predictor_flips = flips
             own = detector.anomaly_map(images)  # (N, H, W)
             glob = torch.from_numpy(detector.global_map(images)) if any(weights) else None  # (N, H, W)
             for scale in scales:

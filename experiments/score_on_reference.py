@@ -1,6 +1,6 @@
 """Score finished runs on one common test set: the test split of a reference run.
 
-    python benchmarks/common_test.py --reference runs/k15/seed0/... --runs runs/k5/seed0/... runs/k10/seed0/...
+    python -m experiments.score_on_reference --reference runs/k15/seed0/... --runs runs/k5/seed0/... runs/k10/seed0/...
 
 Runs whose splits differ (another ``k_shot`` or ``val_fraction``) are scored on different test images, so their own
 figures do not compare. This scores each run's best detector, with the run's own map options, on the reference run's
@@ -18,12 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from evaluate import load_run  # noqa: E402
-from models.metrics import compute_metrics  # noqa: E402
+from evaluate import load_run
+from models.metrics import compute_metrics
 
 
 def test_files(run: Path) -> list[str]:

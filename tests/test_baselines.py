@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 import evaluate
 import train
-from envs.mvtec_patch import load_data
+from envs.data import load_data
 from models.baselines import (
     BASELINES,
     Baseline,
@@ -246,8 +245,7 @@ def test_baseline_resume_and_bad_input(baseline_run: Path, data_root: Path, tmp_
 
 # ---------------------------------------------------------------------------------------------- compare.py
 def test_compare_runs_baseline_cells(data_root: Path, tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import compare
+    from benchmarks import compare
 
     def pairs(items: list[str]) -> dict:
         return {key: train.parse_value(value) for key, value in (item.split(":", 1) for item in items)}
@@ -266,7 +264,7 @@ def test_compare_runs_baseline_cells(data_root: Path, tmp_path: Path) -> None:
     argv += ["--seeds", "0", "--variants", str(variants), "--out", str(tmp_path / "out"), "--threads", "1"]
     assert compare.main(argv) == 0
     rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[1].startswith("widget,tiny_unet,0,")
+    assert len(rows) == 3 and rows[1].startswith("tiny_unet,widget,0,")
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| widget |" in table and "tiny_vq" in table
     assert compare.resolve_method("unet", {}, "default")[1] == {"method": "unet", "preset": "default"}

@@ -1,4 +1,5 @@
-"""benchmarks/compare.py: cells are train.py processes, finished cells are skipped, tables have a row per category."""
+"""benchmarks/compare.py: cells are train.py processes, finished cells are skipped, tables have a row per category;
+the recorded rows and docs/results.md's tables agree."""
 
 from __future__ import annotations
 
@@ -6,17 +7,16 @@ import argparse
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from benchmarks import compare, results_table, tables
 from tests.conftest import write_mvtec_tree
 from tests.test_train import SMALL_ENV
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import compare  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,12 @@ def test_compare_runs_every_cell_once_and_writes_the_tables(grid: tuple[Path, Pa
     root, variants, out = grid
     assert run(root, variants, out, "tiny", "ae@tiny", "tiny_image") == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [tuple(r[k] for k in ("category", "method")) for r in rows] == [
+    assert [tuple(r[k] for k in ("category", "variant")) for r in rows] == [
         (c, m) for c in ("widget", "gadget") for m in ("tiny", "ae@tiny", "tiny_image")
     ]
-    assert set(rows[0]) == set(compare.CSV_COLUMNS)
+    assert list(rows[0]) == list(compare.CSV_COLUMNS)
+    assert {(r["cpu_model"], r["commit"]) for r in rows} == {(tables.cpu_model(), tables.code_commit())}
+    assert tables.code_commit() != tables.UNKNOWN  # the tests run in a git checkout
     assert all(0.0 <= float(r["pixel_auroc"]) <= 1.0 for r in rows)
     # the AE-only row reads the same training's baseline: 2 categories x 2 trained configurations
     assert len(list((out / "cells").glob("*/*/seed0/result.json"))) == 4
@@ -92,7 +94,7 @@ def write_recorded(path: Path, rows: list[tuple[str, str, int, float]]) -> Path:
         for category, method, seed, auroc in rows:
             metrics = {k: 0.5 for k in compare.METRICS} | {"pixel_auroc": auroc}
             writer.writerow(
-                {"category": category, "method": method, "seed": seed, **metrics, "seconds": 60, "cpu_seconds": ""}
+                {"variant": method, "category": category, "seed": seed, **metrics, "seconds": 60, "cpu_seconds": ""}
             )
     return path
 
@@ -108,7 +110,7 @@ def fake_cell(out: Path, method: str, seed: int, score: float, ae_score: float) 
 
 
 def aurocs(out: Path) -> list[tuple[str, str, float]]:
-    return [(r["method"], r["seed"], float(r["pixel_auroc"])) for r in csv.DictReader((out / "results.csv").open())]
+    return [(r["variant"], r["seed"], float(r["pixel_auroc"])) for r in csv.DictReader((out / "results.csv").open())]
 
 
 def test_recorded_rows_count_as_finished_cells(grid: tuple[Path, Path, Path], tmp_path: Path, monkeypatch, capsys) -> None:
@@ -192,7 +194,7 @@ def test_device_reaches_every_cell_and_a_missing_one_fails_before_any_cell(grid:
 
 
 def test_several_cells_on_one_gpu_are_warned_about(grid: tuple[Path, Path, Path], tmp_path: Path, capsys, monkeypatch) -> None:
-    """--parallel N with a CUDA device: the processes time-slice one GPU (session 27), so the runner says so."""
+    """--parallel N with a CUDA device: the processes time-slice one GPU, so the runner says so."""
     import models.runtime
 
     root, variants, _ = grid
@@ -207,63 +209,89 @@ def test_several_cells_on_one_gpu_are_warned_about(grid: tuple[Path, Path, Path]
 
 
 def test_every_variant_of_the_ablation_file_is_a_valid_configuration(grid: tuple[Path, Path, Path]) -> None:
-    """benchmarks/ablation.yml is what the README's tables are rerun from: each variant must resolve and its merged
+    """benchmarks/ablation.yml is what docs/results.md's tables are rerun from: each variant must resolve and its merged
     env config validate (train.py --dry-run builds MVTecPatchConfig and DetectorConfig), or a grid fails hours in."""
     import train
 
     root = grid[0]
-    ablation = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.yml"
-    variants = compare.load_variants(str(ablation))
-    assert {"reflect-pad", "default-s5"} <= set(variants)
+    variants = compare.load_variants(str(compare.ABLATION))
+    from models.baselines import BASELINES
+
+    tabled = {v for table in results_table.TABLES.values() for v in table.variants}
+    assert {v for v in tabled if not v.startswith("ae@") and v not in BASELINES} <= set(variants)
+    assert {"default", "default-random", "paper", "paper-random"} <= set(variants)
     args = argparse.Namespace(data_root=str(root), threads=1)
     for name in variants:
         _, spec, _ = compare.resolve_method(name, variants, "default")
         command = compare.train_command(spec, "widget", 0, args, root / "unused")
-        assert train.main([*command[2:], "--dry-run"]) == 0, name
+        assert command[1:3] == ["-m", "train"]
+        assert train.main([*command[3:], "--dry-run"]) == 0, name
 
 
-def test_the_default_preset_is_the_variant_the_readme_names_as_the_default() -> None:
-    """The README reports the default's rows under a pinned variant name (global-fusion since session 25; focal in
-    sessions 18-24, warm3000 before): the default preset must be that variant, and each previous default must differ
-    from the next by the one option that moved, or rows recorded under one name describe another configuration."""
+def test_the_default_variant_is_the_default_preset_and_each_ablation_row_moves_one_setting() -> None:
+    """docs/results.md reports the default preset's rows under the pinned variant ``default``: the preset must be that
+    variant, its random-sampler twin the same configuration, and each ablation row the default with one setting moved,
+    or rows recorded under one name describe another configuration."""
     import train
     from agents.hyperparams_opt import deep_merge
 
-    variants = compare.load_variants(str(Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.yml"))
-    default = train.load_preset("reinforce", "MVTecPatch-v0", "default")["env_kwargs"]
+    variants = compare.load_variants(str(compare.ABLATION))
 
-    def merged(name: str) -> dict:
+    def merged(name: str, preset: str = "default") -> tuple[str, dict]:
         _, spec, _ = compare.resolve_method(name, variants, "default")
-        assert spec["preset"] == "default" and spec["algo"] in ("reinforce", "random")
-        return deep_merge(default, spec.get("env_kwargs") or {})
+        assert spec["preset"] == preset
+        base = train.load_preset(spec["algo"], "MVTecPatch-v0", preset)["env_kwargs"]
+        return spec["algo"], deep_merge(base, spec.get("env_kwargs") or {})
 
-    def one_option_apart(a: dict, b: dict) -> set:
-        assert {k for k in a if a[k] != b[k]} <= {"detector"}
-        return {k for k in a["detector"].keys() | b["detector"].keys() if a["detector"].get(k) != b["detector"].get(k)}
+    default = train.load_preset("reinforce", "MVTecPatch-v0", "default")["env_kwargs"]
+    assert merged("default") == ("reinforce", default)
+    assert merged("default-random") == ("random", default)
+    paper = train.load_preset("reinforce", "MVTecPatch-v0", "paper")["env_kwargs"]
+    assert merged("paper", "paper") == ("reinforce", paper) and merged("paper-random", "paper")[0] == "random"
+    for name, field, value in (
+        *((f"labels-{k}", "k_shot", k) for k in (10, 15, 25)),
+        *((f"normal-pool-{n}", "normal_pool", n) for n in (0, 60, 240)),
+    ):
+        algo, env = merged(name)
+        assert algo == "reinforce" and env == {**default, field: value} and default.get(field) != value, name
 
-    assert merged("global-fusion") == default == merged("global-fusion-random")
-    focal = merged("focal")
-    assert focal == merged("focal-random")
-    assert one_option_apart(default, focal) == {"map_global_weight"}
-    assert (focal["detector"]["map_global_weight"], default["detector"]["map_global_weight"]) == (0.0, 0.1)
-    previous = merged("warm3000")
-    assert previous == merged("warm3000-random")
-    assert one_option_apart(focal, previous) == {"pred_loss"}
-    assert (previous["detector"]["pred_loss"], focal["detector"]["pred_loss"]) == ("bce", "focal")
-    before = merged("ema-flips")  # the default of sessions 10-11: the warm-up is all that separates it from warm3000
-    assert {k for k in previous if previous[k] != before[k]} == {"predictor_warmup_updates"}
-    candidates = (
-        ("paste-margin", "synthetic_paste_margin"),
-        ("paste-norotate", "synthetic_paste_rotate"),
-        ("ema999-random", "predictor_ema"),
-    )
-    for candidate, option in candidates:
-        other = merged(candidate)  # a candidate measured against the focal default changes exactly one option of it
-        assert one_option_apart(focal, other) == {option}
+
+def test_recorded_results_make_tables_of_current_and_removed_variants(tmp_path: Path, capsys) -> None:
+    """benchmarks/results/results.csv is in the runner's schema, one CPU and commit per row; --table-only builds tables
+    from it without training, for variants of ablation.yml and for names only the rows still know."""
+    results = ROOT / "benchmarks" / "results" / "results.csv"
+    header = results.read_text().splitlines()[0].split(",")
+    assert header == list(compare.CSV_COLUMNS)
+    rows = tables.read_rows(results)
+    assert all(r["cpu_model"] and r["commit"] != tables.UNKNOWN for r in rows)
+    assert {"default", "default-random", "ae@default", "unet", "vqvae2", "rank-loss"} <= {r["variant"] for r in rows}
+    assert not list((ROOT / "benchmarks" / "results").glob("*session*"))
+    argv = ["--categories", "magnetic_tile", "--seeds", "0", "1", "2", "--recorded", str(results), "--table-only"]
+    argv += ["--out", str(tmp_path), "--prefer-cpu", results_table.REFERENCE_CPU]
+    assert compare.main([*argv, "--methods", "default", "rank-loss", "ae@default"]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| default | 3 | 0.843 ± 0.041 | 0.490 ± 0.036 |" in table  # the reference CPU's rows
+    assert "| rank-loss | 3 | 0.837 ± 0.026 | 0.491 ± 0.017 |" in table  # a removed variant, from its rows alone
+    capsys.readouterr()
+    assert compare.main([*argv[:-2], "--methods", "default"]) == 0  # without a preference: the last rows recorded
+    assert "| default | 3 | 0.844 ± 0.037 | 0.486 ± 0.019 |" in (tmp_path / "table.md").read_text()
+    assert compare.main([*argv, "--methods", "no-such-variant"]) == 2  # a name no row knows is still an error
+    assert "unknown method 'no-such-variant'" in capsys.readouterr().err
+
+
+def test_docs_results_tables_are_what_the_recorded_rows_give(tmp_path: Path) -> None:
+    """docs/results.md's generated blocks equal what benchmarks.results_table makes from results.csv, and the check
+    catches a drifted table."""
+    assert results_table.main(["--check"]) == 0
+    doc = tmp_path / "results.md"
+    doc.write_text(results_table.DOC.read_text().replace("| default | 3 | 0.843", "| default | 3 | 0.850"))
+    assert results_table.main(["--check", "--doc", str(doc)]) == 1
+    assert results_table.main(["--doc", str(doc)]) == 0
+    assert doc.read_text() == results_table.DOC.read_text()
 
 
 def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid, capsys) -> None:
-    import ae_health
+    from benchmarks import ae_health
 
     root = grid[0]
     common = ["--data-root", str(root), "--category", "widget", "--epochs", "0", "--images", "2"]
@@ -274,22 +302,3 @@ def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid,
     assert abs(float(capsys.readouterr().out.split("output ")[1].split("..")[0])) < 0.2
     assert ae_health.main(["--data-root", str(root), "--category", "widget", "--preset", "fast"]) == 2
     assert "unknown preset 'fast'" in capsys.readouterr().err
-
-
-def test_entropy_curve_reads_the_policy_entropy_from_tensorboard(tmp_path: Path, capsys) -> None:
-    import entropy_curve
-    from torch.utils.tensorboard import SummaryWriter
-
-    run = tmp_path / "run"
-    with SummaryWriter(str(run / "tensorboard" / "reinforce_1")) as writer:
-        for step, entropy in ((100, 2.197), (1000, 2.0), (2000, 1.5), (3000, 1.9)):
-            writer.add_scalar("train/entropy_loss", -entropy, step)
-    curve = entropy_curve.entropy_curve(run)
-    assert [step for step, _ in curve] == [100, 1000, 2000, 3000]
-    assert [value for _, value in curve] == pytest.approx([2.197, 2.0, 1.5, 1.9])
-    assert entropy_curve.main(["--runs", str(run), "--every", "1000"]) == 0
-    rows = {line.split()[0]: float(line.split()[1]) for line in capsys.readouterr().out.splitlines()[3:]}
-    assert rows == pytest.approx({"100": 2.197, "1000": 2.0, "2000": 1.5, "3000": 1.9, "min": 1.5})
-    (tmp_path / "empty").mkdir()
-    assert entropy_curve.main(["--runs", str(tmp_path / "empty")]) == 2
-    assert "no TensorBoard event file" in capsys.readouterr().err

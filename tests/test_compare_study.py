@@ -20,13 +20,12 @@ import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
+from benchmarks import compare
 from tests.conftest import write_mvtec_tree
 from tests.test_train import SMALL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPARE = ROOT / "benchmarks" / "compare.py"
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import compare  # noqa: E402
+COMPARE = ["-m", "benchmarks.compare"]
 
 CATEGORIES = ("widget", "gadget")
 
@@ -57,7 +56,7 @@ def grid_args(grid: tuple[Path, Path], out: Path, *, seeds: tuple[str, ...] = ("
 
 def start_worker(args: list[str], log: Path) -> subprocess.Popen:
     with log.open("w") as handle:
-        return subprocess.Popen([sys.executable, str(COMPARE), *args], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        return subprocess.Popen([sys.executable, *COMPARE, *args], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def finish(process: subprocess.Popen, log: Path, timeout: float = 240) -> int:
@@ -123,13 +122,13 @@ def test_two_workers_train_every_cell_exactly_once(two_workers: tuple[Path, str,
     assert study.user_attrs["grid"] == sorted(f"{c}/{m}/{s}" for c in CATEGORIES for m in ("tiny", "ae@tiny") for s in (0, 1))
     # results.csv: every (category, method, seed) row, in the folder mode's order, with the run's own metrics
     table = rows(out)
-    assert [(r["category"], r["method"], r["seed"]) for r in table] == [
+    assert [(r["category"], r["variant"], r["seed"]) for r in table] == [
         (c, m, s) for c in CATEGORIES for m in ("tiny", "ae@tiny") for s in ("0", "1")
     ]
     run = Path(compare.json.loads((out / "cells" / "gadget" / "tiny" / "seed1" / "result.json").read_text())["run"])
     metrics = compare.json.loads((run / "metrics.json").read_text())
     ae_metrics = compare.json.loads((run / "ae_baseline" / "metrics.json").read_text())
-    by_key = {(r["category"], r["method"], r["seed"]): r for r in table}
+    by_key = {(r["category"], r["variant"], r["seed"]): r for r in table}
     assert float(by_key[("gadget", "tiny", "1")]["pixel_auroc"]) == pytest.approx(metrics["pixel_auroc"], abs=1e-4)
     assert float(by_key[("gadget", "ae@tiny", "1")]["pixel_auroc"]) == pytest.approx(ae_metrics["pixel_auroc"], abs=1e-4)
     assert "### widget" in (out / "table.md").read_text()
@@ -234,7 +233,7 @@ def test_a_killed_workers_cell_is_trained_by_another_worker(grid: tuple[Path, Pa
     assert sorted(finished_cells(study)) == sorted(f"{c}/tiny/0" for c in CATEGORIES)
     assert (cell / "result.json").is_file()
     assert sorted(trainings_started(logs[1])) == sorted(f"{c} tiny seed 0" for c in CATEGORIES)  # B trained both
-    assert [(r["category"], r["method"]) for r in rows(out)] == [(c, "tiny") for c in CATEGORIES]
+    assert [(r["category"], r["variant"]) for r in rows(out)] == [(c, "tiny") for c in CATEGORIES]
 
 
 def test_workers_option_starts_workers_on_a_study_in_the_out_folder(grid: tuple[Path, Path], tmp_path: Path) -> None:
@@ -251,7 +250,7 @@ def test_workers_option_starts_workers_on_a_study_in_the_out_folder(grid: tuple[
     assert len(rows(out)) == 2
     # a worker with another grid is refused, naming the study
     refused = subprocess.run(
-        [sys.executable, str(COMPARE), *grid_args(grid, out, seeds=("0", "1")), "--workers", "2"],
+        [sys.executable, *COMPARE, *grid_args(grid, out, seeds=("0", "1")), "--workers", "2"],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import resize_category
 from envs.mvtec import load_category
 from tests.conftest import write_mvtec_tree
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import resize_category  # noqa: E402
 
 
 @pytest.mark.parametrize("grey", [True, False])

@@ -1,0 +1,103 @@
+"""Writes the tables of docs/results.md from the recorded rows, so that the document cannot drift from the data.
+
+    python -m benchmarks.results_table            # rewrite the generated blocks of docs/results.md
+    python -m benchmarks.results_table --check    # exit 1 if docs/results.md differs from what results.csv gives
+
+Each table of :data:`TABLES` fills the block between ``<!-- generated: NAME -->`` and ``<!-- end generated -->`` in
+the document: the command that reruns its cells, then per category the variants' mean ± std over seeds (the rows as
+``compare.py --recorded ... --prefer-cpu`` picks them: of a cell's rows the last one on the reference CPU, else the
+last one). The text around the blocks is written by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.tables import category_table, index_rows, read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "results.csv"
+DOC = ROOT / "docs" / "results.md"
+REFERENCE_CPU = "AMD EPYC family 26 model 2"  # where the comparison's cells all ran, the paper's tire cells aside
+
+
+@dataclass(frozen=True)
+class Table:
+    variants: tuple[str, ...]
+    categories: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+
+TABLES = {
+    "comparison": Table(("default", "default-random", "paper", "ae@default", "unet", "vqvae2"), ("magnetic_tile", "tire")),
+    "ablation": Table(
+        ("default", "labels-10", "labels-15", "labels-25", "normal-pool-0", "normal-pool-60", "normal-pool-240"),
+        ("magnetic_tile",),
+    ),
+}
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n).*?(<!-- end generated -->)", re.DOTALL)
+
+
+def render(name: str, table: Table, results: Path = RESULTS) -> str:
+    """The generated block of one table: its rerun command and one Markdown table per category."""
+    chosen = index_rows(read_rows(results), REFERENCE_CPU)
+    rows = [row for (_, _, seed), row in chosen.items() if seed in table.seeds]
+    command = [
+        "python -m benchmarks.compare --data-root ../shared/data --categories " + " ".join(table.categories),
+        "    --methods " + " ".join(table.variants),
+        f"    --seeds {' '.join(map(str, table.seeds))} --parallel 2 --threads 1 --out runs/{name}",
+    ]
+    lines = ["```bash", " \\\n".join(command), "```", ""]
+    for category in table.categories:
+        lines += [f"**{category}**", "", *category_table(rows, list(table.variants), category, wall_clock=False)]
+        have = {r["variant"] for r in rows if r["category"] == category}
+        missing = [v for v in table.variants if v not in have]
+        if missing:
+            lines += ["", f"No recorded rows: {', '.join(missing)}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def regenerate(text: str, results: Path = RESULTS) -> str:
+    """``text`` with every generated block rewritten from ``results``.
+
+    Raises:
+        ValueError: a block names no table of :data:`TABLES`, or a table has no block.
+    """
+    names = [m["name"] for m in BLOCK.finditer(text)]
+    unknown, absent = set(names) - set(TABLES), set(TABLES) - set(names)
+    if unknown or absent:
+        raise ValueError(f"generated blocks: unknown {sorted(unknown)}, missing {sorted(absent)} (tables: {list(TABLES)})")
+    return BLOCK.sub(lambda m: m[1] + render(m["name"], TABLES[m["name"]], results) + m[3], text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default=str(RESULTS), help="the recorded rows (default: %(default)s)")
+    parser.add_argument("--doc", default=str(DOC), help="the document with generated blocks (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the document is out of date")
+    args = parser.parse_args(argv)
+    doc = Path(args.doc)
+    try:
+        text = doc.read_text()
+        new = regenerate(text, Path(args.results))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.check:
+        if new != text:
+            print(f"{doc} is out of date: run python -m benchmarks.results_table", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        doc.write_text(new)
+        print(f"wrote {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Result rows as data: the ``results.csv`` schema, reading and writing it, and the Markdown tables made from it.
+
+One row is one trained cell (a variant on a category with a seed): its test-split metrics, the cell's wall-clock
+``seconds`` and its own ``cpu_seconds``, the CPU it ran on and the commit of the code. ``compare.py`` writes these
+rows, ``benchmarks/results/results.csv`` keeps the project's, and ``results_table.py`` builds docs/results.md from them.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "image_auroc", "f1_at_val_threshold")
+CSV_COLUMNS = ("variant", "category", "seed", *METRICS, "seconds", "cpu_seconds", "cpu_model", "commit")
+LABELS = {
+    "pixel_auroc": "AUROC",
+    "pixel_f1max": "F1max",
+    "f1_at_val_threshold": "F1@val",
+    "pixel_ap": "AP",
+    "pixel_aupro": "AUPRO",
+    "image_auroc": "img AUROC",
+}
+UNKNOWN = "unknown"
+Key = tuple[str, str, int]  # (category, variant, seed)
+
+
+@functools.cache
+def cpu_model() -> str:
+    """This machine's CPU as ``<model name> family <F> model <M>`` (Linux ``/proc/cpuinfo``), else what the platform
+    says; the family and model tell apart CPUs that virtual machines all name alike."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() not in fields:
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    name = " ".join(fields.get("model name", platform.processor() or UNKNOWN).split())
+    if "cpu family" in fields and "model" in fields:
+        name += f" family {fields['cpu family']} model {fields['model']}"
+    return name
+
+
+@functools.cache
+def code_commit() -> str:
+    """The short commit of the checkout this code runs from, ``-dirty`` when tracked files differ from it; ``unknown``
+    outside a git checkout."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=7", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return UNKNOWN
+    return commit + ("-dirty" if dirty else "")
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of one ``results.csv``, in file order; ``cpu_seconds``, ``cpu_model`` and ``commit`` may be absent.
+
+    Raises:
+        ValueError: the file is unreadable or not a ``results.csv`` of this schema (the message names it).
+    """
+    required = set(CSV_COLUMNS) - {"cpu_seconds", "cpu_model", "commit"}
+    rows = []
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = required - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"'{path}': not a results.csv (lacks columns {sorted(missing)})")
+            for r in reader:
+                try:
+                    rows.append(
+                        {
+                            "variant": r["variant"],
+                            "category": r["category"],
+                            "seed": int(r["seed"]),
+                            **{k: float(r[k]) for k in (*METRICS, "seconds")},
+                            "cpu_seconds": float(r.get("cpu_seconds") or "nan"),
+                            "cpu_model": r.get("cpu_model") or UNKNOWN,
+                            "commit": r.get("commit") or UNKNOWN,
+                        }
+                    )
+                except (TypeError, ValueError) as error:
+                    where = f"'{path}', line {reader.line_num}"
+                    raise ValueError(f"{where}: expected a whole seed and numbers in {CSV_COLUMNS[3:11]} ({error})") from error
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ValueError(f"'{path}': cannot read recorded rows ({reason})") from error
+    return rows
+
+
+def index_rows(rows: list[dict[str, Any]], prefer_cpu: str | None = None) -> dict[Key, dict[str, Any]]:
+    """One row per (category, variant, seed): a later row wins a tie, except that a row whose ``cpu_model`` contains
+    ``prefer_cpu`` wins over one whose does not (so a table can keep to one CPU where it has the rows)."""
+    chosen: dict[Key, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["category"], row["variant"], row["seed"])
+        old = chosen.get(key)
+        if old is None or prefer_cpu is None or prefer_cpu in row["cpu_model"] or prefer_cpu not in old["cpu_model"]:
+            chosen[key] = row
+    return chosen
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``path`` replaced at once by a ``results.csv`` of ``rows`` (several workers may write it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    tmp.replace(path)
+
+
+def mean_std(values: list[float]) -> str:
+    arr = np.asarray(values, dtype=float)
+    if len(arr) == 1:
+        return f"{arr[0]:.3f}"
+    return f"{arr.mean():.3f} ± {arr.std(ddof=1):.3f}"
+
+
+def category_table(rows: list[dict[str, Any]], variants: list[str], category: str, wall_clock: bool = True) -> list[str]:
+    """Markdown lines: one row per variant with rows on ``category``, every metric as mean ± std over its seeds, the
+    mean (wall-clock and) CPU minutes of a cell, and the CPUs and commits of its rows."""
+    header = " | ".join(LABELS[k] for k in METRICS)
+    minutes = "minutes | " if wall_clock else ""
+    lines = [f"| variant | seeds | {header} | {minutes}CPU minutes | CPU | commit |"]
+    lines.append("|---" * (len(METRICS) + 5 + wall_clock) + "|")
+    for variant in variants:
+        rs = [r for r in rows if r["category"] == category and r["variant"] == variant]
+        if not rs:
+            continue
+        cpus = [r["cpu_seconds"] for r in rs if np.isfinite(r["cpu_seconds"])]
+        cpu_minutes = f"{np.mean(cpus) / 60:.1f}" if cpus else "-"
+        wall = f"{np.mean([r['seconds'] for r in rs]) / 60:.1f} | " if wall_clock else ""
+        stats = " | ".join(mean_std([r[k] for r in rs]) for k in METRICS)
+        where = ", ".join(dict.fromkeys(r.get("cpu_model", UNKNOWN) for r in rs))
+        commits = ", ".join(dict.fromkeys(r.get("commit", UNKNOWN) for r in rs))
+        lines.append(f"| {variant} | {len(rs)} | {stats} | {wall}{cpu_minutes} | {where} | {commits} |")
+    return lines
+
+
+def markdown_tables(rows: list[dict[str, Any]], variants: list[str], categories: list[str]) -> str:
+    """Per category a :func:`category_table`, then the paper's two tables (pixel F1max and AUROC, category x variant)."""
+
+    def cells(category: str, variant: str) -> list[dict[str, Any]]:
+        return [r for r in rows if r["category"] == category and r["variant"] == variant]
+
+    out: list[str] = []
+    for category in categories:
+        out += [f"### {category}", "", *category_table(rows, variants, category), ""]
+    for key in ("pixel_f1max", "pixel_auroc"):
+        out += [f"### pixel {LABELS[key]} (mean ± std over seeds)", "", "| category | " + " | ".join(variants) + " |"]
+        out.append("|---" * (len(variants) + 1) + "|")
+        for category in categories:
+            stats = (mean_std([r[key] for r in cells(category, v)]) if cells(category, v) else "-" for v in variants)
+            out.append(f"| {category} | " + " | ".join(stats) + " |")
+        out.append("")
+    return "\n".join(out)
