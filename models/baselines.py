@@ -26,7 +26,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from models.detector import smooth_maps
-from models.predictor import weighted_bce
+from models.detector.inputs import window_on
+from models.predictor import normal_weight, weighted_bce
 from models.runtime import atomic_torch_save, plain
 from models.unet import UNet, UNetConfig
 from models.vqvae2 import VQVAE2, VQVAE2Config, codes_used
@@ -347,10 +348,7 @@ class UNetBaseline(Baseline):
     @property
     def alpha(self) -> float:
         c = self.config
-        if c.alpha_decay_updates <= 0:
-            return float(c.alpha_start)
-        t = min(1.0, self.updates / c.alpha_decay_updates)
-        return float(c.alpha_start + t * (c.alpha_end - c.alpha_start))
+        return normal_weight(self.updates, c.alpha_start, c.alpha_end, c.alpha_decay_updates)
 
     def _crop_corner(self, i: int, H: int, W: int, c: int) -> tuple[int, int]:
         """Top-left corner of a c x c crop of image i: on a defect (jittered) with ``positive_fraction``, else uniform."""
@@ -358,7 +356,7 @@ class UNetBaseline(Baseline):
         if len(defects) and float(torch.rand(())) < self.config.positive_fraction:
             pixel = int(defects[int(torch.randint(0, len(defects), ()))])
             jy, jx = torch.randint(-(c // 4), c // 4 + 1, (2,)).tolist()
-            return min(max(pixel // W + jy - c // 2, 0), H - c), min(max(pixel % W + jx - c // 2, 0), W - c)
+            return window_on(pixel, (H, W), c, (jy, jx))
         return int(torch.randint(0, H - c + 1, ())), int(torch.randint(0, W - c + 1, ()))
 
     def _augmented_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from models.resize import resize_bilinear
 __all__ = [
     "PredictorConfig",
     "Predictor",
+    "normal_weight",
     "weighted_bce",
     "weighted_focal_loss",
     "soft_dice_loss",
@@ -171,6 +172,15 @@ def _clamped_probabilities_and_labels(
         raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
     p = pred.clamp(eps, 1.0 - eps)
     return p, target.to(p.dtype)
+
+
+def normal_weight(updates: int, start: float, end: float, decay_updates: int) -> float:
+    """eq. 8's ``alpha`` after ``updates`` predictor updates: linear from ``start`` to the floor ``end`` over
+    ``decay_updates`` updates (0: ``start`` throughout), so that the rare defect pixels count more later on."""
+    if decay_updates <= 0:
+        return float(start)
+    t = min(1.0, updates / decay_updates)
+    return float(start + t * (end - start))
 
 
 def weighted_bce(pred: torch.Tensor, target: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from models.detector.checkpoint import CheckpointMixin
 from models.detector.maps import MapsMixin
 from models.detector.pool import PoolMixin
-from models.predictor import soft_dice_loss, weighted_bce, weighted_focal_loss
+from models.predictor import normal_weight, soft_dice_loss, weighted_bce, weighted_focal_loss
 
 __all__ = ["Detector"]
 
@@ -180,10 +180,7 @@ class Detector(PoolMixin, MapsMixin, CheckpointMixin):
     def alpha(self) -> float:
         """Current weight of normal pixels in the weighted BCE: linear decay over predictor updates."""
         c = self.config
-        if c.alpha_decay_updates <= 0:
-            return float(c.alpha_start)
-        t = min(1.0, self.predictor_updates / c.alpha_decay_updates)
-        return float(c.alpha_start + t * (c.alpha_end - c.alpha_start))
+        return normal_weight(self.predictor_updates, c.alpha_start, c.alpha_end, c.alpha_decay_updates)
 
     @property
     def pred_lr(self) -> float:
