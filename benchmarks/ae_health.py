@@ -38,12 +38,12 @@ def health(detector: Any, images: torch.Tensor) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from agents.hyperparams_opt import deep_merge
+    from agents.run_config import load_preset
     from benchmarks.overrides import parse_sets
     from envs.config import MVTecPatchConfig, detector_config
     from envs.data import load_env_data
     from evaluate import load_run
     from models.detector import build_detector
-    from train import load_preset
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=None, help="a train.py run folder: check its best detector")

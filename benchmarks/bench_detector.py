@@ -30,10 +30,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from agents.run_config import load_preset
 from models import padding
 from models.detector import Detector, DetectorConfig
 from models.resize import resize_bilinear
-from train import load_preset
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 2, device: str = "cpu") -> tuple[float, float, float]:

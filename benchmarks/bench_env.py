@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 import envs  # noqa: F401
+from agents.run_config import load_preset
 from envs.mvtec_patch import MVTecPatchEnv
-from train import load_preset
 
 
 def timed(store: dict[str, float], name: str, fn: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from agents.hyperparams_opt import to_config
+from agents.hyperparams_opt import set_dotted
 
 ENV_FIELDS = {"pretrain_epochs", "predictor_warmup_updates", "alpha_decay_updates", "ae_reset_every", "profile_stack"}
 ENV_FIELDS |= {"k_shot", "normal_pool", "val_fraction", "image_size"}
@@ -24,7 +24,7 @@ def parse_sets(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         SystemExit: a pair without ``=`` (a one-line error for the command line).
     """
     env: dict[str, Any] = {}
-    dotted: dict[str, Any] = {}
+    det: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep:
@@ -35,5 +35,8 @@ def parse_sets(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
                 value = float(value)
             except ValueError:
                 pass
-        (env if key in ENV_FIELDS else dotted)[key] = value
-    return env, to_config({f"env_kwargs.{key}": value for key, value in dotted.items()})[1]
+        if key in ENV_FIELDS:
+            env[key] = value
+        else:
+            set_dotted(det, key, value)
+    return env, det

@@ -35,13 +35,13 @@ from models.metrics import compute_metrics, f1_at_threshold
 
 
 def preset_env_kwargs(path: Path, preset: str) -> dict[str, Any]:
-    """A preset's env settings: through train.load_preset (env.yml merged) for an algorithm's file in
-    agents/hyperparams, else the preset's own ``env_kwargs`` in the YAML file."""
-    import train
+    """A preset's env settings: through :func:`agents.run_config.load_preset` (env.yml merged) for an algorithm's file
+    in agents/hyperparams, else the preset's own ``env_kwargs`` in the YAML file."""
+    from agents.run_config import HYPERPARAMS_DIR, load_preset
 
-    if path.resolve().parent == train.HYPERPARAMS_DIR.resolve() and path.stem != "env":
+    if path.resolve().parent == HYPERPARAMS_DIR.resolve() and path.stem != "env":
         try:
-            return train.load_preset(path.stem, "MVTecPatch-v0", preset)["env_kwargs"]
+            return load_preset(path.stem, "MVTecPatch-v0", preset)["env_kwargs"]
         except ValueError as error:
             raise SystemExit(f"error: {error}") from error
     table = (yaml.safe_load(path.read_text()) or {}).get("MVTecPatch-v0") or {}

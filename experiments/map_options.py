@@ -149,7 +149,8 @@ def chosen_table(rows: list[dict], choose_by: str) -> str:
         for category in sorted({r["category"] for r in rows}):
             sel = [r for r in rows if _option(r)[:4] == (tta, scale, w, size) and r["category"] == category]
             runs = sorted({r["run"] for r in sel})
-            picks, fixed = [], {}
+            picks: list[dict] = []
+            fixed: dict[float, list[dict]] = {}
             for run in runs:
                 val = sorted((r for r in sel if r["run"] == run and r["split"] == "val"), key=lambda r: r["sigma"])
                 sigma = max(val, key=lambda r: (r[choose_by], -r["sigma"]))["sigma"]

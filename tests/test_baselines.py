@@ -245,10 +245,11 @@ def test_baseline_resume_and_bad_input(baseline_run: Path, data_root: Path, tmp_
 
 # ---------------------------------------------------------------------------------------------- compare.py
 def test_compare_runs_baseline_cells(data_root: Path, tmp_path: Path) -> None:
+    from agents.run_config import parse_value
     from benchmarks import compare
 
     def pairs(items: list[str]) -> dict:
-        return {key: train.parse_value(value) for key, value in (item.split(":", 1) for item in items)}
+        return {key: parse_value(value) for key, value in (item.split(":", 1) for item in items)}
 
     variants = tmp_path / "variants.yml"
     common = {"preset": "default", "n_timesteps": 4, "env_kwargs": {"image_size": 64, "k_shot": 2, "normal_pool": 3}}

@@ -232,7 +232,7 @@ def test_the_default_variant_is_the_default_preset_and_each_ablation_row_moves_o
     """docs/results.md reports the default preset's rows under the pinned variant ``default``: the preset must be that
     variant, its random-sampler twin the same configuration, and each ablation row the default with one setting moved,
     or rows recorded under one name describe another configuration."""
-    import train
+    from agents import run_config
     from agents.hyperparams_opt import deep_merge
 
     variants = compare.load_variants(str(compare.ABLATION))
@@ -240,13 +240,13 @@ def test_the_default_variant_is_the_default_preset_and_each_ablation_row_moves_o
     def merged(name: str, preset: str = "default") -> tuple[str, dict]:
         _, spec, _ = compare.resolve_method(name, variants, "default")
         assert spec["preset"] == preset
-        base = train.load_preset(spec["algo"], "MVTecPatch-v0", preset)["env_kwargs"]
+        base = run_config.load_preset(spec["algo"], "MVTecPatch-v0", preset)["env_kwargs"]
         return spec["algo"], deep_merge(base, spec.get("env_kwargs") or {})
 
-    default = train.load_preset("reinforce", "MVTecPatch-v0", "default")["env_kwargs"]
+    default = run_config.load_preset("reinforce", "MVTecPatch-v0", "default")["env_kwargs"]
     assert merged("default") == ("reinforce", default)
     assert merged("default-random") == ("random", default)
-    paper = train.load_preset("reinforce", "MVTecPatch-v0", "paper")["env_kwargs"]
+    paper = run_config.load_preset("reinforce", "MVTecPatch-v0", "paper")["env_kwargs"]
     assert merged("paper", "paper") == ("reinforce", paper) and merged("paper-random", "paper")[0] == "random"
     for name, field, value in (
         *((f"labels-{k}", "k_shot", k) for k in (10, 15, 25)),
