@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -168,3 +170,35 @@ def test_dry_run_prints_split_summary(mvtec_root: Path, capsys) -> None:
     assert summary["per_type"]["labelled"] == {"hole": 5, "scratch": 5}
     total = sum(summary["counts"][k] for k in ("labelled", "val", "test"))
     assert total == 4 + 9 + 8
+
+
+def test_loading_data_and_building_a_detector_do_not_import_the_env(mvtec_root: Path) -> None:
+    """evaluate.py and the baselines load a split and build its detector without the gymnasium env module."""
+    code = (
+        "import sys\n"
+        "from envs.config import MVTecPatchConfig, detector_config\n"
+        "from envs.data import load_env_data\n"
+        "from models.detector import build_detector\n"
+        f"config = MVTecPatchConfig(data_root={str(mvtec_root)!r}, category='widget', image_size=32, crop_size=32,"
+        " patch_size=16, k_shot=2, normal_pool=2)\n"
+        "category, split = load_env_data(config)\n"
+        "detector = build_detector(detector_config(config), category, split, seed=config.seed)\n"
+        "assert detector.anomaly_map(category.images[split.test][:1]).shape == (1, 32, 32)\n"
+        "assert 'envs.mvtec_patch' not in sys.modules, 'the env module was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_env_config_validates_its_detector_dict_at_once() -> None:
+    """A bad detector value fails when the env config is made (naming the field), before any data is read."""
+    from envs.config import MVTecPatchConfig, detector_config
+
+    with pytest.raises(ValueError, match="pred_batch_size"):
+        MVTecPatchConfig(detector={"pred_batch_size": 0})
+    with pytest.raises(ValueError, match="unknown DetectorConfig keys \\['pred_batch'\\]"):
+        MVTecPatchConfig(detector={"pred_batch": 4})
+    with pytest.raises(ValueError, match="env's own \\(patch_size\\)"):
+        MVTecPatchConfig(detector={"patch_size": 32})
+    config = detector_config(MVTecPatchConfig(patch_size=32, seed=4, detector={"predictor": {"width": 8}}))
+    assert config.patch_size == 32 and config.predictor.width == 8
