@@ -548,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         "--prefer-cpu",
         default=None,
         metavar="TEXT",
-        help="of several recorded rows of one cell, take one whose cpu_model contains TEXT (default: the last row)",
+        help="of several recorded rows of one cell, take the last on this CPU (the words of TEXT in its cpu_model, in "
+        "order; default: the last row)",
     )
     parser.add_argument(
         "--storage",

@@ -11,6 +11,7 @@ import csv
 import functools
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def cpu_model() -> str:
                 fields[key.strip()] = value.strip()
     except OSError:
         pass
-    name = " ".join(fields.get("model name", platform.processor() or UNKNOWN).split())
+    name = fields.get("model name", platform.processor() or UNKNOWN)
+    name = " ".join(re.sub(r"\((R|TM|tm)\)", "", name).split())  # "Intel(R) Xeon(R)" -> "Intel Xeon"
     if "cpu family" in fields and "model" in fields:
         name += f" family {fields['cpu family']} model {fields['model']}"
     return name
@@ -102,14 +104,22 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def cpu_matches(text: str, model: str) -> bool:
+    """Whether the words of ``text`` appear in ``model`` in order: ``AMD EPYC family 26 model 2`` matches
+    ``AMD EPYC 9B14 96-Core Processor family 26 model 2``, not ``AMD EPYC family 2 model 26``."""
+    words = iter(model.split())
+    return all(word in words for word in text.split())  # each search resumes where the last one stopped
+
+
 def index_rows(rows: list[dict[str, Any]], prefer_cpu: str | None = None) -> dict[Key, dict[str, Any]]:
-    """One row per (category, variant, seed): a later row wins a tie, except that a row whose ``cpu_model`` contains
-    ``prefer_cpu`` wins over one whose does not (so a table can keep to one CPU where it has the rows)."""
+    """One row per (category, variant, seed): a later row wins a tie, except that a row on the CPU ``prefer_cpu``
+    names (:func:`cpu_matches`) wins over one on another CPU (so a table can keep to one CPU where it has the rows)."""
     chosen: dict[Key, dict[str, Any]] = {}
     for row in rows:
         key = (row["category"], row["variant"], row["seed"])
         old = chosen.get(key)
-        if old is None or prefer_cpu is None or prefer_cpu in row["cpu_model"] or prefer_cpu not in old["cpu_model"]:
+        preferred = prefer_cpu is None or cpu_matches(prefer_cpu, row["cpu_model"])
+        if old is None or preferred or not cpu_matches(prefer_cpu or "", old["cpu_model"]):
             chosen[key] = row
     return chosen
 

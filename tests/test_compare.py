@@ -279,6 +279,22 @@ def test_recorded_results_make_tables_of_current_and_removed_variants(tmp_path: 
     assert "unknown method 'no-such-variant'" in capsys.readouterr().err
 
 
+def test_a_preferred_cpu_wins_a_cell_and_the_last_row_wins_otherwise() -> None:
+    """--prefer-cpu names a CPU by words in order (the model name between them may vary); of a cell's rows, the last
+    one on that CPU wins, else the last one."""
+    assert tables.cpu_matches("AMD EPYC family 26 model 2", "AMD EPYC 9B14 96-Core Processor family 26 model 2")
+    assert not tables.cpu_matches("AMD EPYC family 26 model 2", "AMD EPYC family 2 model 26")
+    assert not tables.cpu_matches("AMD EPYC family 26 model 2", "AMD EPYC family 26 model 23")
+
+    def row(cpu: str, auroc: float, seed: int = 0) -> dict:
+        return {"category": "c", "variant": "v", "seed": seed, "cpu_model": cpu, "pixel_auroc": auroc}
+
+    rows = [row("A family 1 model 1", 0.1), row("B family 2 model 2", 0.2), row("A family 1 model 1", 0.3)]
+    rows += [row("B family 2 model 2", 0.4), row("B family 2 model 2", 0.5, seed=1)]
+    assert [r["pixel_auroc"] for r in tables.index_rows(rows).values()] == [0.4, 0.5]
+    assert [r["pixel_auroc"] for r in tables.index_rows(rows, "A family 1 model 1").values()] == [0.3, 0.5]
+
+
 def test_docs_results_tables_are_what_the_recorded_rows_give(tmp_path: Path) -> None:
     """docs/results.md's generated blocks equal what benchmarks.results_table makes from results.csv, and the check
     catches a drifted table."""
