@@ -35,19 +35,19 @@ import evaluate
 from agents import AGENTS
 from agents.baseline_trainer import train_baseline
 from agents.optimize import add_optimize_arguments, optimize_hyperparameters
-from agents.run_config import ENV_IDS, METHOD, PRESETS, load_preset, parse_value, resolve_config, resume_config
+from agents.run_config import ENV_IDS, METHOD, PRESETS, resolve_config, resume_config
 from agents.runs import Interrupted, new_run_dir
 from envs.mvtec import DatasetError
 from models.baselines import BASELINES
 from models.runtime import DEFAULT_THREADS, reproducible
 
-# load_preset and parse_value: read through train by the benchmarks and tests
-__all__ = ["build_parser", "load_preset", "main", "parse_value", "resolve_config", "train"]
+__all__ = ["build_parser", "main", "train"]
 
 logger = logging.getLogger("train")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: rl-baselines3-zoo's flags, the data flags and the baselines' ``--method``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # None defaults (filled in by resolve_config) tell -i which flags the user actually gave
     parser.add_argument(
@@ -270,6 +270,7 @@ def train_sampler(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the config, then a dry run, a study or one training run. Returns the exit code (2: bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)

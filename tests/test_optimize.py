@@ -108,7 +108,7 @@ def test_the_best_preset_pasted_into_the_algo_file_reproduces_the_trial(
     (hyperparams_dir / "reinforce.yml").write_text(yaml.safe_dump(table))
     monkeypatch.setattr(agents.run_config, "HYPERPARAMS_DIR", hyperparams_dir)
     args = ["--preset", "tuned-tiny", "--data-root", str(data_root), "--category", "widget", "--seed", "1"]
-    config = train.resolve_config(train.build_parser().parse_args(args))
+    config = agents.run_config.resolve_config(train.build_parser().parse_args(args))
     trial_config = yaml.safe_load((Path(best.user_attrs["run"]) / "config.yml").read_text())
     assert config["hyperparams"] == trial_config["hyperparams"]
     assert config["env_kwargs"] == trial_config["env_kwargs"]
