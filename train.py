@@ -184,6 +184,7 @@ def train_sampler(
         latest_checkpoint,
         write_checkpoint,
     )
+    from agents.entropy import ENTROPY_FILE, PolicyEntropyCallback
     from agents.runs import validation_split, write_split
     from envs.mvtec_patch import MVTecPatchEnv
 
@@ -219,7 +220,8 @@ def train_sampler(
 
     val_images, val_masks, val_labels = validation_split(base.category, base.split)
     interrupt = InterruptCallback()
-    callbacks = [interrupt, RewardTermsCallback(), CheckpointCallback(base, checkpoints, config["save_freq"])]
+    checkpointing = CheckpointCallback(base, checkpoints, config["save_freq"])
+    callbacks = [interrupt, RewardTermsCallback(), checkpointing, PolicyEntropyCallback(run_dir / ENTROPY_FILE)]
     validation = ValidationCallback(
         base,
         lambda detector: evaluate.validate(detector, val_images, val_masks, val_labels),

@@ -20,6 +20,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv
 
+from agents.heuristic import HeuristicAgent
 from agents.random_agent import RandomAgent
 from agents.reinforce import Reinforce
 from models.sampler import policy_kwargs_for
@@ -27,7 +28,7 @@ from models.sampler import policy_kwargs_for
 logger = logging.getLogger(__name__)
 
 REINFORCE = Reinforce  # the algorithm's usual spelling; ``Reinforce`` (SB3's A2C/PPO style) stays
-__all__ = ["AGENTS", "AGENT_DEFAULTS", "REINFORCE", "RandomAgent", "Reinforce", "load_agent", "make_agent"]
+__all__ = ["AGENTS", "AGENT_DEFAULTS", "REINFORCE", "HeuristicAgent", "RandomAgent", "Reinforce", "load_agent", "make_agent"]
 
 AGENTS: dict[str, type[BaseAlgorithm]] = {
     "reinforce": Reinforce,
@@ -35,6 +36,7 @@ AGENTS: dict[str, type[BaseAlgorithm]] = {
     "a2c": A2C,
     "dqn": DQN,
     "random": RandomAgent,
+    "heuristic": HeuristicAgent,
 }
 
 # Defaults that differ from the class's own, for 6x128x128 float32 observations (393 KB each).

@@ -26,7 +26,7 @@ from agents.runs import BestCheckpoint, ProgressLine, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-REWARD_TERMS = ("r_clone", "r_cover", "r_pred", "beta", "alpha", "pred_lr", "ae_loss", "pred_loss")
+REWARD_TERMS = ("r_clone", "r_cover", "r_pred", "r_defect", "beta", "alpha", "pred_lr", "ae_loss", "pred_loss")
 NOT_TEXT = ("stdout", "log", "json", "csv")  # images go to TensorBoard only
 
 

@@ -18,6 +18,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs
 from stable_baselines3.common.utils import safe_mean
+from stable_baselines3.common.vec_env import VecEnv
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ class RandomAgent(BaseAlgorithm):
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space).to(self.device)  # type: ignore[assignment]
 
+    def _actions(self, env: VecEnv) -> np.ndarray:
+        """The actions of one step, one per env: uniform draws from the action space (a subclass draws otherwise)."""
+        return np.stack([self.action_space.sample() for _ in range(env.num_envs)])  # (n_envs, *action_shape)
+
     def dump_logs(self) -> None:
         """Write the episode statistics and timing to SB3's logger, at the current timestep."""
         assert self.ep_info_buffer is not None
@@ -148,7 +153,7 @@ class RandomAgent(BaseAlgorithm):
 
         callback.on_rollout_start()
         while self.num_timesteps < total_timesteps:
-            actions = np.stack([self.action_space.sample() for _ in range(env.num_envs)])  # (n_envs, *action_shape)
+            actions = self._actions(env)  # (n_envs, *action_shape)
             new_obs, rewards, dones, infos = env.step(actions)
             self.num_timesteps += env.num_envs
 

@@ -230,6 +230,8 @@ def cell_row(category: str, variant: str, seed: int, result: dict[str, Any], ae_
     baseline of the same run)."""
     run = Path(result["run"])
     metrics = json.loads((run / "ae_baseline" / "metrics.json" if ae_only else run / "metrics.json").read_text())
+    entropy_file = run / "policy_entropy.json"  # the sampler's final entropy (agents/entropy.py); not an AE-only row's
+    entropy = json.loads(entropy_file.read_text())["policy_entropy"] if entropy_file.is_file() and not ae_only else None
     return {
         "variant": variant,
         "category": category,
@@ -239,6 +241,7 @@ def cell_row(category: str, variant: str, seed: int, result: dict[str, Any], ae_
         "cpu_seconds": result.get("cpu_seconds", float("nan")),
         "cpu_model": result.get("cpu_model", UNKNOWN),
         "commit": result.get("commit", UNKNOWN),
+        "policy_entropy": float("nan") if entropy is None else float(entropy),
     }
 
 

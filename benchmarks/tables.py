@@ -1,7 +1,8 @@
 """Result rows as data: the ``results.csv`` schema, reading and writing it, and the Markdown tables made from it.
 
 One row is one trained cell (a variant on a category with a seed): its test-split metrics, the cell's wall-clock
-``seconds`` and its own ``cpu_seconds``, the CPU it ran on and the commit of the code. ``compare.py`` writes these
+``seconds`` and its own ``cpu_seconds``, the CPU it ran on, the commit of the code and the sampler's final
+``policy_entropy`` (nats; empty where none was recorded). ``compare.py`` writes these
 rows, ``benchmarks/results/results.csv`` keeps the project's, and ``results_table.py`` builds docs/results.md from them.
 """
 
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 
 METRICS = ("pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "image_auroc", "f1_at_val_threshold")
-CSV_COLUMNS = ("variant", "category", "seed", *METRICS, "seconds", "cpu_seconds", "cpu_model", "commit")
+CSV_COLUMNS = ("variant", "category", "seed", *METRICS, "seconds", "cpu_seconds", "cpu_model", "commit", "policy_entropy")
+OPTIONAL_COLUMNS = ("cpu_seconds", "cpu_model", "commit", "policy_entropy")  # absent from older files
 LABELS = {
     "pixel_auroc": "AUROC",
     "pixel_f1max": "F1max",
@@ -27,6 +29,7 @@ LABELS = {
     "pixel_ap": "AP",
     "pixel_aupro": "AUPRO",
     "image_auroc": "img AUROC",
+    "policy_entropy": "entropy",
 }
 UNKNOWN = "unknown"
 Key = tuple[str, str, int]  # (category, variant, seed)
@@ -69,12 +72,12 @@ def code_commit() -> str:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of one ``results.csv``, in file order; ``cpu_seconds``, ``cpu_model`` and ``commit`` may be absent.
+    """The rows of one ``results.csv``, in file order; the :data:`OPTIONAL_COLUMNS` may be absent.
 
     Raises:
         ValueError: the file is unreadable or not a ``results.csv`` of this schema (the message names it).
     """
-    required = set(CSV_COLUMNS) - {"cpu_seconds", "cpu_model", "commit"}
+    required = set(CSV_COLUMNS) - set(OPTIONAL_COLUMNS)
     rows = []
     try:
         with open(path, newline="") as handle:
@@ -93,6 +96,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                             "cpu_seconds": float(r.get("cpu_seconds") or "nan"),
                             "cpu_model": r.get("cpu_model") or UNKNOWN,
                             "commit": r.get("commit") or UNKNOWN,
+                            "policy_entropy": float(r.get("policy_entropy") or "nan"),
                         }
                     )
                 except (TypeError, ValueError) as error:
@@ -134,20 +138,29 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], missing: str | None = None) -> str:
+    """``mean ± std`` (sample std) of ``values``, the value alone for one; with ``missing``, non-finite values are left
+    out, and ``missing`` stands for none."""
     arr = np.asarray(values, dtype=float)
+    if missing is not None:
+        arr = arr[np.isfinite(arr)]
+        if not len(arr):
+            return missing
     if len(arr) == 1:
         return f"{arr[0]:.3f}"
     return f"{arr.mean():.3f} ± {arr.std(ddof=1):.3f}"
 
 
 def category_table(rows: list[dict[str, Any]], variants: list[str], category: str, wall_clock: bool = True) -> list[str]:
-    """Markdown lines: one row per variant with rows on ``category``, every metric as mean ± std over its seeds, the
-    mean (wall-clock and) CPU minutes of a cell, and the CPUs and commits of its rows."""
-    header = " | ".join(LABELS[k] for k in METRICS)
+    """Markdown lines: one row per variant with rows on ``category``, every metric as mean ± std over its seeds (and
+    the final policy entropy where a row of the table has one), the mean (wall-clock and) CPU minutes of a cell, and
+    the CPUs and commits of its rows."""
+    chosen = [r for r in rows if r["category"] == category and r["variant"] in variants]
+    keys = (*METRICS, "policy_entropy") if any(np.isfinite(r.get("policy_entropy", np.nan)) for r in chosen) else METRICS
+    header = " | ".join(LABELS[k] for k in keys)
     minutes = "minutes | " if wall_clock else ""
     lines = [f"| variant | seeds | {header} | {minutes}CPU minutes | CPU | commit |"]
-    lines.append("|---" * (len(METRICS) + 5 + wall_clock) + "|")
+    lines.append("|---" * (len(keys) + 5 + wall_clock) + "|")
     for variant in variants:
         rs = [r for r in rows if r["category"] == category and r["variant"] == variant]
         if not rs:
@@ -155,7 +168,7 @@ def category_table(rows: list[dict[str, Any]], variants: list[str], category: st
         cpus = [r["cpu_seconds"] for r in rs if np.isfinite(r["cpu_seconds"])]
         cpu_minutes = f"{np.mean(cpus) / 60:.1f}" if cpus else "-"
         wall = f"{np.mean([r['seconds'] for r in rs]) / 60:.1f} | " if wall_clock else ""
-        stats = " | ".join(mean_std([r[k] for r in rs]) for k in METRICS)
+        stats = " | ".join(mean_std([r.get(k, np.nan) for r in rs], "-" if k == "policy_entropy" else None) for k in keys)
         where = ", ".join(dict.fromkeys(r.get("cpu_model", UNKNOWN) for r in rs))
         commits = ", ".join(dict.fromkeys(r.get("commit", UNKNOWN) for r in rs))
         lines.append(f"| {variant} | {len(rs)} | {stats} | {wall}{cpu_minutes} | {where} | {commits} |")

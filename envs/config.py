@@ -13,9 +13,11 @@ from typing import Any
 from models.detector import DetectorConfig
 from models.runtime import check_device
 
-__all__ = ["ENV_DETECTOR_FIELDS", "OBSERVATIONS", "MVTecPatchConfig", "detector_config"]
+__all__ = ["ENV_DETECTOR_FIELDS", "OBSERVATIONS", "REWARDS", "MVTecPatchConfig", "detector_config"]
 
 OBSERVATIONS = ("enriched", "rgb_history")  # paper's 6 channels | Chu & Kitani's RGB + history
+# the paper's composite | plus minus the detector's defect probability on the chosen patch (docs/design.md)
+REWARDS = ("paper", "defect_avoid")
 # DetectorConfig fields that the env config sets itself (from its fields of the same names)
 ENV_DETECTOR_FIELDS = (
     "patch_size",
@@ -39,6 +41,7 @@ class MVTecPatchConfig:
     k_shot: int = 5  # labelled anomalies per defect type
     normal_pool: int = 15  # normal images in the predictor's pool
     val_fraction: float = 0.2
+    contamination: float = 0.0  # share of unlabelled defect images among the AE's training images (envs/split.py)
     seed: int = 0  # fixes the split and the networks' initialisation; reset(seed=...) fixes the actions' randomness
     crop_size: int = 128  # the sampler's view
     patch_size: int = 64  # what the AE trains on
@@ -53,6 +56,7 @@ class MVTecPatchConfig:
     pretrain_epochs: int = 40  # AE pre-training epochs of one patch per training image (the paper: 100, preset "paper")
     predictor_warmup_updates: int = 100
     observation: str = "enriched"  # one of OBSERVATIONS
+    reward: str = "paper"  # one of REWARDS
     ae_reset_every: int = 0  # Chu & Kitani: re-initialise the AE every N updates; 0 = never (paper)
     profile_stack: int = 1  # Chu & Kitani: predictor input = last K loss profiles; 1 = paper
     detector: dict[str, Any] | None = None  # further DetectorConfig fields (nested "ae" / "predictor" dicts allowed)
@@ -64,6 +68,10 @@ class MVTecPatchConfig:
 
         if self.observation not in OBSERVATIONS:
             raise bad("observation", f"one of {', '.join(OBSERVATIONS)}")
+        if self.reward not in REWARDS:
+            raise bad("reward", f"one of {', '.join(REWARDS)}")
+        if not 0.0 <= self.contamination < 1.0:
+            raise bad("contamination", "a number in [0, 1): the share of defect images among the AE's training images")
         if self.k_shot < 1:
             raise bad("k_shot", "an integer >= 1")
         if self.image_size < 16:

@@ -23,6 +23,7 @@ def load_data(
     normal_pool: int = 15,
     val_fraction: float = 0.2,
     seed: int = 0,
+    contamination: float = 0.0,
 ) -> tuple[Category, Split]:
     """A category (embedded synthetic without ``data_root``) and its split."""
     if data_root is None:
@@ -40,7 +41,7 @@ def load_data(
     if k_shot < 1:
         raise ValueError(f"k_shot={k_shot!r} is invalid: expected an integer >= 1")
     data = load_category_cached(root, name, image_size)
-    return data, make_split(data, SplitConfig(k_shot, normal_pool, val_fraction, seed))
+    return data, make_split(data, SplitConfig(k_shot, normal_pool, val_fraction, seed, contamination))
 
 
 def load_env_data(config: MVTecPatchConfig) -> tuple[Category, Split]:
@@ -53,4 +54,5 @@ def load_env_data(config: MVTecPatchConfig) -> tuple[Category, Split]:
         config.normal_pool,
         config.val_fraction,
         config.seed,
+        config.contamination,
     )

@@ -62,6 +62,12 @@ class MVTecPatchEnv(gym.Env):
     ``R_cover = -mean(H_P)`` over the history map under the patch before it is counted; ``R_pred = -min(l_pred, 1)``,
     the latest predictor loss. A skip has ``R_clone = R_cover = 0``. ``info`` carries every term.
 
+    ``reward="defect_avoid"`` adds a term with per-patch credit, ``R_defect = -q`` in [-1, 0]: ``q`` is the highest
+    defect probability of the detector's current anomaly map (:meth:`Detector.anomaly_map`) inside the chosen patch,
+    so a patch the detector takes for a defect costs up to 1 (the AE should not learn what looks defective). A skip
+    takes no patch and gets the mean ``q`` of the eight moves' patches: as good as a random move from here, no better.
+    ``info["r_defect"]`` carries it; ``reward="paper"`` (the default) computes no map and adds nothing.
+
     ## Starting State
     A random training image and a random crop centre (from ``self.np_random``). The first ``reset`` also runs the
     warm-ups (AE pre-training, fused maps, predictor warm-up), so every plugged-in algorithm starts alike.
@@ -100,6 +106,7 @@ class MVTecPatchEnv(gym.Env):
         self.last_pred_loss = float("nan")
         self.last_ae_loss = float("nan")
         self._residual_cache: tuple[int, int, np.ndarray] | None = None  # (image, ae_version, residual map)
+        self._defect_cache: tuple[tuple[int, int, int], np.ndarray] | None = None  # ((image, AE, predictor versions), map)
         self._restart_point: dict[str, Any] | None = None  # the training state a seeded reset returns to
 
         n_channels = 6 if config.observation == "enriched" else 4
@@ -159,6 +166,8 @@ class MVTecPatchEnv(gym.Env):
         action = int(action)
         j = self.global_step
         r_clone = r_cover = 0.0
+        # before the move and the detector's update: the patch as the detector saw it when it was chosen
+        q = self._action_defect_probability(action) if self.config.reward == "defect_avoid" else None
         if action == SKIP:
             self._jump()
             self.last_patch_corner = None
@@ -173,6 +182,9 @@ class MVTecPatchEnv(gym.Env):
         beta = max(self.config.beta_min, 1.0 - j / self.config.beta_decay_steps)
         reward = beta * (r_clone + r_cover) + (1.0 - beta) * r_pred
         info = self._info(r_clone, r_cover, beta=beta, r_pred=r_pred, step=j)
+        if q is not None:
+            reward -= q
+            info["r_defect"] = -q
         # truncation=False: episodes have a fixed length and end with terminated=True, so returns are not bootstrapped
         terminated = self.episode_step >= self.config.episode_length
         return self._observation(), float(reward), terminated, False, info
@@ -232,6 +244,28 @@ class MVTecPatchEnv(gym.Env):
         if j >= self.config.predictor_freeze_steps:
             for _ in range(self.detector.config.predictor_updates_per_ae_update):
                 self.last_pred_loss = self.detector.predictor_update()
+
+    def move_defect_probabilities(self) -> np.ndarray:
+        """float64 (8,): for each move (actions 0-7) from the current centre, the highest defect probability of the
+        detector's current anomaly map inside the patch it would take (what ``reward="defect_avoid"`` charges; a
+        heuristic sampler reads it too)."""
+        defect_map, p = self._defect_map(self.image_index), self.config.patch_size
+        corners = [(cy - p // 2, cx - p // 2) for cy, cx in (self._move(self.center, a) for a in range(len(MOVES)))]
+        return np.array([float(defect_map[y : y + p, x : x + p].max()) for y, x in corners])
+
+    def _action_defect_probability(self, action: int) -> float:
+        """``q`` of an action from the current state: its move's entry of :meth:`move_defect_probabilities`; for a
+        skip, their mean."""
+        probabilities = self.move_defect_probabilities()
+        return float(probabilities.mean() if action == SKIP else probabilities[action])
+
+    def _defect_map(self, index: int) -> np.ndarray:
+        """The detector's anomaly map of one training image, float32 (S, S) in [0, 1]; cached until the image, the AE
+        or the predictor changes (at most once per AE update on an image)."""
+        key = (index, self.detector.ae_version, self.detector.predictor_updates)
+        if self._defect_cache is None or self._defect_cache[0] != key:
+            self._defect_cache = (key, self.detector.anomaly_map(self.train_images[index : index + 1])[0])
+        return self._defect_cache[1]
 
     def _history_map(self, index: int) -> np.ndarray:
         counts = self.history[index].astype(np.float32)
@@ -297,7 +331,7 @@ class MVTecPatchEnv(gym.Env):
         self.global_step = snapshot["global_step"]
         self.last_pred_loss, self.last_ae_loss = snapshot["last_pred_loss"], snapshot["last_ae_loss"]
         self.patch_buffer = [p.copy() for p in snapshot["patch_buffer"]]
-        self._residual_cache = None
+        self._residual_cache = self._defect_cache = None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the training process needs to resume: detector, history, scales, counters, AE buffer."""
@@ -315,8 +349,9 @@ class MVTecPatchEnv(gym.Env):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("config", {})
-        for key in ("data_root", "category", "image_size", "k_shot", "normal_pool", "val_fraction", "seed", "patch_size"):
+        saved = {"contamination": 0.0, **state.get("config", {})}  # a state from before the option: no contamination
+        split_keys = ("data_root", "category", "image_size", "k_shot", "normal_pool", "val_fraction", "seed", "contamination")
+        for key in (*split_keys, "patch_size"):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise ValueError(f"state was saved with {key}={saved[key]!r}, this env has {getattr(self.config, key)!r}")
         self.detector.load_state_dict(state["detector"])
@@ -327,7 +362,7 @@ class MVTecPatchEnv(gym.Env):
         self.last_pred_loss, self.last_ae_loss = float(state["last_pred_loss"]), float(state["last_ae_loss"])
         buffer = state["patch_buffer"]
         self.patch_buffer = [b.numpy() for b in buffer] if buffer.ndim == 4 else []
-        self._residual_cache = None
+        self._residual_cache = self._defect_cache = None
         self.warmed_up = True
         self._restart_point = self._snapshot()  # a seeded reset after a resume restarts from the checkpoint
 

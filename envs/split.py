@@ -5,12 +5,20 @@ From a loaded category and one seed:
 - ``labelled``: ``k_shot`` defect images per defect type, with masks: the only anomalies the method may train on.
   They are removed from every evaluation split (no leakage).
 - ``normal_pool``: a fixed subset of ``train/good``; the predictor trains on it with empty masks.
-- ``train``: all of ``train/good``; the autoencoder's (and the sampler's) images.
+- ``train``: all of ``train/good``, plus the ``contaminated`` images; the autoencoder's (and the sampler's) images.
+- ``contaminated`` (``contamination`` > 0 only): defect images of the types' unlabelled remainder moved into ``train``
+  without their masks, as unlabelled production images would hold some defective parts. They are never evaluated.
 - ``val``: a per-type stratified part (``val_fraction``) of the remaining test images, for the threshold and the checkpoint.
 - ``test``: the rest; metrics are reported on it.
 
 Each type (``good`` and every defect) is shuffled by its own generator seeded from ``(seed, crc32(type))``, so adding
 a defect type does not reshuffle the others, and the same seed gives the same split byte for byte.
+
+Contamination ``c`` is the share of defect images among the AE's training images: ``n = round(c * G / (1 - c))``
+(at least one) for ``G`` ``train/good`` images, drawn from the defect types in proportion to the images each can spare
+(its unlabelled images beyond the 2 kept for evaluation; largest remainder, ties in type order). A type gives the
+last ``m`` images of its shuffled order, so a larger ``c`` moves a superset of a smaller one's images; the normal pool
+is drawn from ``train`` as a whole, contaminated images included. ``c = 0`` gives the split without the option.
 
 Too few images: a defect type keeps at least 2 images for evaluation (one validation, one test). With ``n`` images
 and ``n < k_shot + 2`` it gets ``max(n - 2, 0)`` labelled images instead of ``k_shot``, and a warning says so.
@@ -21,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -38,6 +46,7 @@ class SplitConfig:
     normal_pool: int = 15  # train/good images in the predictor's pool (with ~25 anomalies: the paper-sized pool of ~40)
     val_fraction: float = 0.2  # share of each type's remaining test images used for validation
     seed: int = 0
+    contamination: float = 0.0  # share of defect images among the AE's training images (unlabelled, never evaluated)
 
     def __post_init__(self) -> None:
         if self.k_shot < 1:
@@ -46,6 +55,8 @@ class SplitConfig:
             raise ValueError(f"normal_pool must be >= 0, got {self.normal_pool}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.contamination < 1.0:
+            raise ValueError(f"contamination={self.contamination!r} is invalid: expected a number in [0, 1)")
 
 
 @dataclass
@@ -58,13 +69,29 @@ class Split:
     val: np.ndarray
     test: np.ndarray
     config: SplitConfig
+    contaminated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # defect images in ``train``
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The recorded roles: ``contaminated`` only where the option is set, so a split without it reads as before."""
+        return ("labelled", "normal_pool", "val", "test", *(("contaminated",) if self.config.contamination else ()))
+
+    def known_masks(self, masks: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """``masks[indices]`` as a user knows them: a contaminated image is unlabelled, so its mask is empty."""
+        known = masks[indices]
+        if self.contaminated.size:
+            known = np.where(np.isin(indices, self.contaminated)[:, None, None], False, known)
+        return known
 
     def to_dict(self, category: Category) -> dict:
         """JSON-ready record of which files went where (relative to the category folder)."""
+        config = asdict(self.config)
+        if not self.config.contamination:
+            del config["contamination"]  # the record of a split without the option stays byte for byte as it was
         return {
             "category": category.name,
-            "config": asdict(self.config),
-            **{role: category.relative_paths(getattr(self, role)) for role in ("labelled", "normal_pool", "val", "test")},
+            "config": config,
+            **{role: category.relative_paths(getattr(self, role)) for role in self.roles},
         }
 
     def summary(self, category: Category) -> dict:
@@ -77,13 +104,14 @@ class Split:
                 counts[label] = counts.get(label, 0) + 1
             return dict(sorted(counts.items()))
 
+        extra = [role for role in self.roles if role not in ("labelled", "normal_pool")]  # val, test[, contaminated]
         return {
             "category": category.name,
             "root": str(category.root),
             "image_size": category.image_size,
             "defect_types": category.defect_types,
-            "counts": {role: int(len(getattr(self, role))) for role in ("train", "normal_pool", "labelled", "val", "test")},
-            "per_type": {role: per_type(getattr(self, role)) for role in ("labelled", "val", "test")},
+            "counts": {role: int(len(getattr(self, role))) for role in ("train", "normal_pool", "labelled", *extra)},
+            "per_type": {role: per_type(getattr(self, role)) for role in ("labelled", *extra)},
             "config": asdict(self.config),
         }
 
@@ -99,11 +127,38 @@ def _n_val(remaining: int, fraction: float) -> int:
     return int(min(max(round(fraction * remaining), 1), remaining - 1))
 
 
+def _contaminated_per_type(name: str, unlabelled: dict[str, np.ndarray], n_good: int, contamination: float) -> dict[str, int]:
+    """How many images each defect type moves into ``train``: ``round(c * G / (1 - c))`` (at least one for ``c`` > 0) in
+    proportion to what each type can spare beyond the 2 it keeps for evaluation (largest remainder, ties in type order).
+
+    Raises:
+        ValueError: the types cannot spare that many images (one line naming the option).
+    """
+    if not contamination:
+        return dict.fromkeys(unlabelled, 0)
+    n = max(round(contamination * n_good / (1.0 - contamination)), 1)
+    spare = {defect: max(len(rest) - MIN_EVAL_PER_TYPE, 0) for defect, rest in unlabelled.items()}
+    total = sum(spare.values())
+    if n > total:
+        raise ValueError(
+            f"contamination={contamination} needs {n} defect images beside the {n_good} train/good ones, but category "
+            f"'{name}' has {total} to spare (unlabelled, beyond {MIN_EVAL_PER_TYPE} per type kept for evaluation): "
+            "expected a smaller contamination"
+        )
+    shares = {defect: n * count / total for defect, count in spare.items()}
+    counts = {defect: int(share) for defect, share in shares.items()}
+    by_remainder = sorted(shares, key=lambda defect: -(shares[defect] - counts[defect]))  # stable: ties in type order
+    for defect in by_remainder[: n - sum(counts.values())]:
+        counts[defect] += 1
+    return counts
+
+
 def make_split(category: Category, config: SplitConfig = SplitConfig()) -> Split:
     """Split a category by the protocol above (deterministic in ``config.seed``)."""
     labelled: list[int] = []
     val: list[int] = []
     test: list[int] = []
+    unlabelled: dict[str, np.ndarray] = {}  # per defect type, its shuffled images after the labelled ones
     for defect in category.defect_types:
         idx = _rng(config.seed, defect).permutation(category.indices(TEST, defect))
         k = config.k_shot
@@ -115,7 +170,14 @@ def make_split(category: Category, config: SplitConfig = SplitConfig()) -> Split
             )
             logger.warning(message)  # once: the CLI shows log records, and a warnings.warn would repeat it
         labelled += idx[:k].tolist()
-        rest = idx[k:]
+        unlabelled[defect] = idx[k:]
+    train_good = category.indices(TRAIN, GOOD)
+    moved = _contaminated_per_type(category.name, unlabelled, len(train_good), config.contamination)
+    contaminated: list[int] = []
+    for defect, rest in unlabelled.items():
+        if moved[defect]:  # the last images of the type's order: a larger contamination moves a superset
+            contaminated += rest[len(rest) - moved[defect] :].tolist()
+            rest = rest[: len(rest) - moved[defect]]
         n_val = _n_val(len(rest), config.val_fraction)
         val += rest[:n_val].tolist()
         test += rest[n_val:].tolist()
@@ -125,14 +187,22 @@ def make_split(category: Category, config: SplitConfig = SplitConfig()) -> Split
     val += good_test[:n_val].tolist()
     test += good_test[n_val:].tolist()
 
-    train = category.indices(TRAIN, GOOD)
+    train = np.sort(np.concatenate([train_good, np.asarray(contaminated, dtype=np.int64)])) if contaminated else train_good
     pool_size = min(config.normal_pool, len(train))
     normal_pool = _rng(config.seed, "normal_pool").choice(train, size=pool_size, replace=False) if pool_size else train[:0]
 
     def sorted_array(values: list[int] | np.ndarray) -> np.ndarray:
         return np.sort(np.asarray(values, dtype=np.int64))
 
-    split = Split(sorted_array(labelled), sorted_array(normal_pool), train, sorted_array(val), sorted_array(test), config)
+    split = Split(
+        sorted_array(labelled),
+        sorted_array(normal_pool),
+        train,
+        sorted_array(val),
+        sorted_array(test),
+        config,
+        sorted_array(contaminated),
+    )
     if not split.labelled.size:
         raise DatasetError(f"category '{category.name}' leaves no labelled anomalies (every defect type has < 3 images)")
     return split

@@ -1,7 +1,10 @@
 """How far from uniform is the learned sampler? Prints its policy entropy over training, read from TensorBoard.
 
-SB3 logs ``train/entropy_loss`` = −entropy at every policy update; a uniform policy over the 9 actions has
-ln 9 = 2.197 nats. Each run is one column, each row a step (the logged update nearest to it).
+train.py logs ``rollout/policy_entropy``, the entropy of the distribution the sampler acted from over each rollout
+(agents/entropy.py: every on-policy algorithm, the random and the heuristic sampler); runs without it are read from
+SB3's ``train/entropy_loss`` = −entropy of each policy update. A uniform policy over the 9 actions has
+ln 9 = 2.197 nats. Each run is one column, each row a step (the logged value nearest to it). A run's final figure,
+the mean over its last 1,024 steps, is in its ``policy_entropy.json``.
 
     python -m experiments.entropy_curve --runs runs/compare/cells/*/default/seed0/logs/reinforce/MVTecPatch-v0_1
     python -m experiments.entropy_curve --runs RUN --every 512
@@ -14,7 +17,8 @@ import math
 import sys
 from pathlib import Path
 
-TAG = "train/entropy_loss"
+TAG = "rollout/policy_entropy"  # the entropy itself
+FALLBACK_TAG = "train/entropy_loss"  # minus the entropy, at each policy update
 
 
 def entropy_curve(run: Path) -> list[tuple[int, float]]:
@@ -24,14 +28,19 @@ def entropy_curve(run: Path) -> list[tuple[int, float]]:
     files = sorted(run.rglob("events.out.tfevents.*"))
     if not files:
         raise ValueError(f"'{run}': no TensorBoard event file below it (expected a train.py run folder)")
-    curve: dict[int, float] = {}
+    curves: dict[str, dict[int, float]] = {TAG: {}, FALLBACK_TAG: {}}
     for file in files:  # a resumed run (-i) writes a second file; later values win
         accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
         accumulator.Reload()
-        if TAG in accumulator.Tags()["scalars"]:
-            curve.update({event.step: -event.value for event in accumulator.Scalars(TAG)})
+        for tag, sign in ((TAG, 1.0), (FALLBACK_TAG, -1.0)):
+            if tag in accumulator.Tags()["scalars"]:
+                curves[tag].update({event.step: sign * event.value for event in accumulator.Scalars(tag)})
+    curve = curves[TAG] or curves[FALLBACK_TAG]
     if not curve:
-        raise ValueError(f"'{run}': no {TAG} logged (an algorithm without one, or a run cut before its first update)")
+        raise ValueError(
+            f"'{run}': neither {TAG} nor {FALLBACK_TAG} logged (an algorithm without a policy distribution, or a run cut "
+            "before its first rollout)"
+        )
     return sorted(curve.items())
 
 

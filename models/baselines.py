@@ -406,7 +406,7 @@ class VQVAE2Baseline(Baseline):
 
     @staticmethod
     def training_indices(split: Any) -> np.ndarray:
-        return np.asarray(split.train)  # train/good only: it never sees a defect
+        return np.asarray(split.train)  # train/good (and the contaminated images, unlabelled): the AE's images
 
     def _crops(self) -> torch.Tensor:
         """(B, 3, c, c) float random crops of random training images."""
@@ -465,4 +465,4 @@ def build_baseline(
     if split is None or masks is None:
         raise ValueError("build_baseline: images need their masks and the split that picks the training files")
     idx = cls.training_indices(split)
-    return cls(config, images[idx], masks[idx] if cls.supervised else None, seed=seed)
+    return cls(config, images[idx], split.known_masks(masks, idx) if cls.supervised else None, seed=seed)

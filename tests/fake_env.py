@@ -43,6 +43,14 @@ class FakeImageEnv(gym.Env):
         self.total_steps = 0  # over all episodes, like the real env's global step counter j
         self._t = 0
 
+    def move_defect_probabilities(self) -> np.ndarray:
+        """The real env's per-move defect probabilities (what the heuristic sampler reads): 0 for the rewarded
+        action's move, 1 for every other move, so a sampler that avoids defects picks the rewarded action or skip."""
+        q = np.ones(8)
+        if self.rewarded_action < 8:
+            q[self.rewarded_action] = 0.0
+        return q
+
     def _obs(self) -> np.ndarray:
         return self.np_random.random(self.observation_space.shape, dtype=np.float32)  # (C, S, S)
 

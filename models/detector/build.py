@@ -24,8 +24,11 @@ def build_detector(config: DetectorConfig, category: Category, split: Split, see
     Args:
         config: the detector's hyperparameters (:func:`envs.config.detector_config` gives an env config's).
         category: the loaded images and masks.
-        split: which of them train the AE (``train``) and the predictor (``labelled`` + ``normal_pool``).
+        split: which of them train the AE (``train``) and the predictor (``labelled`` + ``normal_pool``, the latter with
+            empty masks: a contaminated image in it is unlabelled, as it would be for a user).
         seed: seeds the detector's private generator (the env passes its own seed).
     """
     pool = np.concatenate([split.labelled, split.normal_pool])
-    return Detector(config, category.images[split.train], category.images[pool], category.masks[pool], seed=seed)
+    return Detector(
+        config, category.images[split.train], category.images[pool], split.known_masks(category.masks, pool), seed=seed
+    )

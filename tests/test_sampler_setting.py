@@ -1,0 +1,307 @@
+"""The setting in which the sampler's choice matters: contaminated training images, a reward with per-patch credit,
+the heuristic control and the recorded policy entropy (docs/design.md, "The sampler: does RL help?")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.logger import Logger
+
+import envs  # noqa: F401 - registers MVTecPatch-v0
+import train
+from agents import AGENTS, make_agent
+from agents.callbacks import latest_checkpoint
+from agents.entropy import ENTROPY_FILE, TAG, PolicyEntropyCallback
+from agents.heuristic import HeuristicAgent, action_probabilities
+from benchmarks import compare, tables
+from envs.config import MVTecPatchConfig
+from envs.mvtec import GOOD, TEST, TRAIN, load_category
+from envs.mvtec_patch import SKIP, MVTecPatchEnv
+from envs.split import SplitConfig, make_split, split_json
+from models.detector import build_detector
+from models.detector.config import DetectorConfig
+from tests.conftest import write_mvtec_tree
+from tests.fake_env import FakeImageEnv
+from tests.test_agents import TINY, RecordingWriter, RecordLocals
+from tests.test_env import small_kwargs
+from tests.test_train import SMALL_ENV
+
+LN9 = math.log(9)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """'widget': 20 normal training images, 12 scratches and 9 holes (room for contamination), 32 px."""
+    path = tmp_path_factory.mktemp("data")
+    write_mvtec_tree(path, n_train=20, n_test_good=6, defects={"scratch": 12, "hole": 9}, size_hw=(32, 32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def category(root: Path):
+    return load_category(root, "widget", 32)
+
+
+# --- contamination: the split option ---------------------------------------------------------------------------------
+
+
+def test_contamination_moves_unlabelled_defects_of_each_type_into_train_never_evaluated(category) -> None:
+    split = make_split(category, SplitConfig(k_shot=5, normal_pool=4, contamination=0.2))
+    moved = split.contaminated
+    # 20% of the AE's images: round(0.2 * 20 / 0.8) = 5, shared by what each type can spare beyond the 2 it keeps
+    # for evaluation (scratch 12 - 5 - 2 = 5, hole 9 - 5 - 2 = 2): 3.57 and 1.43 -> 4 and 1
+    assert len(moved) == 5 and len(moved) / len(split.train) == pytest.approx(0.2)
+    labels = [category.samples[i].label for i in moved]
+    assert {label: labels.count(label) for label in set(labels)} == {"scratch": 4, "hole": 1}
+    assert all(category.samples[i].split == TEST and category.samples[i].is_anomalous for i in moved)
+    assert set(split.train) == set(category.indices(TRAIN, GOOD)) | set(moved)
+    evaluated = set(split.val) | set(split.test)
+    assert not set(moved) & (evaluated | set(split.labelled))
+    every_defect = {i for d in category.defect_types for i in category.indices(TEST, d)}
+    assert set(moved) | set(split.labelled) | (evaluated - set(category.indices(TEST, GOOD))) == every_defect
+    assert split.summary(category)["counts"]["contaminated"] == 5
+    assert json.loads(split_json(split, category))["contaminated"] == category.relative_paths(moved)
+
+
+def test_contamination_is_seeded_and_nested_and_zero_leaves_the_split_unchanged(category) -> None:
+    def split(seed: int, c: float):
+        return make_split(category, SplitConfig(k_shot=5, normal_pool=4, seed=seed, contamination=c))
+
+    assert split_json(split(0, 0.2), category) == split_json(split(0, 0.2), category)
+    assert set(split(0, 0.2).contaminated) != set(split(1, 0.2).contaminated)
+    assert set(split(0, 0.1).contaminated) < set(split(0, 0.2).contaminated)  # a larger c moves a superset
+    # The records of the split without the option, as the protocol gave them before it existed
+    digests = {0: "47325b30bbc50adf3dc0bab6c9c20b105ff71b31dbc0cce6b1c78e4aa9ab8b14"}
+    digests[1] = "b28e4b4bc6367d640302581c5eeb9163332acb7c80e9fe237d9de57449314ea8"
+    for seed, digest in digests.items():
+        assert hashlib.sha256(split_json(split(seed, 0.0), category).encode()).hexdigest() == digest
+        assert not split(seed, 0.0).contaminated.size
+
+
+def test_a_contaminated_image_is_unlabelled_for_the_predictor(category) -> None:
+    """The normal pool is drawn from the contaminated training set, and a contaminated image in it has an empty mask."""
+    split = make_split(category, SplitConfig(k_shot=5, normal_pool=25, contamination=0.2))  # the pool: all of train
+    assert set(split.contaminated) <= set(split.normal_pool)
+    pool = np.concatenate([split.labelled, split.normal_pool])
+    assert category.masks[split.contaminated].any(axis=(1, 2)).all()  # they do have defects
+    known = split.known_masks(category.masks, pool)
+    assert not known[len(split.labelled) :].any() and known[: len(split.labelled)].any()
+    detector = build_detector(DetectorConfig(patch_size=16, pretrain_epochs=0), category, split, seed=0)
+    assert sorted(i for i, _ in detector._positives) == [i for i in range(len(split.labelled)) if known[i].any()]
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
+def test_a_contamination_out_of_range_is_a_one_line_error(value: float) -> None:
+    for make in (lambda: MVTecPatchConfig(contamination=value), lambda: SplitConfig(contamination=value)):
+        with pytest.raises(ValueError, match=r"^contamination=.* is invalid: expected a number in \[0, 1\)") as error:
+            make()
+        assert "\n" not in str(error.value)
+
+
+def test_too_much_contamination_and_a_bad_reward_are_one_line_errors_of_the_dry_run(root: Path, capsys) -> None:
+    base = ["--data-root", str(root), "--category", "widget", "--dry-run", "--env-kwargs"]
+    assert train.main([*base, "contamination:0.6"]) == 2  # 30 images needed, 5 + 2 to spare
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: contamination=0.6 needs 30 defect images") and "has 7 to spare" in err
+    assert "\n" not in err
+    assert train.main([*base, "reward:coverage"]) == 2
+    assert capsys.readouterr().err.strip() == "error: reward='coverage' is invalid: expected one of paper, defect_avoid"
+    assert train.main([*base, "contamination:0.2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["config"]["contamination"] == 0.2 and summary["counts"]["contaminated"] == 5
+    assert summary["per_type"]["contaminated"] == {"hole": 1, "scratch": 4}
+
+
+# --- the defect_avoid reward ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("envdata")
+    write_mvtec_tree(path, n_train=6, n_test_good=4, defects={"scratch": 8, "hole": 8}, size_hw=(64, 64))
+    return path
+
+
+def paper_part(info: dict) -> float:
+    return info["beta"] * (info["r_clone"] + info["r_cover"]) + (1.0 - info["beta"]) * info["r_pred"]
+
+
+def test_the_defect_reward_credits_the_chosen_patch(env_root: Path) -> None:
+    """Two moves from one state take patches the detector scores differently: their rewards differ by exactly that."""
+    env = MVTecPatchEnv(**small_kwargs(env_root, reward="defect_avoid", contamination=0.1))
+    ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))  # defect probability grows to the east
+    env.detector.anomaly_map = lambda images: np.repeat(ramp[None], len(images), axis=0)  # type: ignore[method-assign]
+    results = {}
+    for action in (2, 3, SKIP):  # W, E, skip, each from the same state
+        env.reset(seed=0)
+        env.center = (32, 32)
+        q = env.move_defect_probabilities()
+        _, reward, _, _, info = env.step(action)
+        results[action] = (reward, info, q)
+    for action, (reward, info, q) in results.items():
+        expected = q.mean() if action == SKIP else q[action]
+        assert info["r_defect"] == pytest.approx(-expected)
+        assert reward == pytest.approx(paper_part(info) + info["r_defect"])
+    # 16 px patches at x = 32 -+ 6: the east patch's highest probability is column 45, the west one's column 33
+    assert results[3][1]["r_defect"] == pytest.approx(-45 / 63) and results[2][1]["r_defect"] == pytest.approx(-33 / 63)
+    assert results[3][0] - paper_part(results[3][1]) != pytest.approx(results[2][0] - paper_part(results[2][1]))
+
+
+def test_the_defect_reward_reads_the_real_detector_once_per_version(env_root: Path) -> None:
+    env = MVTecPatchEnv(**small_kwargs(env_root, reward="defect_avoid"))
+    env.reset(seed=1)
+    calls = []
+    anomaly_map = env.detector.anomaly_map
+    env.detector.anomaly_map = lambda images: calls.append(len(images)) or anomaly_map(images)  # type: ignore[method-assign]
+    env._defect_cache = None
+    for action in (0, 3, 1):  # three moves on one image, no AE update (8 patches per update)
+        q = env.move_defect_probabilities()
+        assert q.shape == (8,) and ((0.0 <= q) & (q <= 1.0)).all()
+        _, _, _, _, info = env.step(action)
+        assert info["r_defect"] == pytest.approx(-q[action])
+    assert calls == [1]  # one map of one image: the cache holds while the image and the detector stay
+
+
+def test_the_paper_reward_computes_no_map_and_adds_no_term(env_root: Path) -> None:
+    env = MVTecPatchEnv(**small_kwargs(env_root))
+
+    def no_map(images: np.ndarray) -> np.ndarray:
+        raise AssertionError("the paper's reward computed an anomaly map")
+
+    env.reset(seed=0)
+    env.detector.anomaly_map = no_map  # type: ignore[method-assign]
+    for action in (0, 3, SKIP, 5):
+        _, reward, _, _, info = env.step(action)
+        assert "r_defect" not in info and reward == pytest.approx(paper_part(info))
+
+
+# --- the heuristic sampler -----------------------------------------------------------------------------------------
+
+
+def test_the_heuristic_rules() -> None:
+    q = np.array([0.0, 0.2, 0.6, 0.9, 0.1, 0.5, 0.51, 1.0])
+    p = action_probabilities(q, "threshold", 0.5)
+    assert np.allclose(p, np.array([1, 1, 0, 0, 1, 1, 0, 0, 1]) / 5)  # moves with q <= tau, and skip
+    assert np.allclose(action_probabilities(np.ones(8), "threshold", 0.5), np.eye(9)[SKIP])  # nowhere to go: skip
+    p = action_probabilities(q, "proportional", 0.5)
+    assert np.allclose(p, np.append(1 - q, 1.0) / (9 - q.sum()))
+    for rule in ("threshold", "proportional"):  # where nothing looks defective it is the uniform random sampler
+        assert np.allclose(action_probabilities(np.zeros(8), rule, 0.5), np.full(9, 1 / 9))
+    with pytest.raises(ValueError, match="rule='best' is invalid"):
+        HeuristicAgent("CnnPolicy", FakeImageEnv(), rule="best")
+    with pytest.raises(ValueError, match="tau=2.0 is invalid"):
+        HeuristicAgent("CnnPolicy", FakeImageEnv(), tau=2.0)
+    agent = make_agent("heuristic", gym.make("CartPole-v1"))
+    with pytest.raises(ValueError, match="needs MVTecPatch-v0"):
+        agent.learn(4)
+
+
+def test_the_heuristic_follows_its_rule_and_logs_its_entropy() -> None:
+    """The fake env's only defect-free move is the rewarded action: the threshold rule draws it or skip, half each."""
+    record, entropy = RecordLocals(), PolicyEntropyCallback()
+    agent = make_agent("heuristic", FakeImageEnv(episode_length=8, rewarded_action=3), seed=2)
+    agent.learn(200, callback=[record, entropy])
+    assert set(record.actions) == {3, SKIP} and 60 < record.actions.count(3) < 140
+    assert entropy.final() == pytest.approx(math.log(2))
+    random_entropy = PolicyEntropyCallback()
+    make_agent("random", FakeImageEnv(), seed=2).learn(16, callback=random_entropy)
+    assert random_entropy.final() == pytest.approx(LN9)
+
+
+def heuristic_run(root: Path, logs: Path, tau: float) -> Path:
+    argv = ["--algo", "heuristic", "-n", "32", "--seed", "1", "-f", str(logs), "--data-root", str(root)]
+    argv += ["--category", "widget", "--eval-freq", "0", "--save-freq", "16", "--no-progress", "-v", "0", "--no-evaluate"]
+    argv += ["--env-kwargs", *SMALL_ENV, "contamination:0.2", "reward:defect_avoid", "--hyperparams", f"tau:{tau}"]
+    assert train.main(argv) == 0
+    return logs / "heuristic" / "MVTecPatch-v0_1"
+
+
+def test_the_heuristic_trains_through_train_py_and_follows_its_rule(env_root: Path, tmp_path: Path) -> None:
+    """tau 0 allows no patch the detector scores above 0 (every one): the heuristic only skips, and the AE sees no
+    patch; tau 1 allows every patch."""
+    assert "heuristic" in AGENTS
+    for tau, visited in ((0.0, False), (1.0, True)):
+        run = heuristic_run(env_root, tmp_path / str(tau), tau)
+        state = torch.load(latest_checkpoint(run / "checkpoints") / "env_state.pt", weights_only=True)
+        assert bool(state["history"].sum() > 0) is visited, tau
+        record = json.loads((run / ENTROPY_FILE).read_text())
+        assert (record["policy_entropy"] == 0.0) is not visited and record["uniform"] == pytest.approx(LN9)
+
+
+# --- the recorded policy entropy -----------------------------------------------------------------------------------
+
+
+def test_the_policy_entropy_follows_a_learning_policy(tmp_path: Path) -> None:
+    writer = RecordingWriter()
+    path = tmp_path / ENTROPY_FILE
+    callback = PolicyEntropyCallback(path, window=128, bin_steps=128)
+    agent = make_agent("reinforce", FakeImageEnv(episode_length=8), seed=1, n_steps=16, learning_rate=1e-2, policy_kwargs=TINY)
+    agent.set_logger(Logger(folder=None, output_formats=[writer]))
+    agent.learn(512, callback=callback)
+    first, last = callback.history[0][1], callback.history[-1][1]
+    assert abs(first - LN9) < 0.05 and last < 1.0  # from near uniform to committed on the rewarded action
+    assert any(TAG in dump for dump in writer.dumps)
+    record = json.loads(path.read_text())
+    assert record["policy_entropy"] == pytest.approx(np.mean([v for s, v in callback.history if s > 512 - 128]), abs=1e-6)
+    assert [step for step, _ in record["curve"]] == [128, 256, 384, 512]
+
+
+def test_compare_reads_the_final_entropy_into_its_row_and_table(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "ae_baseline").mkdir(parents=True)
+    metrics = {k: 0.5 for k in tables.METRICS}
+    for folder in (run, run / "ae_baseline"):
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    (run / ENTROPY_FILE).write_text(json.dumps({"policy_entropy": 1.234}))
+    result = {"run": str(run), "seconds": 60.0}
+    row = compare.cell_row("widget", "c10-reinforce-avoid", 0, result, ae_only=False)
+    ae_row = compare.cell_row("widget", "ae@c10-reinforce-avoid", 0, result, ae_only=True)
+    assert row["policy_entropy"] == 1.234 and math.isnan(ae_row["policy_entropy"])
+    table = compare.write_tables(tmp_path / "out", [row, ae_row], [row["variant"], ae_row["variant"]], ["widget"])
+    assert "| entropy |" in table and "| 1.234 |" in table and "| - |" in table  # the AE-only row has none
+    assert tables.read_rows(tmp_path / "out" / "results.csv")[0]["policy_entropy"] == 1.234
+    assert "entropy" not in compare.write_tables(tmp_path / "out2", [ae_row], [ae_row["variant"]], ["widget"])
+
+
+def test_entropy_curve_prefers_the_logged_policy_entropy(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from experiments import entropy_curve
+
+    with SummaryWriter(str(tmp_path / "tensorboard" / "reinforce_1")) as writer:
+        for step, value in ((64, 2.19), (128, 2.0)):
+            writer.add_scalar(TAG, value, step)
+            writer.add_scalar("train/entropy_loss", -value - 0.5, step)
+    curve = entropy_curve.entropy_curve(tmp_path)
+    assert [step for step, _ in curve] == [64, 128] and [value for _, value in curve] == pytest.approx([2.19, 2.0])
+
+
+# --- the grid ------------------------------------------------------------------------------------------------------
+
+
+def test_the_ablation_file_holds_the_sampler_grid() -> None:
+    """Every sampler of the comparison at every contamination level, one variant each, differing from the default
+    preset only in the algorithm, the contamination and the reward."""
+    variants = compare.load_variants(str(compare.ABLATION))
+    default_env = variants["default"]["env_kwargs"]
+    samplers = {
+        "random": ("random", "paper"),
+        "heuristic": ("heuristic", "defect_avoid"),
+        "reinforce": ("reinforce", "paper"),
+        "reinforce-avoid": ("reinforce", "defect_avoid"),
+        "ppo-avoid": ("ppo", "defect_avoid"),
+    }
+    for level, c in (("c00", 0.0), ("c05", 0.05), ("c10", 0.1), ("c20", 0.2)):
+        for sampler, (algo, reward) in samplers.items():
+            _, spec, _ = compare.resolve_method(f"{level}-{sampler}", variants, "default")
+            env = dict(spec["env_kwargs"])
+            assert (spec["algo"], spec["preset"]) == (algo, "default")
+            assert env.pop("contamination") == c and env.pop("reward", "paper") == reward
+            assert env == default_env, f"{level}-{sampler}"
