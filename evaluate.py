@@ -8,25 +8,28 @@
 
 Everything is rebuilt from the run's ``config.yml`` (no hyperparameter is repeated here). Writes to ``--out`` (default:
 the run folder; ``<run>/ae_baseline`` for ``--method ae``): ``metrics.json``, a row in ``metrics.csv``, ``predictions.png``
-(image | prediction | ground truth, like the paper's Fig. 2), ``roc.png`` and ``pr.png``.
+(image | prediction | ground truth, like the paper's Fig. 2), ``roc.png`` and ``pr.png``. The weights scored are
+``best_detector.pt``, or ``detector.pt`` (with a warning) when a run has no best checkpoint; ``metrics.json`` names them.
+Maps for new images (``--images``) need the run folder alone, not the data set it was trained on.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from envs.mvtec import DatasetError
 from models.metrics import compute_metrics, f1_at_threshold, roc_pr_curves
-from models.runtime import check_device
+from models.runtime import atomic_write_text, check_device
 
 __all__ = ["compute_metrics", "evaluate_images", "evaluate_run", "predict_maps", "validate", "main"]
 
@@ -65,20 +68,44 @@ def validate(
     return evaluate_images(detector, images, masks, "detector", image_labels)
 
 
+BEST_WEIGHTS, LAST_WEIGHTS = "best_detector.pt", "detector.pt"  # best validation F1max | the end of training
+
+
+def run_weights(run_dir: Path) -> Path:
+    """The weights that stand for a run: ``best_detector.pt``, or ``detector.pt`` where validation never saved a best
+    (``--eval-freq 0``, or a split without validation defects).
+
+    Raises:
+        ValueError: neither file exists.
+    """
+    for name in (BEST_WEIGHTS, LAST_WEIGHTS):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise ValueError(f"'{run_dir}' has no detector weights (expected {BEST_WEIGHTS} or {LAST_WEIGHTS}: is training done?)")
+
+
+def _loaded(detector: Any, weights: Path, load: bool = True) -> Any:
+    """``detector`` with ``weights`` loaded (``load``), noting in the log when they are not the best checkpoint."""
+    if weights.name != BEST_WEIGHTS:
+        logger.warning("%s has no %s: using the last weights, %s", weights.parent, BEST_WEIGHTS, weights.name)
+    if load:
+        detector.load_weights(weights)
+    return detector
+
+
 def load_run(
     run_dir: Path, data_root: str | None = None, category: str | None = None, device: str = "cpu"
 ) -> tuple[dict, Any, Any, Any]:
     """The run's config, the category and split it (or ``data_root``/``category``) gives, and its best model: the
-    method's detector, or a baseline's trainer (both have ``anomaly_map`` and ``load_weights``)."""
+    method's detector, or a baseline's trainer (both have ``anomaly_map`` and ``load_weights``) with the weights of
+    :func:`run_weights`."""
+    from agents.run_config import read_config
     from envs.config import MVTecPatchConfig, detector_config
     from envs.data import load_data, load_env_data
     from models.baselines import build_baseline
     from models.detector import build_detector
 
-    config_path = run_dir / "config.yml"
-    if not config_path.is_file():
-        raise ValueError(f"'{run_dir}' is not a run folder (expected config.yml written by train.py)")
-    config = yaml.safe_load(config_path.read_text())
+    config = read_config(run_dir)
     env_kwargs = {**config["env_kwargs"], "device": device}
     if data_root is not None or category is not None:
         if data_root is None or category is None:
@@ -92,13 +119,36 @@ def load_run(
     else:  # a baseline: the data protocol alone, an inference-only model
         data, split = load_data(**{k: v for k, v in env_kwargs.items() if k != "device"})
         detector = build_baseline(method, {**config["hyperparams"], "device": device}, int(config.get("seed", 0)))
-    weights = run_dir / "best_detector.pt"
-    if not weights.is_file():
-        weights = run_dir / "detector.pt"
-    if not weights.is_file():
-        raise ValueError(f"'{run_dir}' has no detector weights (expected best_detector.pt or detector.pt: is training done?)")
-    detector.load_weights(weights)
-    return config, data, split, detector
+    return config, data, split, _loaded(detector, run_weights(run_dir))
+
+
+def load_model(run_dir: Path, device: str = "cpu") -> tuple[dict, Any, int, Path]:
+    """The run's config, its best model, the image size it works at and the weights loaded (:func:`run_weights`), from
+    the run folder alone: no data is read (the detector's checkpoint holds its config and the global residual's basis;
+    a baseline needs its config only).
+
+    Raises:
+        ValueError: not a run folder, no weights, or weights without what inference needs and no data to rebuild it.
+    """
+    from agents.run_config import read_config
+    from envs.config import MVTecPatchConfig
+    from models.baselines import build_baseline
+    from models.detector import Detector
+
+    config = read_config(run_dir)
+    weights = run_weights(run_dir)
+    method = config.get("method", "sampler")
+    if method != "sampler":
+        detector = build_baseline(method, {**config["hyperparams"], "device": device}, int(config.get("seed", 0)))
+        return config, _loaded(detector, weights), int(config["env_kwargs"].get("image_size", 256)), weights
+    image_size = MVTecPatchConfig.from_kwargs(**{**config["env_kwargs"], "device": device}).image_size
+    state = Detector.read_checkpoint(weights)
+    if state["config"].get("map_global_weight") and not state.get("global_residual"):
+        # weights saved before the global residual was first fitted: it needs the training images
+        logger.warning("%s lacks the global residual's basis: fitting it on the run's training images", weights)
+        config, _, _, detector = load_run(run_dir, device=device)
+        return config, detector, image_size, weights
+    return config, _loaded(Detector.from_checkpoint(weights, device=device), weights, load=False), image_size, weights
 
 
 def _heat(x: np.ndarray) -> np.ndarray:
@@ -211,12 +261,16 @@ def save_curves(out: Path, maps: np.ndarray, masks: np.ndarray, metrics: dict[st
 
 
 def append_csv_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    """Add ``row`` to the CSV file ``path``: the file is rewritten whole and renamed into place, so a kill never
+    leaves half a row; a column the file lacks is added (earlier rows leave it empty)."""
+    reader = csv.DictReader(io.StringIO(path.read_text() if path.is_file() else "", newline=""))
+    rows = [{key: value for key, value in old.items() if key is not None} for old in reader]  # None: cells past the header
+    columns = list(dict.fromkeys([*(reader.fieldnames or []), *row]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows([*rows, row])
+    atomic_write_text(path, buffer.getvalue())
 
 
 def evaluate_run(
@@ -254,8 +308,9 @@ def evaluate_run(
         "seed": config.get("seed"),
         "n_test": int(len(split.test)),
         **metrics,
+        "weights": run_weights(run_dir).name,  # best_detector.pt, or detector.pt where there is no best
     }
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
     append_csv_row(out / "metrics.csv", record)
     labels = [data.samples[i].label for i in split.test]
     save_prediction_grid(out / "predictions.png", test_images, maps, test_masks, labels)
@@ -270,24 +325,60 @@ def evaluate_run(
     return metrics
 
 
-def predict_folder(run_dir: Path, images_dir: Path, out: Path, method: str, device: str = "cpu") -> int:
-    """Anomaly maps for unlabelled images: ``<stem>_map.png`` (grey, 0-255) and ``<stem>_overlay.png``."""
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """A distinct output name per image: its stem, or ``<stem>_<extension>`` where several files share a stem
+    (``x.png``, ``x.jpg`` -> ``x_png``, ``x_jpg``), with a counter if that is taken too."""
+    stems = Counter(path.stem for path in files)
+    names: dict[Path, str] = {}
+    for path in files:
+        name = base = path.stem if stems[path.stem] == 1 else f"{path.stem}_{path.suffix[1:]}"
+        k = 1
+        while name in names.values():
+            k += 1
+            name = f"{base}_{k}"
+        names[path] = name
+    return names
+
+
+def predict_folder(run_dir: Path, images_dir: Path, out: Path, method: str, device: str = "cpu") -> dict[str, Any]:
+    """Anomaly maps for unlabelled images: ``<name>_map.png`` (grey, 0-255) and ``<name>_overlay.png``, ``name`` from
+    :func:`output_names`. Needs the run folder alone (:func:`load_model`). A file that cannot be read is skipped and
+    reported, not fatal.
+
+    Returns:
+        ``{"maps": out, "images": maps written, "skipped": unreadable files, "weights": the weights used}``.
+
+    Raises:
+        ValueError: no image files in ``images_dir``, or none of them readable.
+    """
     import cv2
 
     from envs.mvtec import IMAGE_EXTENSIONS, read_image
 
-    config, data, _, detector = load_run(run_dir, device=device)
-    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if images_dir.is_dir() else []
+    listed = images_dir.iterdir() if images_dir.is_dir() else []
+    files = sorted(p for p in listed if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)  # not a folder x.png
     if not files:
         raise ValueError(f"'{images_dir}' has no images (expected a folder of {', '.join(IMAGE_EXTENSIONS)} files)")
+    _, detector, image_size, weights = load_model(run_dir, device)
     out.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        image = read_image(path, data.image_size)[0]
+    written, skipped = 0, []
+    for path, name in output_names(files).items():
+        try:
+            image = read_image(path, image_size)[0]
+        except DatasetError as error:
+            logger.warning("skipped: %s", error)
+            skipped.append(str(path))
+            continue
         amap = predict_maps(detector, image[None], method)[0]
-        cv2.imwrite(str(out / f"{path.stem}_map.png"), np.round(np.clip(amap, 0, 1) * 255).astype(np.uint8))
+        cv2.imwrite(str(out / f"{name}_map.png"), np.round(np.clip(amap, 0, 1) * 255).astype(np.uint8))
         overlay = (0.55 * image + 0.45 * _heat(amap)).astype(np.uint8)
-        cv2.imwrite(str(out / f"{path.stem}_overlay.png"), overlay[..., ::-1])
-    return len(files)
+        cv2.imwrite(str(out / f"{name}_overlay.png"), overlay[..., ::-1])
+        written += 1
+    if not written:
+        raise ValueError(f"none of the {len(files)} images in '{images_dir}' could be read (see the warnings above)")
+    if skipped:
+        logger.warning("%d of %d images could not be read and were skipped", len(skipped), len(files))
+    return {"maps": str(out), "images": written, "skipped": skipped, "weights": weights.name}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,8 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         check_device(args.device)
         if args.images is not None:
             out = Path(args.out) if args.out else Path(args.run) / "maps"
-            n = predict_folder(Path(args.run), Path(args.images), out, args.method, args.device)
-            print(json.dumps({"maps": str(out), "images": n}))
+            print(json.dumps(predict_folder(Path(args.run), Path(args.images), out, args.method, args.device)))
             return 0
         metrics = evaluate_run(args.run, args.method, args.out, args.data_root, args.category, args.device)
         print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2))

@@ -39,7 +39,7 @@ from agents.run_config import ENV_IDS, METHOD, PRESETS, resolve_config, resume_c
 from agents.runs import Interrupted, new_run_dir
 from envs.mvtec import DatasetError
 from models.baselines import BASELINES
-from models.runtime import DEFAULT_THREADS, reproducible
+from models.runtime import DEFAULT_THREADS, atomic_write, atomic_write_text, reproducible
 
 __all__ = ["build_parser", "main", "train"]
 
@@ -256,7 +256,7 @@ def train_sampler(
         write_checkpoint(agent, base, checkpoints)
         if interrupt.interrupted:
             raise Interrupted(f"{agent.num_timesteps} steps", run_dir)
-        agent.save(run_dir / "agent.zip")
+        atomic_write(run_dir / "agent.zip", agent.save)  # SB3 writes to a file object too
         base.detector.save(run_dir / "detector.pt")
         if trial_callback is not None and trial_callback.pruned:
             import optuna
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         if not resume:
             run_dir = new_run_dir(args.log_folder, config.get("algo") or config["method"], config["env"])
         # a resume records its new -n, device and threads, so that the next -i continues from them
-        (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
         logger.info("run folder %s\n%s", run_dir, yaml.safe_dump(config, sort_keys=False))
         progress = sys.stderr.isatty() if args.progress is None else args.progress
         tensorboard_log = args.tensorboard_log or str(run_dir / "tensorboard")

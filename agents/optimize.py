@@ -3,13 +3,15 @@
 
 Each trial trains the preset's budget with sampled values, reports validation ``--optimize-metric`` at each of
 ``--n-evaluations`` points (the pruner may stop it) and returns its best. ``--n-jobs N`` starts N worker processes on
-one storage; more machines join with the same ``--storage`` and ``--study-name``. The study's report is
-:func:`agents.sweeps.write_report`'s.
+one storage; more machines join with the same command (the same ``--storage`` and ``--study-name``): every worker
+draws other points (:mod:`agents.sweeps`), and a trial that repeats another's parameters is pruned untrained. The
+study's report is :func:`agents.sweeps.write_report`'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import os
@@ -24,6 +26,7 @@ import yaml
 from agents.hyperparams_opt import deep_merge, grid, space_for, suggest, to_config
 from agents.run_config import METHOD
 from agents.sweeps import PRUNERS, SAMPLERS
+from models.runtime import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +120,7 @@ def optimize_hyperparameters(
 
 
 def _run_workers(args: argparse.Namespace, argv: list[str], script: Path, storage: str, study_name: str, root: Path) -> None:
-    """N copies of this command, one worker each (``RLBS_WORKER`` offsets its sampler's seed), threads split between
-    them; waits for all."""
+    """N copies of this command, one worker each, threads split between them; waits for all."""
     import optuna
 
     from agents.sweeps import make_storage
@@ -131,10 +133,7 @@ def _run_workers(args: argparse.Namespace, argv: list[str], script: Path, storag
     logger.info("%d workers on %s, %d threads each", args.n_jobs, storage, threads)
     # the study (and a new database's tables) exists before the workers open it: no creation race between them
     optuna.create_study(storage=make_storage(storage), study_name=study_name, direction="maximize", load_if_exists=True)
-    workers = [
-        subprocess.Popen(command, env={**os.environ, "RLBS_WORKER": str(i), "OMP_NUM_THREADS": str(threads)})
-        for i in range(args.n_jobs)
-    ]
+    workers = [subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}) for _ in range(args.n_jobs)]
     codes = [w.wait() for w in workers]
     if any(codes):
         logger.warning("worker exit codes %s", codes)
@@ -153,26 +152,42 @@ def _optimize(
     """This process's trials on the study (created if new); returns the study."""
     import optuna
 
-    from agents.sweeps import MaxTrialsCallback, make_pruner, make_sampler, make_storage, serialize_asks
+    from agents.sweeps import (
+        MaxTrialsCallback,
+        make_pruner,
+        make_sampler,
+        make_storage,
+        repeated_trial,
+        serialize_asks,
+        study_lock,
+    )
 
-    worker = int(os.environ.get("RLBS_WORKER", "0"))  # which of --n-jobs workers: offsets the sampler's seed
     search_grid = grid(space) if args.sampler == "grid" else None
     study = optuna.create_study(
         storage=make_storage(storage),
         study_name=study_name,
-        sampler=make_sampler(args.sampler, config["seed"] + 1000 * worker, args.n_startup_trials, search_grid),
+        # the same seed in every worker: the samplers draw per trial number (agents.sweeps), not per process
+        sampler=make_sampler(args.sampler, config["seed"], args.n_startup_trials, search_grid),
         pruner=make_pruner(args.pruner, args.n_startup_trials, n_evaluations),
         direction="maximize",
         load_if_exists=True,
     )
     study.set_user_attr("metric", args.optimize_metric)
     serialize_asks(study, storage)  # a retried (queued) trial is taken by one worker only
+    lock = study_lock(storage)
 
     def objective(trial: optuna.Trial) -> float:
-        if search_grid is not None:  # the grid's values, as categoricals
-            values = {name: trial.suggest_categorical(name, choices) for name, choices in search_grid.items()}
-        else:
-            values = suggest(trial, space)
+        # suggest and look for a trial with the same point in one step: of two workers on one point, one trains it
+        with lock() if lock is not None else contextlib.nullcontext():
+            if search_grid is not None:  # the grid's values, as categoricals
+                values = {name: trial.suggest_categorical(name, choices) for name, choices in search_grid.items()}
+            else:
+                values = suggest(trial, space)
+            repeat = repeated_trial(trial, earlier_only=lock is None)
+        if repeat is not None:
+            trial.set_user_attr("repeat_of", repeat)
+            logger.info("trial %d: the parameters of trial %d, not trained again (pruned)", trial.number, repeat)
+            raise optuna.TrialPruned(f"repeats trial {repeat}")
         hyperparams, env_kwargs = to_config(values)
         trial_config = copy.deepcopy(config)
         trial_config["hyperparams"].update(hyperparams)
@@ -180,7 +195,7 @@ def _optimize(
         trial_config.update(eval_freq=max(config["n_timesteps"] // n_evaluations, 1), save_freq=0)
         run_dir = root / f"trial_{trial.number}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yml").write_text(yaml.safe_dump(trial_config, sort_keys=False))
+        atomic_write_text(run_dir / "config.yml", yaml.safe_dump(trial_config, sort_keys=False))
         trial.set_user_attr("run", str(run_dir))
         logger.info("trial %d: %s", trial.number, values)
         result = train(

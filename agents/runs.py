@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from models.runtime import atomic_torch_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ __all__ = [
     "Interrupted",
     "ProgressLine",
     "atomic_write_text",
+    "best_record",
     "new_run_dir",
     "validation_split",
     "write_split",
@@ -38,12 +40,6 @@ class Interrupted(Exception):
 
     def __init__(self, done: str, run_dir: Path) -> None:
         super().__init__(f"interrupted at {done}: checkpoint written; continue with -i {run_dir}")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def new_run_dir(log_folder: str, algo: str, env_id: str) -> Path:
@@ -60,7 +56,7 @@ def write_split(run_dir: Path, category: Any, split: Any) -> None:
     """``split.json``: which files the run trains, validates and tests on."""
     from envs.split import split_json
 
-    (run_dir / "split.json").write_text(split_json(split, category))
+    atomic_write_text(run_dir / "split.json", split_json(split, category))
 
 
 def validation_split(category: Any, split: Any) -> tuple[np.ndarray, np.ndarray, list[bool]]:
@@ -70,8 +66,13 @@ def validation_split(category: Any, split: Any) -> tuple[np.ndarray, np.ndarray,
 
 
 class BestCheckpoint:
-    """The model with the best validation pixel F1max so far, saved to ``path`` and its metrics to ``path.json``;
-    a resumed run starts from the best it recorded (the validation split picks the checkpoint).
+    """The model with the best validation pixel F1max so far, saved to ``path`` with its validation metrics inside
+    (``"validation"``), and a copy of them in ``path.json`` for people and scripts; a resumed run starts from the best
+    it recorded (the validation split picks the checkpoint).
+
+    The metrics that count are the ones inside the weights' file, so a kill between the two writes (each atomic)
+    cannot pair weights with another checkpoint's metrics: the ``.json`` is only ever behind, and rewritten from the
+    checkpoint when it is (:func:`best_record`).
 
     Args:
         path: where the best model goes (None: tracked, not saved).
@@ -80,16 +81,45 @@ class BestCheckpoint:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.best_f1max = -np.inf
-        if path is not None and path.with_suffix(".json").is_file():
-            self.best_f1max = float(json.loads(path.with_suffix(".json").read_text())["pixel_f1max"])
+        record = best_record(path) if path is not None else None
+        if record is not None:
+            self.best_f1max = float(record["pixel_f1max"])
 
     def offer(self, model: Any, record: dict[str, float]) -> None:
-        """Save ``model`` (anything with ``save(path)``) if its validation ``record`` beats the best so far."""
+        """Save ``model`` (anything with ``state_dict()``, as its ``save`` writes it) if its validation ``record``
+        beats the best so far."""
         if record["pixel_f1max"] > self.best_f1max:
             self.best_f1max = record["pixel_f1max"]
             if self.path is not None:
-                model.save(self.path)
-                atomic_write_text(self.path.with_suffix(".json"), json.dumps(record, indent=2))
+                plain_record = json.loads(json.dumps(record, default=float))  # numpy scalars -> floats
+                atomic_torch_save({**model.state_dict(), "validation": plain_record}, self.path)
+                atomic_write_text(self.path.with_suffix(".json"), json.dumps(plain_record, indent=2))
+
+
+def best_record(path: Path) -> dict[str, Any] | None:
+    """The validation metrics of the best checkpoint ``path`` (None: no checkpoint): those saved inside it; the
+    ``.json`` beside it is rewritten from them if it is missing or disagrees (a kill between the two writes). A file
+    older than the metrics inside checkpoints has only the ``.json``.
+    """
+    sidecar = path.with_suffix(".json")
+    if not path.is_file():
+        return None
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
+        raise ValueError(f"'{path}' is not a readable checkpoint ({type(error).__name__})") from error
+    record = state.get("validation") if isinstance(state, dict) else None
+    try:
+        written = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    except ValueError:
+        written = None
+    if record is None:
+        return written
+    if written != record:
+        atomic_write_text(sidecar, json.dumps(record, indent=2))
+    return record
 
 
 class ProgressLine:

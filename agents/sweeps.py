@@ -9,19 +9,34 @@ A study lives in a storage that many worker processes, on one machine or many, o
   worker died (killed, machine lost) is marked failed after ``grace_period`` seconds and queued again (up to 3 times);
 * ``path/study.log`` (any other path): a journal file, e.g. on a shared filesystem. It has no heartbeat: a dead
   worker's trial stays "running" until the study is cleaned up (``fail_stale_trials`` cannot see it).
+
+A database spelling without ``://`` (``sqlite//x.db``, ``x.db``) is refused rather than taken for a journal path.
+
+Workers never repeat a trial: TPE and random sampling draw from a generator seeded for each trial by the run's seed
+and the trial's number, which the storage hands out once (:class:`TrialSeededSampler`), so workers started with the
+same command draw different points and a study of one worker repeats from its seed; a grid is shuffled by the same
+seed in every worker, so trial N takes the grid's Nth point whoever runs it. A trial whose parameters another live or
+finished trial already has (a grid handing out a point that is still running once all have started) is not trained:
+it is pruned with the user attribute ``repeat_of`` (:func:`repeated_trial`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from optuna.samplers import BaseSampler
 from optuna.study import MaxTrialsCallback
 from stable_baselines3.common.callbacks import BaseCallback
+
+from models.runtime import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +47,11 @@ __all__ = [
     "PRUNERS",
     "make_storage",
     "default_storage",
+    "study_lock",
     "serialize_asks",
     "make_sampler",
+    "TrialSeededSampler",
+    "repeated_trial",
     "make_pruner",
     "TrialEvalCallback",
     "MaxTrialsCallback",
@@ -46,6 +64,9 @@ PRUNERS = ("median", "halving", "none")
 HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 120  # seconds without a heartbeat after which a running trial counts as dead
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+# a database spelling that lost its "://" (sqlite//x.db, postgresql:/host/db), or a database file given as a path
+_LOST_SCHEME = re.compile(r"^(sqlite|postgres(ql)?|mysql|mariadb|oracle|mssql)(\+\w+)?(:|//)", re.IGNORECASE)
+_DATABASE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 def default_storage(folder: str | Path, name: str) -> str:
@@ -66,17 +87,24 @@ def make_storage(spec: str, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     shown = re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", spec)  # never print a password
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:(?!//)", spec):
+    if "://" not in spec and (re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:(?!//)", spec) or _LOST_SCHEME.match(spec)):
         raise ValueError(f"--storage {shown!r}: a URL needs '://' (e.g. sqlite:///path/study.db)")
     scheme = spec.split("://", 1)[0].split("+", 1)[0] if "://" in spec else None
     if scheme is None:
         path = Path(spec)
+        if path.suffix.lower() in _DATABASE_SUFFIXES:
+            raise ValueError(
+                f"--storage {shown!r} names a database file as a path: write sqlite:///{spec} (a journal file is any "
+                "other path, e.g. study.log)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if scheme not in RDB_SCHEMES:
         raise ValueError(
             f"--storage {shown!r}: expected an RDB URL ({', '.join(s + '://' for s in RDB_SCHEMES)}) or a journal file path"
         )
+    if scheme == "sqlite":
+        _check_sqlite_path(spec, shown)
     try:
         for attempt in range(4):  # processes opening a new database together race to create its tables: try again
             try:
@@ -89,53 +117,161 @@ def make_storage(spec: str, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_
                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
                     )
             except Exception as error:  # sqlalchemy's IntegrityError / OperationalError of that race
-                if attempt == 3 or not type(error).__module__.startswith("sqlalchemy"):
+                if not type(error).__module__.startswith("sqlalchemy"):
                     raise
+                if attempt == 3 or "unable to open" in str(error):  # a path it cannot open does not heal
+                    cause = str(getattr(error, "orig", None) or error).splitlines()[0]
+                    raise ValueError(f"--storage {shown!r}: cannot open it ({type(error).__name__}: {cause})") from None
                 time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
     except (ImportError, optuna.exceptions.StorageInternalError) as error:
         raise ValueError(f"--storage {shown!r}: cannot open it ({type(error).__name__})") from error
 
 
-def serialize_asks(study: Any, storage_spec: str) -> None:
-    """On an SQLite storage, let one process at a time take a trial (a file lock around ``study.ask``).
+def _check_sqlite_path(spec: str, shown: str) -> None:
+    """An SQLite URL's file must be creatable: its folder exists and is writable, and it is not a folder itself.
 
-    SQLite has no ``SELECT ... FOR UPDATE``: two processes can both see a queued trial as waiting and both start it
-    (seen in CI: one cell trained twice, then "Cannot tell a COMPLETE trial"). A server RDB locks the row itself, and
-    a journal file serialises its writes, so they need nothing. The lock is an ``fcntl`` lock on ``<db>.lock``, which
-    the OS releases when a worker dies.
+    Raises:
+        ValueError: names the path and what is wrong with it.
     """
-    if not storage_spec.startswith("sqlite:///"):
+    path_text = spec.split("://", 1)[1]
+    path_text = path_text[1:] if path_text.startswith("/") else path_text  # sqlite:///rel.db, sqlite:////abs.db
+    path_text = path_text.split("?", 1)[0]
+    if not path_text or path_text == ":memory:":
         return
-    import fcntl
+    path = Path(path_text)
+    if path.is_dir():
+        raise ValueError(f"--storage {shown!r}: '{path}' is a folder (expected a database file, e.g. {path / 'study.db'})")
+    if not path.parent.is_dir():
+        raise ValueError(f"--storage {shown!r}: the folder '{path.parent}' does not exist (create it, or give another path)")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise ValueError(f"--storage {shown!r}: '{path}' is not writable here")
 
+
+def study_lock(storage_spec: str) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
+    """A lock that every process on this machine (or filesystem) sharing a file storage takes: an ``fcntl`` lock on
+    ``<db or journal>.lock``, which the OS releases when a worker dies; None for a server database (nothing to lock).
+    """
+    if "://" in storage_spec and not storage_spec.startswith("sqlite:///"):
+        return None
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return None
     lock_path = Path(storage_spec.removeprefix("sqlite:///") + ".lock")
-    ask = study.ask
 
-    def locked_ask(*args: Any, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def locked() -> Iterator[None]:
         with lock_path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                return ask(*args, **kwargs)
+                yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return locked
+
+
+def serialize_asks(study: Any, storage_spec: str) -> None:
+    """On a file storage (SQLite, journal), let one process at a time take a trial (:func:`study_lock` around
+    ``study.ask``).
+
+    SQLite has no ``SELECT ... FOR UPDATE``: two processes can both see a queued trial as waiting and both start it
+    (seen in CI: one cell trained twice, then "Cannot tell a COMPLETE trial"). A server RDB locks the row itself.
+    """
+    lock = study_lock(storage_spec)
+    if lock is None:
+        return
+    ask = study.ask
+
+    def locked_ask(*args: Any, **kwargs: Any) -> Any:
+        with lock():
+            return ask(*args, **kwargs)
 
     study.ask = locked_ask  # optimize() takes every trial through study.ask (Optuna 4-5)
 
 
+def repeated_trial(trial: Any, earlier_only: bool) -> int | None:
+    """The number of another trial of ``trial``'s study with ``trial``'s parameters that is running or done (not
+    failed, waiting or itself a repeat), or None.
+
+    Args:
+        earlier_only: consider only lower-numbered trials. Without a lock around suggesting and checking (a server
+            database) two trials may check at once; the lower number then keeps its point. Under :func:`study_lock`
+            any other trial counts, as whichever checked first has its parameters stored already.
+    """
+    import optuna
+
+    skipped = (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING)
+    for other in trial.study.get_trials(deepcopy=False):
+        if other.number == trial.number or other.state in skipped or "repeat_of" in other.user_attrs:
+            continue
+        if earlier_only and other.number > trial.number:
+            continue
+        if other.params == trial.params:
+            return other.number
+    return None
+
+
 def make_sampler(name: str, seed: int, n_startup_trials: int, search_grid: dict[str, list[Any]] | None = None) -> Any:
-    """``tpe`` (random for the first ``n_startup_trials``), ``random`` or ``grid`` (over ``search_grid``)."""
+    """``tpe`` (random for the first ``n_startup_trials``), ``random`` or ``grid`` (over ``search_grid``), the same
+    in every worker of a study (see the module docstring): TPE and random seeded per trial from ``seed``
+    (:class:`TrialSeededSampler`; TPE's constant liar keeps them away from running trials), the grid shuffled by
+    ``seed``."""
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=seed, multivariate=True)
+        return TrialSeededSampler(
+            lambda s: optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=s, multivariate=True), seed
+        )
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
     if name == "grid":
         if not search_grid:
             raise ValueError("--sampler grid needs a search space")
         return optuna.samplers.GridSampler(search_grid, seed=seed)
     raise ValueError(f"unknown sampler {name!r} (valid: {', '.join(SAMPLERS)})")
+
+
+def _trial_seed(seed: int, number: int) -> int:
+    """A seed for trial ``number`` of a study run from ``seed``: distinct streams for distinct trials."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1)[0])
+
+
+class TrialSeededSampler(BaseSampler):
+    """An Optuna sampler (``make(seed)``) rebuilt for each trial with a seed from ``(seed, trial number)``.
+
+    A sampler seeded once per process draws the same sequence in every worker started with the same seed: their
+    random start-up trials repeat each other, and so does a rerun of the study. The storage hands out each trial number
+    once, so seeding by it gives every trial its own draws, whoever runs it, and a study that one worker runs from a new
+    storage repeats from ``seed``. TPE and random sampling keep no state between trials but their generator (TPE
+    reads the history from the study), so rebuilding them loses nothing.
+    """
+
+    def __init__(self, make: Callable[[int], Any], seed: int) -> None:
+        self._make, self._seed = make, int(seed)
+        self._sampler = make(self._seed)
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        self._sampler = self._make(_trial_seed(self._seed, trial.number))
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
 
 
 def make_pruner(name: str, n_startup_trials: int, n_evaluations: int) -> Any:
@@ -182,21 +318,21 @@ class TrialEvalCallback(BaseCallback):
 
 
 def write_trials_csv(study: Any, path: Path) -> None:
-    """One row per trial: number, state, value, seconds, then every parameter (what ``trials_dataframe`` gives,
-    without pandas)."""
+    """One row per trial: number, state, value, seconds, the trial it repeats (not trained), then every parameter (what
+    ``trials_dataframe`` gives, without pandas)."""
     import csv
+    import io
 
     names = sorted({name for t in study.trials for name in t.params})
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["number", "state", "value", "seconds", *names])
-        for t in study.trials:
-            seconds = (
-                (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
-            )
-            writer.writerow(
-                [t.number, t.state.name, "" if t.value is None else t.value, seconds, *(t.params.get(n, "") for n in names)]
-            )
+    handle = io.StringIO()
+    writer = csv.writer(handle)
+    writer.writerow(["number", "state", "value", "seconds", "repeat_of", *names])
+    for t in study.trials:
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
+        value = "" if t.value is None else t.value
+        repeat = t.user_attrs.get("repeat_of", "")
+        writer.writerow([t.number, t.state.name, value, seconds, repeat, *(t.params.get(n, "") for n in names)])
+    atomic_write_text(path, handle.getvalue())  # a reader (or a kill) never sees half a report
 
 
 def write_report(
@@ -234,7 +370,7 @@ def write_report(
         f"# train with --preset tuned-{study.study_name} (a preset that env.yml does not name carries its own env_kwargs).\n"
         f"# Tuned: {', '.join(sorted(best.params))}.\n"
     )
-    (folder / "best_preset.yml").write_text(header + yaml.safe_dump(fragment, sort_keys=False))
+    atomic_write_text(folder / "best_preset.yml", header + yaml.safe_dump(fragment, sort_keys=False))
     plots: dict[str, Any] = {
         "optimization_history.png": optuna.visualization.matplotlib.plot_optimization_history,
         "param_importances.png": optuna.visualization.matplotlib.plot_param_importances,

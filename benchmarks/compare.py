@@ -93,9 +93,18 @@ ABLATION = Path(__file__).with_name("ablation.yml")  # the default --variants: t
 
 
 def load_variants(path: str | None) -> dict[str, dict[str, Any]]:
+    """The named configurations of the YAML file ``path`` ({} for None).
+
+    Raises:
+        ValueError: the file is missing, not YAML, or not a mapping of variants (the message names it).
+    """
     if path is None:
         return {}
-    table = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        table = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        problem = getattr(error, "problem", None) or getattr(error, "strerror", None) or type(error).__name__
+        raise ValueError(f"--variants '{path}': cannot read it as YAML ({problem})") from error
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise ValueError(f"'{path}': expected a mapping of variant name -> {{algo, preset, env_kwargs, hyperparams}}")
     allowed = {"algo", "method", "preset", "env_kwargs", "hyperparams", "n_timesteps", "description"}
@@ -513,10 +522,22 @@ def run_study(
         for seed in args.seeds
         if (key := cell_key(category, base, seed)) in done and method in done[key]
     ]
+    if args.table_only and not rows:
+        return _nothing_to_tabulate(args)
     print(write_tables(Path(args.out), rows, [m for m, *_ in plan], categories))
     for message in failed:
         print(f"error: {message}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _nothing_to_tabulate(args: argparse.Namespace) -> int:
+    """--table-only found no row: say so (an empty table would read as a grid that ran and measured nothing)."""
+    where = f"the study {args.study_name!r}" if args.study_mode else f"'{args.out}'"
+    print(
+        f"error: --table-only found no finished cell of this grid in {where} (nor in --recorded rows): nothing to tabulate",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -588,6 +609,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out = str(Path(args.out).resolve())  # run folders and result.json files hold absolute paths
         if args.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if args.parallel < 1:
+            raise ValueError(f"--parallel {args.parallel} is invalid: expected an integer >= 1 (cells run at once)")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads {args.threads} is invalid: expected an integer >= 1 (torch threads per cell)")
         if args.device is not None:
             from models.runtime import check_device
 
@@ -671,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
             "when they were recorded (record pinned --variants for rows that stay valid)",
             file=sys.stderr,
         )
+    if args.table_only and not rows:
+        return _nothing_to_tabulate(args)
     table = write_tables(Path(args.out), rows, [m for m, *_ in plan], categories)
     print(table)
     for message in failed:

@@ -12,6 +12,7 @@ from typing import Any
 
 from models.detector import DetectorConfig
 from models.runtime import check_device
+from models.validation import check_fields
 
 __all__ = ["ENV_DETECTOR_FIELDS", "OBSERVATIONS", "REWARDS", "MVTecPatchConfig", "detector_config"]
 
@@ -66,6 +67,7 @@ class MVTecPatchConfig:
         def bad(name: str, expected: str) -> ValueError:
             return ValueError(f"{name}={getattr(self, name)!r} is invalid: expected {expected}")
 
+        check_fields(self)  # types first: a string where a number belongs is named here, not a TypeError below
         if self.observation not in OBSERVATIONS:
             raise bad("observation", f"one of {', '.join(OBSERVATIONS)}")
         if self.reward not in REWARDS:
@@ -97,13 +99,20 @@ class MVTecPatchConfig:
             raise bad("profile_stack", "an integer >= 1")
         if not 0.0 <= self.beta_min <= 1.0:
             raise bad("beta_min", "a number in [0, 1]")
+        if self.normal_pool < 0:
+            raise bad("normal_pool", "an integer >= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise bad("val_fraction", "a number in [0, 1)")
         check_device(self.device)  # every spelling torch accepts: cpu, cuda, cuda:N, mps
         if self.detector is not None:
             if not isinstance(self.detector, dict):
                 raise bad("detector", "a dict of DetectorConfig fields")
             owned = sorted(set(ENV_DETECTOR_FIELDS) & set(self.detector))
-            if owned:
-                raise bad("detector", f"DetectorConfig fields other than the env's own ({', '.join(owned)})")
+            if owned:  # the value is the whole merged detector dict: name the keys only
+                raise ValueError(
+                    f"detector holds settings that are the env's own ({', '.join(owned)}): give them as env kwargs "
+                    f"({' '.join(f'{key}:{self.detector[key]!r}' for key in owned)}), not inside detector"
+                )
         detector_config(self)  # the detector's own validation (it names the bad field), before any data is read
 
     @classmethod

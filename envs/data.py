@@ -6,13 +6,16 @@ without importing the gymnasium env.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
+from typing import Any
 
 from envs.config import MVTecPatchConfig
 from envs.mvtec import Category, load_category_cached
 from envs.split import Split, SplitConfig, make_split
+from models.validation import check_value
 
-__all__ = ["load_data", "load_env_data"]
+__all__ = ["check_data_options", "load_data", "load_env_data"]
 
 
 def load_data(
@@ -36,12 +39,37 @@ def load_data(
         if category is None:
             raise ValueError("data_root is set but category is not: expected the name of a category folder under data_root")
         root, name = Path(data_root), category
-    if image_size < 16:
-        raise ValueError(f"image_size={image_size!r} is invalid: expected an integer >= 16")
-    if k_shot < 1:
-        raise ValueError(f"k_shot={k_shot!r} is invalid: expected an integer >= 1")
-    data = load_category_cached(root, name, image_size)
-    return data, make_split(data, SplitConfig(k_shot, normal_pool, val_fraction, seed, contamination))
+    options = check_data_options(
+        image_size=image_size, k_shot=k_shot, normal_pool=normal_pool, val_fraction=val_fraction, contamination=contamination
+    )
+    data = load_category_cached(root, name, options["image_size"])
+    split_config = SplitConfig(
+        options["k_shot"], options["normal_pool"], options["val_fraction"], seed, options["contamination"]
+    )
+    return data, make_split(data, split_config)
+
+
+def check_data_options(**options: Any) -> dict[str, Any]:
+    """Check :func:`load_data`'s keyword arguments (types and ranges) without reading anything.
+
+    Returns:
+        ``options``, numbers converted where unambiguous (:func:`models.validation.check_value`).
+
+    Raises:
+        ValueError: an unknown option or a bad value (names it and what it expects).
+    """
+    hints = {key: hint for key, hint in typing.get_type_hints(load_data).items() if key != "return"}
+    unknown = sorted(set(options) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown data option(s) {', '.join(unknown)} (valid: {', '.join(hints)})")
+    options = {key: check_value(key, value, hints[key]) for key, value in options.items()}
+    if options.get("image_size", 256) < 16:
+        raise ValueError(f"image_size={options['image_size']!r} is invalid: expected an integer >= 16")
+    if options.get("k_shot", 5) < 1:
+        raise ValueError(f"k_shot={options['k_shot']!r} is invalid: expected an integer >= 1")
+    split_keys = ("k_shot", "normal_pool", "val_fraction", "seed", "contamination")
+    SplitConfig(**{key: options[key] for key in split_keys if key in options})  # their ranges
+    return options
 
 
 def load_env_data(config: MVTecPatchConfig) -> tuple[Category, Split]:

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from envs.mvtec import GOOD, TEST, TRAIN, Category, DatasetError
+from models.validation import check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class SplitConfig:
     contamination: float = 0.0  # share of defect images among the AE's training images (unlabelled, never evaluated)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.k_shot < 1:
             raise ValueError(f"k_shot must be >= 1, got {self.k_shot}")
         if self.normal_pool < 0:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from models.padding import FastPadSequential
+from models.validation import check_fields
 
 __all__ = ["AutoencoderConfig", "Autoencoder", "NORMS", "OUTPUTS", "PADDING_MODES", "UPSAMPLES"]
 
@@ -63,6 +64,7 @@ class AutoencoderConfig:
     output: str = "sigmoid"  # one of OUTPUTS
 
     def __post_init__(self) -> None:
+        check_fields(self, "ae.")
         self.widths = tuple(int(w) for w in self.widths)
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")

@@ -30,6 +30,7 @@ from models.detector.inputs import window_on
 from models.predictor import normal_weight, weighted_bce
 from models.runtime import atomic_torch_save, plain
 from models.unet import UNet, UNetConfig
+from models.validation import check_dict, check_fields
 from models.vqvae2 import VQVAE2, VQVAE2Config, codes_used
 
 __all__ = ["BASELINES", "Baseline", "UNetBaseline", "UNetBaselineConfig", "VQVAE2Baseline", "VQVAE2BaselineConfig"]
@@ -77,7 +78,8 @@ class UNetBaselineConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.net, dict):
-            self.net = UNetConfig(**self.net)
+            self.net = UNetConfig(**check_dict(self.net, UNetConfig, "net."))
+        check_fields(self)
         _check_common(self)
         if self.alpha_start < 0 or self.alpha_end < 0 or self.alpha_decay_updates < 0:
             raise ValueError("alpha_start, alpha_end and alpha_decay_updates must be >= 0")
@@ -114,7 +116,8 @@ class VQVAE2BaselineConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.net, dict):
-            self.net = VQVAE2Config(**self.net)
+            self.net = VQVAE2Config(**check_dict(self.net, VQVAE2Config, "net."))
+        check_fields(self)
         _check_common(self)
         if self.crop_size < 0 or self.crop_size % 8:
             raise ValueError(f"crop_size must be 0 or a positive multiple of 8, got {self.crop_size}")
@@ -323,8 +326,8 @@ class Baseline:
                 )
         try:
             return cls.config_class(**copy.deepcopy(values))
-        except TypeError as error:  # a value of the wrong type, e.g. a quoted number
-            raise ValueError(f"invalid {cls.name} settings {values}: {error}") from error
+        except TypeError as error:  # e.g. a network setting that is not a dict
+            raise ValueError(f"invalid {cls.name} settings: {error}") from error
 
 
 class UNetBaseline(Baseline):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from models.resize import resize_bilinear
+from models.validation import check_fields
 
 __all__ = [
     "PredictorConfig",
@@ -49,6 +50,7 @@ class PredictorConfig:
     padding_mode: str = "zeros"  # "zeros" (paper) | "reflect" | "replicate": no border stripes in the maps
 
     def __post_init__(self) -> None:
+        check_fields(self, "predictor.")
         self.dilations = tuple(int(d) for d in self.dilations)
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")

@@ -13,9 +13,10 @@ torch version picks other kernels, and then only statistically equivalent.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -86,8 +87,10 @@ def reproducible(threads: int = DEFAULT_THREADS, device: str = "cpu") -> Iterato
         torch.use_deterministic_algorithms(old_deterministic, warn_only=old_warn_only)
 
 
-def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then a rename: an interruption never leaves half a file."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWriter], object]) -> None:
+    """``write(handle)`` to a temporary file in ``path``'s folder, then a rename onto ``path``: a reader, or a process
+    killed midway, finds the old file or the new one, never part of one (the temporary file is removed on an error).
+    """
     import tempfile
     from pathlib import Path
 
@@ -96,12 +99,22 @@ def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file in the same folder, then a rename: an interruption never leaves half a file."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """``text`` (UTF-8) written to ``path`` as :func:`atomic_write` does."""
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def plain(value: object) -> object:

@@ -153,3 +153,60 @@ def test_a_network_knob_nests_into_its_config_and_merges_over_the_preset() -> No
     preset = {"detector": {"predictor": {"width": 16, "padding_mode": "replicate"}, "lr": 1e-3}}
     merged = deep_merge(preset, env_kwargs)
     assert merged["detector"] == {"predictor": {"width": 16, "padding_mode": "reflect"}, "lr": 1e-3}
+
+
+def test_two_workers_started_with_one_command_never_repeat_a_trial(data_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The same command on two machines (here two processes, nothing told apart): every trial its own point."""
+    import os
+    import subprocess
+    import sys
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    command = [sys.executable, "train.py", *study_args(data_root, tmp_path, "--n-trials", "3", "--pruner", "none")]
+    command += ["--storage", storage, "--no-report"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    workers = [subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [w.wait(timeout=600) for w in workers] == [0, 0], [w.stderr.read() for w in workers if w.stderr]
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert len(trials) == 6 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6  # no two trials share their parameters
+
+
+def fake_storage(folder: Path) -> str:
+    return f"sqlite:///{folder / 'reinforce' / 'optuna' / 'fake' / 'study.db'}"
+
+
+def fake_study(folder: Path, calls: list[int], *extra: str) -> optuna.Study:
+    """A study of the default preset whose trials train nothing (each returns 0.5), on SQLite in ``folder``."""
+    from agents.optimize import optimize_hyperparameters
+
+    argv = ["-optimize", "-f", str(folder), "--study-name", "fake", "--tune", "algo", "--no-report", *extra]
+    args = train.build_parser().parse_args(argv)
+
+    def fake_train(config: dict, run_dir: Path, **kwargs: object) -> dict[str, float]:
+        calls.append(kwargs["trial"].number)  # type: ignore[attr-defined]
+        return {"objective": 0.5}
+
+    optimize_hyperparameters(agents.run_config.resolve_config(args), args, argv, fake_train, Path("train.py"))
+    return optuna.load_study(study_name="fake", storage=fake_storage(folder))
+
+
+def test_a_study_of_one_worker_repeats_from_its_seed(tmp_path: Path) -> None:
+    runs = [fake_study(tmp_path / name, [], "--n-trials", "3", "--seed", "4") for name in ("a", "b")]
+    assert [t.params for t in runs[0].trials] == [t.params for t in runs[1].trials]
+    assert len({tuple(sorted(t.params.items())) for t in runs[0].trials}) == 3
+    more = fake_study(tmp_path / "a", [], "--n-trials", "2", "--seed", "4")  # continuing a study draws new points
+    assert len({tuple(sorted(t.params.items())) for t in more.trials}) == 5
+
+
+def test_a_repeated_point_is_pruned_untrained(tmp_path: Path) -> None:
+    """A point that a running or finished trial holds (a grid handing out a running point, a rerun's duplicate) is not
+    trained again: the trial is pruned and marked ``repeat_of``."""
+    calls: list[int] = []
+    first = fake_study(tmp_path, calls, "--n-trials", "1", "--sampler", "random").trials[0]
+    optuna.load_study(study_name="fake", storage=fake_storage(tmp_path)).enqueue_trial(first.params)
+    second = fake_study(tmp_path, calls, "--n-trials", "1", "--sampler", "random").trials[1]
+    assert calls == [0]  # trained once
+    assert second.state == optuna.trial.TrialState.PRUNED and second.user_attrs["repeat_of"] == 0
+    assert not (tmp_path / "reinforce" / "optuna" / "fake" / "trial_1").exists()

@@ -144,6 +144,15 @@ class DetectorBase:
             raise RuntimeError(f"this Detector was built without {what} images; pass them to the constructor")
         return data
 
+    def _global(self) -> GlobalResidual:
+        """The global residual's PCA, fitted on first use from the training images (seeded by ``seed`` alone: it draws
+        nothing from the private generator, so the training stream is the same with or without it)."""
+        if self.global_residual is None:
+            self.global_residual = GlobalResidual(self.config.global_size, self.config.global_components)
+        if not self.global_residual.fitted:
+            self.global_residual.fit(self._require("train"), seed=self.seed).to(self.device)
+        return self.global_residual
+
     def _predictor_input(self, profiles: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """(B, 3K, H, W) profiles and (B, 3, H, W) float images -> (B, C_in, H, W), as ``predictor_inputs`` asks."""
         return predictor_input(self.config.predictor_inputs, profiles, images)

@@ -124,7 +124,13 @@ class CheckpointMixin(DetectorBase):
             self._profiles, self._profiles_version = None, -1
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` to ``path`` atomically (temporary file in the same folder, then rename)."""
+        """Write :meth:`state_dict` to ``path`` atomically (temporary file in the same folder, then rename).
+
+        With ``map_global_weight`` the global residual is fitted first (it is fitted on first use, and a run without
+        validation may not have used it), so that the file alone makes anomaly maps without the training images.
+        """
+        if self.config.map_global_weight and self._train is not None:
+            self._global()
         atomic_torch_save(self.state_dict(), path)
 
     @staticmethod

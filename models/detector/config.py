@@ -15,6 +15,7 @@ from models.autoencoder import AutoencoderConfig
 from models.predictor import PredictorConfig
 from models.runtime import plain
 from models.structural import DEFAULT_FUSED_WEIGHTS
+from models.validation import check_fields
 
 __all__ = ["DetectorConfig", "PREDICTOR_INPUTS", "PREDICTOR_LOSSES"]
 
@@ -190,6 +191,7 @@ class DetectorConfig:
             self.ae = AutoencoderConfig(**_known(self.ae, AutoencoderConfig, {}, "ae"))
         if isinstance(self.predictor, dict):
             self.predictor = PredictorConfig(**_known(self.predictor, PredictorConfig, _REMOVED_PREDICTOR, "predictor"))
+        check_fields(self, "detector.")
         self.fused_weights = tuple(float(w) for w in self.fused_weights)  # type: ignore[assignment]
         self.predictor_inputs = tuple(self.predictor_inputs)
         if not self.predictor_inputs or set(self.predictor_inputs) - set(PREDICTOR_INPUTS):

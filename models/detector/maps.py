@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from models.detector.base import DetectorBase
-from models.global_residual import GlobalResidual
 from models.structural import fused_structural_map
 
 __all__ = ["MapsMixin", "ae_baseline_maps", "close_maps", "fuse_global", "smooth_maps"]
@@ -116,15 +115,6 @@ class MapsMixin(DetectorBase):
             for i in range(0, len(images), bs):
                 out.append(self._global().normalised(self._to_float(images[i : i + bs])).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, *images.shape[1:3]), np.float32)
-
-    def _global(self) -> GlobalResidual:
-        """The global residual's PCA, fitted on first use from the training images (seeded by ``seed`` alone: it draws
-        nothing from the private generator, so the training stream is the same with or without it)."""
-        if self.global_residual is None:
-            self.global_residual = GlobalResidual(self.config.global_size, self.config.global_components)
-        if not self.global_residual.fitted:
-            self.global_residual.fit(self._require("train"), seed=self.seed).to(self.device)
-        return self.global_residual
 
 
 def ae_baseline_maps(detector: MapsMixin, images: np.ndarray | torch.Tensor) -> np.ndarray:

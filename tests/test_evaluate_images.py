@@ -1,0 +1,103 @@
+"""evaluate.py on what a user hands it: a run without its best checkpoint (the weights scored are named), a folder of
+new images with an unreadable file, a folder named like an image and two files of one stem, and a run folder whose
+training data are gone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import evaluate
+import train
+from envs import mvtec
+from tests.conftest import write_mvtec_tree
+from tests.test_train import SMALL_ALGO, SMALL_ENV
+
+# the default preset mixes in the global residual, whose basis inference needs
+GLOBAL = "detector:{'map_global_weight': 0.1, 'global_size': 16}"
+
+
+def train_run(data_root: Path, logs: Path, eval_freq: int) -> Path:
+    args = ["--algo", "reinforce", "-n", "32", "--seed", "1", "-f", str(logs), "--data-root", str(data_root)]
+    args += ["--category", "widget", "--eval-freq", str(eval_freq), "--save-freq", "16", "--no-progress", "-v", "0"]
+    args += ["--no-evaluate", "--env-kwargs", *SMALL_ENV, GLOBAL, "--hyperparams", *SMALL_ALGO["reinforce"]]
+    assert train.main(args) == 0
+    return logs / "reinforce" / "MVTecPatch-v0_1"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_mvtec_tree(root, n_train=6, n_test_good=6, defects={"scratch": 6, "hole": 6}, size_hw=(64, 64))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_run(data_root, tmp_path_factory.mktemp("logs"), eval_freq=16)
+
+
+def test_without_best_weights_the_last_are_scored_and_named(
+    run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert evaluate.evaluate_run(run, out=tmp_path / "best") and not caplog.records
+    assert json.loads((tmp_path / "best" / "metrics.json").read_text())["weights"] == "best_detector.pt"
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "best_detector.pt").unlink()
+    with caplog.at_level(logging.WARNING, logger="evaluate"):
+        evaluate.evaluate_run(copy, out=tmp_path / "last")
+    assert json.loads((tmp_path / "last" / "metrics.json").read_text())["weights"] == "detector.pt"
+    assert "detector.pt" in caplog.text and "best_detector.pt" in caplog.text  # said in the log too
+    rows = (tmp_path / "last" / "metrics.csv").read_text().splitlines()
+    assert rows[0].endswith(",weights") and rows[1].endswith(",detector.pt")
+
+
+def test_new_images_skip_unreadable_files_and_name_every_map(
+    run: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "new"
+    images.mkdir()
+    source = sorted((data_root / "widget" / "test" / "hole").glob("*.png"))
+    shutil.copy(source[0], images / "a.png")
+    shutil.copy(source[1], images / "x.png")
+    cv2.imwrite(str(images / "x.jpg"), cv2.imread(str(source[2])))  # same stem, other picture
+    (images / "broken.png").write_bytes(b"not an image")
+    (images / "dir.png").mkdir()  # a folder is not an image
+    out = tmp_path / "maps"
+    assert evaluate.main(["--run", str(run), "--images", str(images), "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 3 and report["skipped"] == [str(images / "broken.png")]
+    assert sorted(p.name for p in out.glob("*_map.png")) == ["a_map.png", "x_jpg_map.png", "x_png_map.png"]
+    x_png, x_jpg = (cv2.imread(str(out / f"x_{ext}_map.png"), cv2.IMREAD_GRAYSCALE) for ext in ("png", "jpg"))
+    assert not np.array_equal(x_png, x_jpg)  # two maps, not one written twice
+    (images / "a.png").unlink()
+    (images / "x.png").unlink()
+    (images / "x.jpg").unlink()
+    assert evaluate.main(["--run", str(run), "--images", str(images), "--out", str(out)]) == 2  # nothing readable
+    assert "none of the 1 images" in capsys.readouterr().err
+
+
+def test_maps_of_new_images_need_the_run_folder_alone(tmp_path: Path) -> None:
+    """A run trained without validation (no best checkpoint, the global residual never used in training) still maps new
+    images after its data set is deleted, with the maps the data would have given."""
+    data = tmp_path / "data"
+    write_mvtec_tree(data, n_train=6, n_test_good=6, defects={"scratch": 6, "hole": 6}, size_hw=(64, 64))
+    run = train_run(data, tmp_path / "logs", eval_freq=0)
+    images = tmp_path / "new"
+    shutil.copytree(data / "widget" / "test" / "scratch", images)
+    pictures = np.stack([mvtec.read_image(p, 64)[0] for p in sorted(images.glob("*.png"))])
+    with_data = evaluate.predict_maps(evaluate.load_run(run)[3], pictures, "detector")
+    shutil.rmtree(data)
+    mvtec._load_category_cached.cache_clear()  # nothing read before stands in for the folder
+    assert evaluate.main(["--run", str(run), "--images", str(images), "--out", str(tmp_path / "maps")]) == 0
+    assert len(list((tmp_path / "maps").glob("*_map.png"))) == len(pictures)
+    _, detector, image_size, weights = evaluate.load_model(run)
+    assert weights.name == "detector.pt" and image_size == 64
+    np.testing.assert_array_equal(evaluate.predict_maps(detector, pictures, "detector"), with_data)
