@@ -25,6 +25,7 @@ from envs.config import MVTecPatchConfig
 from envs.mvtec import GOOD, TEST, TRAIN, load_category
 from envs.mvtec_patch import SKIP, MVTecPatchEnv
 from envs.split import SplitConfig, make_split, split_json
+from models.baselines import UNetBaseline, VQVAE2Baseline, build_baseline
 from models.detector import build_detector
 from models.detector.config import DetectorConfig
 from tests.conftest import write_mvtec_tree
@@ -95,6 +96,11 @@ def test_a_contaminated_image_is_unlabelled_for_the_predictor(category) -> None:
     assert not known[len(split.labelled) :].any() and known[: len(split.labelled)].any()
     detector = build_detector(DetectorConfig(patch_size=16, pretrain_epochs=0), category, split, seed=0)
     assert sorted(i for i, _ in detector._positives) == [i for i in range(len(split.labelled)) if known[i].any()]
+    # the supervised baseline trains on the same files with the same masks; the unsupervised one on the AE's images
+    unet = build_baseline("unet", {"crop_size": 16}, 0, category.images, category.masks, split)
+    files = UNetBaseline.training_indices(split)
+    assert unet._masks is not None and unet._masks[:, 0].any(axis=(1, 2)).tolist() == [i in split.labelled for i in files]
+    assert set(VQVAE2Baseline.training_indices(split)) == set(split.train)
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
@@ -117,6 +123,8 @@ def test_too_much_contamination_and_a_bad_reward_are_one_line_errors_of_the_dry_
     summary = json.loads(capsys.readouterr().out)
     assert summary["config"]["contamination"] == 0.2 and summary["counts"]["contaminated"] == 5
     assert summary["per_type"]["contaminated"] == {"hole": 1, "scratch": 4}
+    assert train.main(["--method", "vqvae2", *base, "contamination:0.2"]) == 0  # a baseline on the same split
+    assert json.loads(capsys.readouterr().out)["counts"]["contaminated"] == 5
 
 
 # --- the defect_avoid reward ---------------------------------------------------------------------------------------
