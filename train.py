@@ -36,10 +36,10 @@ from agents import AGENTS
 from agents.baseline_trainer import train_baseline
 from agents.optimize import add_optimize_arguments, optimize_hyperparameters
 from agents.run_config import ENV_IDS, METHOD, PRESETS, resolve_config, resume_config
-from agents.runs import Interrupted, new_run_dir
+from agents.runs import TRAINER_CHECKPOINT, Interrupted, hold_run, interrupted_message, new_run_dir, restartable
 from envs.mvtec import DatasetError
 from models.baselines import BASELINES
-from models.runtime import DEFAULT_THREADS, atomic_write, atomic_write_text, reproducible
+from models.runtime import DEFAULT_THREADS, atomic_write_text, reproducible
 
 __all__ = ["build_parser", "main", "train"]
 
@@ -133,11 +133,14 @@ def train(
     Returns:
         the test metrics ({} without the final evaluation; ``{"objective": ...}`` for an Optuna ``trial``).
 
+    Holds the run folder's lock (:func:`agents.runs.hold_run`) throughout.
+
     Raises:
-        Interrupted: Ctrl-C stopped training between two steps; a checkpoint was written.
+        Interrupted: Ctrl-C stopped training at a checkpoint; the run continues from it with ``-i``.
+        RunBusy: another process is training into ``run_dir``.
     """
     sampler = config.get("method", METHOD) == METHOD
-    with reproducible(int(config.get("threads", DEFAULT_THREADS)), config["device"]):
+    with hold_run(run_dir), reproducible(int(config.get("threads", DEFAULT_THREADS)), config["device"]):
         if sampler:
             result = train_sampler(config, run_dir, resume, progress, tensorboard_log, trial, optimize_metric)
             if trial is not None:
@@ -163,10 +166,12 @@ def train_sampler(
     trial: Any = None,
     optimize_metric: str = "pixel_f1max",
 ) -> dict[str, Any]:
-    """Seed; build env, agent and callbacks; learn; save the agent and the detector.
+    """Seed; build env, agent and callbacks (or load them from the last checkpoint); learn; save the agent and the
+    detector.
 
-    With an Optuna ``trial``: each validation is reported to it, a pruned trial raises ``optuna.TrialPruned``, and the
-    result is ``{"objective": best validation optimize_metric}``; without one, {}.
+    A continued run restores everything its checkpoint holds (:mod:`agents.resume`), so it ends with the weights of
+    the uninterrupted run, bit for bit. With an Optuna ``trial``: each validation is reported to it, a pruned trial
+    raises ``optuna.TrialPruned``, and the result is ``{"objective": best validation optimize_metric}``; without one, {}.
     """
     import gymnasium as gym
     from stable_baselines3.common.callbacks import CallbackList
@@ -174,12 +179,14 @@ def train_sampler(
     from stable_baselines3.common.utils import set_random_seed
 
     import envs  # noqa: F401 - registers MVTecPatch-v0
-    from agents import load_agent, make_agent
+    from agents import load_agent, make_agent, save_agent
+    from agents import resume as continuation
     from agents.callbacks import (
         CheckpointCallback,
         InterruptCallback,
         ProgressLogCallback,
         RewardTermsCallback,
+        StopAtRolloutStart,
         ValidationCallback,
         latest_checkpoint,
         write_checkpoint,
@@ -195,11 +202,21 @@ def train_sampler(
     checkpoints = run_dir / "checkpoints"
     checkpoint = latest_checkpoint(checkpoints) if resume else None
     if resume and checkpoint is None:  # main() checks this first; a library caller gets the same refusal
-        raise ValueError(f"'{run_dir}' has no checkpoint to continue from: start a new run without -i")
-    monitored = Monitor(env, str(run_dir / "monitor.csv"), override_existing=not resume)
+        if not restartable(run_dir):
+            raise ValueError(f"'{run_dir}' has no checkpoint to continue from: start a new run without -i")
+        logger.info("%s has no checkpoint (stopped in the warm-up): starting it again from the beginning", run_dir)
+    run_state = continuation.read(checkpoint) if checkpoint is not None else None
+    if run_state is not None:
+        continuation.trim_monitor(run_dir / "monitor.csv", run_state)
+    monitored = Monitor(env, str(run_dir / "monitor.csv"), override_existing=checkpoint is None)
+    best_files = (run_dir / "best_detector.pt", run_dir / "best_detector.json")
     if checkpoint is not None:
         base.load_state(checkpoint / "env_state.pt")
-        agent = load_agent(config["algo"], checkpoint / "agent.zip", env=monitored, device=config["device"])
+        zip_path = checkpoint / "agent.zip"  # rebuilt from the config: nothing in the file is unpickled
+        agent = load_agent(config["algo"], zip_path, env=monitored, device=config["device"], **config["hyperparams"])
+        continuation.restore_files(checkpoint, best_files)  # the best detector as of the checkpoint
+        if getattr(agent, "replay_buffer", None) is not None:
+            logger.warning("the replay buffer is not checkpointed: the continued run refills it, unlike an uninterrupted one")
         if tensorboard_log is not None:
             agent.tensorboard_log = tensorboard_log
         logger.info("resumed from %s at %d steps", checkpoint, agent.num_timesteps)
@@ -220,7 +237,11 @@ def train_sampler(
 
     val_images, val_masks, val_labels = validation_split(base.category, base.split)
     interrupt = InterruptCallback()
-    checkpointing = CheckpointCallback(base, checkpoints, config["save_freq"])
+
+    def capture() -> dict[str, Any]:
+        return continuation.capture(agent, monitored, {"validation": validation, "checkpoint": checkpointing})
+
+    checkpointing = CheckpointCallback(base, checkpoints, config["save_freq"], run_state=capture, keep=best_files)
     callbacks = [interrupt, RewardTermsCallback(), checkpointing, PolicyEntropyCallback(run_dir / ENTROPY_FILE)]
     validation = ValidationCallback(
         base,
@@ -244,19 +265,24 @@ def train_sampler(
         trial_callback = TrialEvalCallback(trial, validation, optimize_metric)
         callbacks.append(trial_callback)
     remaining = config["n_timesteps"] - (agent.num_timesteps if checkpoint is not None else 0)
+    if run_state is not None:  # last: loading the agent reseeded the global generators
+        continuation.restore(run_state, agent, monitored, {"validation": validation, "checkpoint": checkpointing})
     try:
         with interrupt.catch_sigint():
-            agent.learn(
-                total_timesteps=max(remaining, 0),
-                callback=CallbackList(callbacks),
-                progress_bar=progress,
-                tb_log_name=config["algo"],
-                reset_num_timesteps=checkpoint is None,
-            )
-        write_checkpoint(agent, base, checkpoints)
+            try:
+                agent.learn(
+                    total_timesteps=max(remaining, 0),
+                    callback=CallbackList(callbacks),
+                    progress_bar=progress,
+                    tb_log_name=config["algo"],
+                    reset_num_timesteps=checkpoint is None,
+                )
+            except StopAtRolloutStart:  # Ctrl-C, at a point the run continues from exactly
+                pass
+        write_checkpoint(agent, base, checkpoints, capture(), best_files)
         if interrupt.interrupted:
             raise Interrupted(f"{agent.num_timesteps} steps", run_dir)
-        atomic_write(run_dir / "agent.zip", agent.save)  # SB3 writes to a file object too
+        save_agent(agent, run_dir / "agent.zip")
         base.detector.save(run_dir / "detector.pt")
         if trial_callback is not None and trial_callback.pruned:
             import optuna
@@ -271,12 +297,18 @@ def train_sampler(
     return {}
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` has a checkpoint to continue from (the sampler's or a baseline's)."""
+    return (run_dir / "checkpoints" / "latest.json").is_file() or (run_dir / TRAINER_CHECKPOINT).is_file()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the config, then a dry run, a study or one training run. Returns the exit code (2: bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    run_dir: Path | None = None
     try:
         resume = args.trained_agent is not None
         if resume:
@@ -296,25 +328,31 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not resume:
             run_dir = new_run_dir(args.log_folder, config.get("algo") or config["method"], config["env"])
-        # a resume records its new -n, device and threads, so that the next -i continues from them
-        atomic_write_text(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
-        logger.info("run folder %s\n%s", run_dir, yaml.safe_dump(config, sort_keys=False))
-        progress = sys.stderr.isatty() if args.progress is None else args.progress
-        tensorboard_log = args.tensorboard_log or str(run_dir / "tensorboard")
-        metrics = train(
-            config,
-            run_dir,
-            resume=resume,
-            progress=progress,
-            tensorboard_log=tensorboard_log,
-            evaluate_at_end=not args.no_evaluate,
-        )
+        assert run_dir is not None
+        with hold_run(run_dir):  # one writer per run folder: a second -i on a running run stops here
+            # a resume records its new -n, device and threads, so that the next -i continues from them
+            atomic_write_text(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
+            logger.info("run folder %s\n%s", run_dir, yaml.safe_dump(config, sort_keys=False))
+            progress = sys.stderr.isatty() if args.progress is None else args.progress
+            tensorboard_log = args.tensorboard_log or str(run_dir / "tensorboard")
+            metrics = train(
+                config,
+                run_dir,
+                resume=resume,
+                progress=progress,
+                tensorboard_log=tensorboard_log,
+                evaluate_at_end=not args.no_evaluate,
+            )
         if metrics:
             print(json.dumps({"run": str(run_dir), **{k: round(v, 4) for k, v in metrics.items()}}, indent=2))
         return 0
     except Interrupted as interrupted:
         print(f"error: {interrupted}", file=sys.stderr)
         return 130  # the shell's code for a SIGINT exit
+    except KeyboardInterrupt:  # Ctrl-C in the warm-up, or a second one: stopped at once
+        checkpointed = run_dir is not None and has_checkpoint(run_dir)
+        print(f"error: {interrupted_message(run_dir, checkpointed)}", file=sys.stderr)
+        return 130
     except (DatasetError, ValueError) as error:
         logger.debug("error details", exc_info=True)
         print(f"error: {error}", file=sys.stderr)

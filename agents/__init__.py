@@ -8,6 +8,7 @@ Only ``Reinforce`` honours the env's ``info["rl_feedback"] = False`` warm-up; th
 transitions too (DQN's ``learning_starts`` defaults to the env's 100-step warm-up for that reason).
 """
 
+import json
 import logging
 import os
 import pickle
@@ -15,9 +16,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.save_util import is_json_serializable, recursive_getattr, save_to_zip_file
 from stable_baselines3.common.type_aliases import GymEnv
 
 from agents.heuristic import HeuristicAgent
@@ -28,7 +33,18 @@ from models.sampler import policy_kwargs_for
 logger = logging.getLogger(__name__)
 
 REINFORCE = Reinforce  # the algorithm's usual spelling; ``Reinforce`` (SB3's A2C/PPO style) stays
-__all__ = ["AGENTS", "AGENT_DEFAULTS", "REINFORCE", "HeuristicAgent", "RandomAgent", "Reinforce", "load_agent", "make_agent"]
+__all__ = [
+    "AGENTS",
+    "AGENT_DEFAULTS",
+    "REINFORCE",
+    "HeuristicAgent",
+    "RandomAgent",
+    "Reinforce",
+    "check_agent_zip",
+    "load_agent",
+    "make_agent",
+    "save_agent",
+]
 
 AGENTS: dict[str, type[BaseAlgorithm]] = {
     "reinforce": Reinforce,
@@ -103,29 +119,168 @@ def make_agent(
     )
 
 
-def load_agent(name: str, path: str | os.PathLike[str], env: GymEnv | None = None, device: str = "auto") -> BaseAlgorithm:
-    """Load an agent saved with ``agent.save(path)``.
+# An entry of agent.zip's "data" that SB3 would have cloudpickled; save_agent writes this marker (with a plain
+# description of a space) instead, and load_agent rebuilds the object from the agent's config.
+REBUILT = ":rebuilt:"
+PICKLED = ":serialized:"  # SB3's marker of a cloudpickled entry: never loaded without allow_pickle
+
+
+def save_agent(agent: BaseAlgorithm, path: str | os.PathLike[str]) -> None:
+    """``agent.save(path)`` without pickled objects, written atomically (a temporary file, then a rename).
+
+    SB3's zip layout: ``data`` (JSON), the state dicts (``policy.pth``, ``policy.optimizer.pth``, read back with
+    ``torch.load(weights_only=True)``) and its version files. Where SB3 would cloudpickle an attribute (the spaces,
+    the policy class and kwargs, schedules, the last observation) ``data`` holds a marker instead, with a plain
+    description of each space; :func:`load_agent` rebuilds those from the agent's config, so loading a file runs no
+    code from it. SB3's own ``load`` reads the file given ``custom_objects`` for the marked entries.
+    """
+    path = Path(path)
+    state_dicts, torch_variables = agent._get_torch_save_params()
+    excluded = set(agent._excluded_save_params()) | {name.split(".")[0] for name in state_dicts + torch_variables}
+    data = {}
+    for key, value in vars(agent).items():
+        if key in excluded:
+            continue
+        if is_json_serializable(value):
+            data[key] = value
+        else:
+            data[key] = {REBUILT: type(value).__name__, **_describe_space(value)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            save_to_zip_file(
+                handle,
+                data=data,
+                params=agent.get_parameters(),
+                pytorch_variables={name: recursive_getattr(agent, name) for name in torch_variables},
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _describe_space(value: Any) -> dict[str, Any]:
+    """A plain description of a Box with uniform bounds or a Discrete space ({} for anything else)."""
+    if isinstance(value, spaces.Discrete):
+        return {"space": {"type": "Discrete", "n": int(value.n), "start": int(value.start)}}
+    if isinstance(value, spaces.Box) and np.unique(value.low).size == 1 and np.unique(value.high).size == 1:
+        low, high = float(value.low.flat[0]), float(value.high.flat[0])
+        return {"space": {"type": "Box", "low": low, "high": high, "shape": list(value.shape), "dtype": str(value.dtype)}}
+    return {}
+
+
+def _space(description: dict[str, Any]) -> spaces.Space:
+    if description["type"] == "Discrete":
+        return spaces.Discrete(int(description["n"]), start=int(description["start"]))
+    low, high, shape = float(description["low"]), float(description["high"]), tuple(int(n) for n in description["shape"])
+    return spaces.Box(low, high, shape=shape, dtype=np.dtype(str(description["dtype"])))
+
+
+class _SpacesOnly(gym.Env):
+    """An env that has only spaces: what an agent loaded without an env is built on (it can ``predict``)."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        raise RuntimeError("this agent was loaded without an env: pass env= to load_agent to train it")
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        raise RuntimeError("this agent was loaded without an env: pass env= to load_agent to train it")
+
+
+def _read_data(path: Path) -> dict[str, Any]:
+    """The zip's ``data`` entry as plain JSON: nothing in it is unpickled.
+
+    Raises:
+        _Refused: it holds pickled entries.
+    """
+    with zipfile.ZipFile(path) as archive:
+        data = json.loads(archive.read("data").decode())
+    if not isinstance(data, dict):
+        raise ValueError("its data entry is not a JSON object")
+    pickled = sorted(key for key, value in data.items() if isinstance(value, dict) and PICKLED in value)
+    if pickled:
+        raise _Refused(
+            f"{os.fspath(path)!r} holds pickled Python objects ({', '.join(pickled)}), which can run code when "
+            "loaded: refused (this project writes agents without them; load_agent(..., allow_pickle=True) reads a "
+            "file you trust)"
+        )
+    return data
+
+
+def check_agent_zip(path: str | os.PathLike[str]) -> None:
+    """Refuse an agent zip that :func:`load_agent` would refuse for its content (pickled entries), reading only its
+    JSON: ``train.py -i`` calls it before it writes anything.
+
+    Raises:
+        ValueError: the file is missing, not a zip, or holds pickled entries.
+    """
+    try:
+        _read_data(Path(path))
+    except _Refused as e:
+        raise ValueError(str(e)) from None
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not an agent zip ({type(e).__name__})") from None
+
+
+def load_agent(
+    name: str,
+    path: str | os.PathLike[str],
+    env: GymEnv | None = None,
+    device: str = "auto",
+    *,
+    allow_pickle: bool = False,
+    **hyperparams: Any,
+) -> BaseAlgorithm:
+    """Load an agent written by :func:`save_agent`, without running any code from the file.
+
+    The zip's ``data`` is read as plain JSON and its weights with ``torch.load(weights_only=True)``; what SB3 would
+    have unpickled (spaces, policy class and kwargs, schedules) is rebuilt with :func:`make_agent` from ``hyperparams``.
+    A file with pickled entries (SB3's own ``save``, or a crafted file) is refused: unpickling can run any code, as
+    SB3's and PyTorch's docs warn.
 
     Args:
         name: a key of ``AGENTS``; the class that saved the file.
-        path: the ``.zip`` written by ``save``.
+        path: the ``.zip`` written by ``save_agent``.
         env: env to attach (its spaces must match the saved ones); None to only ``predict``.
         device: torch device.
+        allow_pickle: load a file with pickled entries through SB3's ``load`` (only for a file you trust).
+        hyperparams: the keyword arguments the agent was built with (``make_agent``'s; a run's ``config.yml``
+            ``hyperparams``): they rebuild the pickled-in-SB3 objects (``policy_kwargs``, PPO's ``clip_range``).
 
     Returns:
         the agent.
 
     Raises:
-        ValueError: unknown name, or a missing, corrupt or mismatching file.
+        ValueError: unknown name, or a missing, corrupt, pickled or mismatching file.
     """
     cls = _agent_class(name)
+    path = Path(path)
+    expected = "expected a zip written by save_agent() with spaces matching the env"
     try:
-        return cls.load(Path(path), env=env, device=device)
+        if allow_pickle:
+            return cls.load(path, env=env, device=device)
+        data = _read_data(path)
+        rebuilt = {key: value for key, value in data.items() if isinstance(value, dict) and REBUILT in value}
+        described = [key for key in ("observation_space", "action_space") if "space" in rebuilt.get(key, {})]
+        saved_spaces = {key: _space(rebuilt[key]["space"]) for key in described}
+        if env is None and len(saved_spaces) < 2:
+            raise _Refused(f"{os.fspath(path)!r} does not describe its spaces: pass the env it was trained on (env=)")
+        reference = make_agent(name, env if env is not None else _SpacesOnly(**saved_spaces), device=device, **hyperparams)
+        custom = {key: getattr(reference, key, None) for key in rebuilt}
+        custom.update(saved_spaces)  # SB3 checks them against the env's
+        return cls.load(path, env=env, device=device, custom_objects=custom)
+    except _Refused as e:
+        raise ValueError(str(e)) from None
     except (
         OSError,
         EOFError,
         zipfile.BadZipFile,
         pickle.UnpicklingError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
         KeyError,
         ValueError,
         TypeError,
@@ -133,7 +288,12 @@ def load_agent(name: str, path: str | os.PathLike[str], env: GymEnv | None = Non
         RuntimeError,
         AssertionError,
     ) as e:
+        detail = " ".join(str(e).split())  # one line: torch's state-dict errors span several
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
         raise ValueError(
-            f"cannot load a {name!r} agent from {os.fspath(path)!r}: expected a zip written by {cls.__name__}.save() "
-            f"with spaces matching the env ({type(e).__name__}: {e})"
+            f"cannot load a {name!r} agent from {os.fspath(path)!r}: {expected} ({type(e).__name__}: {detail})"
         ) from e
+
+
+class _Refused(Exception):
+    """A file that load_agent will not read: its message is the whole error."""

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from agents.runs import TRAINER_CHECKPOINT, BestCheckpoint, Interrupted, ProgressLine, validation_split, write_split
+from agents.runs import (
+    TRAINER_CHECKPOINT,
+    BestCheckpoint,
+    Interrupted,
+    ProgressLine,
+    restartable,
+    validation_split,
+    write_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +68,13 @@ def train_baseline(
     settings = {**config["hyperparams"], "device": config["device"]}
     trainer = build_baseline(config["method"], settings, config["seed"], category.images, category.masks, split)
     checkpoint, best = run_dir / TRAINER_CHECKPOINT, BestCheckpoint(run_dir / "best_detector.pt")
-    if resume:
+    if resume and checkpoint.is_file():
         trainer.load_weights(checkpoint)
         logger.info("resumed from %s at %d updates", checkpoint, trainer.updates)
+    elif resume:  # stopped before its first checkpoint: the same run again from the beginning
+        if not restartable(run_dir):
+            raise ValueError(f"'{run_dir}' has no checkpoint to continue from ({TRAINER_CHECKPOINT}): start a new run")
+        logger.info("%s has no checkpoint yet: starting it again from the beginning", run_dir)
     logger.info("%s trains on %d images", config["method"], len(trainer.training_indices(split)))
 
     val_images, val_masks, val_labels = validation_split(category, split)

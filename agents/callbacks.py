@@ -1,5 +1,5 @@
-"""SB3 callbacks shared by every algorithm: reward-term logging, validation metrics and figures, atomic checkpoints,
-a clean Ctrl-C and progress lines for unattended runs.
+"""SB3 callbacks shared by every algorithm: reward-term logging, validation metrics and figures, atomic checkpoints
+from which a run continues exactly, a clean Ctrl-C and progress lines for unattended runs.
 
 They reach the detector through the env object they are given (``MVTecPatchEnv``): the AE and predictor live inside the
 env, so ``model.save()`` alone would lose them.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import signal
 import threading
@@ -21,8 +22,10 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
 
-from agents.random_agent import RandomAgent
+from agents import save_agent
+from agents.resume import RUN_STATE, keep_files
 from agents.runs import BestCheckpoint, ProgressLine, atomic_write_text
+from models.runtime import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +61,10 @@ def _heat(x: np.ndarray) -> np.ndarray:
 
 
 class ValidationCallback(BaseCallback):
-    """Every ``eval_freq`` env steps: validation metrics to the logger, a figure of a few validation images to
-    TensorBoard (image | loss profile | prediction | ground truth, and the sampler's history maps), and the detector
-    with the best validation pixel F1max saved to ``best_path`` (the validation split picks the checkpoint).
+    """At every multiple of ``eval_freq`` env steps (a resumed run keeps the schedule): validation metrics to the
+    logger, a figure of a few validation images to TensorBoard (image | loss profile | prediction | ground truth, and
+    the sampler's history maps), and the detector with the best validation pixel F1max saved to ``best_path`` (the
+    validation split picks the checkpoint).
 
     Args:
         env: the unwrapped ``MVTecPatchEnv``.
@@ -88,13 +92,22 @@ class ValidationCallback(BaseCallback):
         self._last_eval = 0
 
     def _on_training_start(self) -> None:
-        self._last_eval = self.num_timesteps  # resumed runs count from their checkpoint
+        if self.eval_freq > 0:  # the last multiple: a resumed run validates where the uninterrupted one does
+            self._last_eval = self.num_timesteps - self.num_timesteps % self.eval_freq
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.num_timesteps - self._last_eval >= self.eval_freq:
-            self._last_eval = self.num_timesteps
+            self._last_eval = self.num_timesteps - self.num_timesteps % self.eval_freq
             self.run_evaluation()
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The validation history, for a checkpoint (the best model is kept as files beside it): plain numbers, which
+        ``torch.load(weights_only=True)`` reads."""
+        return {"history": [{k: v.item() if isinstance(v, np.generic) else v for k, v in r.items()} for r in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [dict(record) for record in state["history"]]
 
     def run_evaluation(self) -> dict[str, float]:
         detector = self.env.detector
@@ -124,41 +137,70 @@ class ValidationCallback(BaseCallback):
 
 
 class CheckpointCallback(BaseCallback):
-    """Every ``save_freq`` env steps write a checkpoint (see :func:`write_checkpoint`); resuming loses at most one
-    interval. For algorithms that learn after collecting (REINFORCE, PPO, A2C, DQN) the write waits for the start of
-    the next rollout, so the saved agent has already learnt from the steps the saved env state has seen."""
+    """A checkpoint (see :func:`write_checkpoint`) when training starts (the warm-up's result) and every
+    ``save_freq`` env steps; resuming loses at most one interval. The write waits for the start of the next rollout
+    (the random agent starts one at every step), so the saved agent has already learnt from the steps the saved env
+    state has seen, and the run continues from it exactly.
 
-    def __init__(self, env: Any, folder: Path, save_freq: int, verbose: int = 0) -> None:
+    Args:
+        env: the unwrapped ``MVTecPatchEnv``.
+        folder: the run's ``checkpoints/``.
+        save_freq: env steps between checkpoints (0: none).
+        run_state: () -> the rest of the run's state (:func:`agents.resume.capture`); None: not saved.
+        keep: files that change as the run goes (the best detector): each checkpoint keeps their current version.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        folder: Path,
+        save_freq: int,
+        verbose: int = 0,
+        run_state: Callable[[], dict[str, Any]] | None = None,
+        keep: tuple[Path, ...] = (),
+    ) -> None:
         super().__init__(verbose)
         self.env, self.folder, self.save_freq = env, Path(folder), save_freq
+        self.run_state, self.keep = run_state, keep
         self._last_save = 0
         self._pending = False
+        self._resumed = False
 
     def _on_training_start(self) -> None:
-        self._last_save = self.num_timesteps
+        if not self._resumed:
+            self._last_save = self.num_timesteps
+            # a checkpoint right after the warm-up: a run stopped later never repeats it
+            self._pending = self.save_freq > 0 and self.num_timesteps == 0
 
     def _on_step(self) -> bool:
         if self.save_freq > 0 and self.num_timesteps - self._last_save >= self.save_freq:
             self._last_save = self.num_timesteps
             self._pending = True
-            if isinstance(self.model, RandomAgent):  # nothing to learn: write now
-                self._write()
         return True
 
     def _on_rollout_start(self) -> None:
         if self._pending:
             self._write()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_save": self._last_save}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._last_save, self._resumed = int(state["last_save"]), True
+
     def _write(self) -> None:
         self._pending = False
-        write_checkpoint(self.model, self.env, self.folder)
+        write_checkpoint(self.model, self.env, self.folder, self.run_state() if self.run_state else None, self.keep)
         if self.verbose:
             logger.info("checkpoint at %d steps in %s", self.num_timesteps, self.folder)
 
 
-def write_checkpoint(model: Any, env: Any, folder: Path) -> Path:
-    """Write ``<folder>/step_<N>/{agent.zip, env_state.pt}`` (a new folder), then point ``<folder>/latest.json`` at it
-    (an atomic rename), then delete older checkpoints: an interruption at any moment leaves a complete checkpoint."""
+def write_checkpoint(
+    model: Any, env: Any, folder: Path, run_state: dict[str, Any] | None = None, keep: tuple[Path, ...] = ()
+) -> Path:
+    """Write ``<folder>/step_<N>/`` (a new folder: ``agent.zip``, ``env_state.pt``, ``run_state.pt`` and the current
+    version of the ``keep`` files), then point ``<folder>/latest.json`` at it (an atomic rename), then delete older
+    checkpoints: an interruption at any moment leaves a complete checkpoint."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step_{int(model.num_timesteps)}"
     suffix = 0
@@ -166,8 +208,11 @@ def write_checkpoint(model: Any, env: Any, folder: Path) -> Path:
         suffix += 1
         target = folder / f"step_{int(model.num_timesteps)}_{suffix}"
     target.mkdir()
-    model.save(target / "agent.zip")
+    save_agent(model, target / "agent.zip")
     env.save_state(target / "env_state.pt")
+    if run_state is not None:
+        atomic_torch_save(run_state, target / RUN_STATE)
+    keep_files(keep, target)
     meta = {"checkpoint": target.name, "num_timesteps": int(model.num_timesteps), "global_step": int(env.global_step)}
     atomic_write_text(folder / "latest.json", json.dumps(meta, indent=2))
     for old in folder.glob("step_*"):
@@ -177,19 +222,34 @@ def write_checkpoint(model: Any, env: Any, folder: Path) -> Path:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The folder of the newest complete checkpoint, or None."""
+    """The folder of the newest complete checkpoint, or None.
+
+    Raises:
+        ValueError: ``latest.json`` is unreadable or names something other than a checkpoint folder of ``folder``.
+    """
     marker = Path(folder) / "latest.json"
     if not marker.is_file():
         return None
-    return Path(folder) / json.loads(marker.read_text())["checkpoint"]
+    try:
+        name = json.loads(marker.read_text())["checkpoint"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"'{marker}' is corrupt (expected JSON with a \"checkpoint\" name): {error}") from None
+    if not isinstance(name, str) or not re.fullmatch(r"step_\d+(_\d+)?", name):
+        raise ValueError(f"'{marker}' names {name!r}, not a checkpoint folder (step_<N>)")
+    return Path(folder) / name
+
+
+class StopAtRolloutStart(Exception):
+    """Raised by :class:`InterruptCallback` at the start of a rollout after a Ctrl-C: a point to checkpoint."""
 
 
 class InterruptCallback(BaseCallback):
-    """Turn Ctrl-C into a clean stop between two env steps.
+    """Turn Ctrl-C into a clean stop at the start of the next rollout (the random agent starts one at every step).
 
-    Inside :meth:`catch_sigint` a SIGINT only sets a flag; the next ``_on_step`` (after the step that was running has
-    finished) returns False, which ends ``learn`` normally, so a checkpoint written afterwards never holds half a step.
-    A second Ctrl-C while waiting raises KeyboardInterrupt as usual.
+    Inside :meth:`catch_sigint` a SIGINT only sets a flag; at the next rollout's start, where the agent has learnt from
+    every step the env has seen, ``_on_rollout_start`` raises :class:`StopAtRolloutStart` before any callback after it
+    runs. A checkpoint written then is the one a periodic checkpoint would be, so the run continues exactly. A second
+    Ctrl-C while waiting raises KeyboardInterrupt as usual.
     """
 
     def __init__(self, verbose: int = 0) -> None:
@@ -207,7 +267,10 @@ class InterruptCallback(BaseCallback):
             if self.interrupted:
                 raise KeyboardInterrupt
             self.interrupted = True
-            logger.warning("Ctrl-C: stopping after the current step (press again to abort without a checkpoint)")
+            logger.warning(
+                "Ctrl-C: stopping with a checkpoint when this rollout ends (press again to stop at once; -i then "
+                "continues from the last checkpoint)"
+            )
 
         previous = signal.signal(signal.SIGINT, handler)
         try:
@@ -215,8 +278,12 @@ class InterruptCallback(BaseCallback):
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    def _on_rollout_start(self) -> None:
+        if self.interrupted:
+            raise StopAtRolloutStart
+
     def _on_step(self) -> bool:
-        return not self.interrupted
+        return True
 
 
 class ProgressLogCallback(BaseCallback):

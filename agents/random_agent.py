@@ -151,8 +151,10 @@ class RandomAgent(BaseAlgorithm):
         assert self.env is not None
         env = self.env
 
-        callback.on_rollout_start()
         while self.num_timesteps < total_timesteps:
+            # Every step is a rollout of its own: a callback that acts between rollouts (a checkpoint, a clean stop)
+            # sees the state after a whole step, as it would after an RL agent's update
+            callback.on_rollout_start()
             actions = self._actions(env)  # (n_envs, *action_shape)
             new_obs, rewards, dones, infos = env.step(actions)
             self.num_timesteps += env.num_envs
@@ -171,7 +173,7 @@ class RandomAgent(BaseAlgorithm):
                     self._episode_num += 1
                     if log_interval is not None and self._episode_num % log_interval == 0:
                         self.dump_logs()
-        callback.on_rollout_end()
+            callback.on_rollout_end()
 
         callback.on_training_end()
         return self

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from agents.hyperparams_opt import deep_merge
-from agents.runs import TRAINER_CHECKPOINT
+from agents.runs import TRAINER_CHECKPOINT, restartable
 from models.runtime import DEFAULT_THREADS, check_device
 
 __all__ = [
@@ -378,7 +378,9 @@ def resume_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     Raises:
         ValueError: not a run folder, no checkpoint to continue from, a refused flag, or a smaller -n.
     """
+    from agents import check_agent_zip
     from agents.callbacks import latest_checkpoint
+    from agents.resume import RUN_STATE
 
     if not (run_dir / "config.yml").is_file():
         raise ValueError(f"'{run_dir}' is not a run folder (expected config.yml from a previous train.py run)")
@@ -390,14 +392,18 @@ def resume_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         )
     config = read_config(run_dir)
     sampler = config.get("method", METHOD) == METHOD
-    if sampler:
+    # a folder stopped in the warm-up, before its first checkpoint, holds no result yet: -i starts it again
+    if sampler and not restartable(run_dir):
         checkpoint = latest_checkpoint(run_dir / "checkpoints")
         if checkpoint is None or not (checkpoint / "agent.zip").is_file() or not (checkpoint / "env_state.pt").is_file():
             raise ValueError(
                 f"'{run_dir}' has no complete checkpoint to continue from (expected checkpoints/latest.json and the folder "
                 "it names): start a new run without -i"
             )
-    elif not (run_dir / TRAINER_CHECKPOINT).is_file():
+        if not (checkpoint / RUN_STATE).is_file():
+            raise ValueError(f"'{checkpoint}' was written by an older version (no {RUN_STATE}): start a new run without -i")
+        check_agent_zip(checkpoint / "agent.zip")  # a pickled (received or crafted) agent is refused before any write
+    elif not sampler and not (run_dir / TRAINER_CHECKPOINT).is_file() and not restartable(run_dir):
         raise ValueError(f"'{run_dir}' has no checkpoint to continue from (expected {TRAINER_CHECKPOINT}): start a new run")
     if args.device is not None:
         config["device"] = config["env_kwargs"]["device"] = args.device

@@ -1,5 +1,6 @@
 """A run folder and the helpers that the RL sampler's loop (train.py) and the baselines' loop
-(:mod:`agents.baseline_trainer`) share: its numbering, the split, the best checkpoint, Ctrl-C and progress lines.
+(:mod:`agents.baseline_trainer`) share: its numbering, its lock, the split, the best checkpoint, Ctrl-C and progress
+lines.
 
 A run folder ``<log-folder>/<algo or method>/<env>_<N>/`` holds ``config.yml``, ``split.json``, ``tensorboard/``,
 ``checkpoints/``, ``detector.pt`` (the last), ``best_detector.pt`` (best validation pixel F1max, its metrics in
@@ -8,9 +9,12 @@ A run folder ``<log-folder>/<algo or method>/<env>_<N>/`` holds ``config.yml``, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +25,27 @@ from models.runtime import atomic_torch_save, atomic_write_text
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LOCK",
     "TRAINER_CHECKPOINT",
     "BestCheckpoint",
     "Interrupted",
     "ProgressLine",
+    "RunBusy",
     "atomic_write_text",
     "best_record",
+    "hold_run",
+    "interrupted_message",
     "new_run_dir",
+    "restartable",
     "validation_split",
     "write_split",
 ]
 
 TRAINER_CHECKPOINT = "checkpoints/trainer.pt"  # a baseline's resumable state (weights, optimiser, generator, counters)
+LOCK = ".lock"  # held (flock) by the one process that trains into a run folder
+# what a run folder may hold before its first checkpoint, when -i starts it again from the beginning (monitor.csv
+# without an episode, an event file without a step, a checkpoint being written, a file being written)
+BEFORE_TRAINING = ("config.yml", "split.json", "monitor.csv", "tensorboard", "checkpoints", LOCK)
 
 
 class Interrupted(Exception):
@@ -42,14 +55,83 @@ class Interrupted(Exception):
         super().__init__(f"interrupted at {done}: checkpoint written; continue with -i {run_dir}")
 
 
+def interrupted_message(run_dir: Path | None, checkpointed: bool) -> str:
+    """The one line for a Ctrl-C that stopped the run at once (in the warm-up, or a second Ctrl-C)."""
+    if run_dir is None:
+        return "interrupted before a run folder was made: nothing to continue"
+    if checkpointed:
+        return f"interrupted: continue with -i {run_dir} (from its last checkpoint)"
+    return f"interrupted before the first checkpoint: nothing to continue yet; -i {run_dir} starts the run again"
+
+
 def new_run_dir(log_folder: str, algo: str, env_id: str) -> Path:
-    """``<log_folder>/<algo>/<env_id>_<N>`` with N one more than the largest existing (rl-zoo's numbering)."""
+    """``<log_folder>/<algo>/<env_id>_<N>`` with N one more than the largest existing (rl-zoo's numbering); two runs
+    started at once get two folders."""
     parent = Path(log_folder) / algo
     parent.mkdir(parents=True, exist_ok=True)
     ids = [int(p.name.rsplit("_", 1)[1]) for p in parent.glob(f"{env_id}_*") if p.name.rsplit("_", 1)[1].isdigit()]
-    run_dir = parent / f"{env_id}_{max(ids, default=0) + 1}"
-    run_dir.mkdir()
-    return run_dir
+    n = max(ids, default=0) + 1
+    while True:
+        run_dir = parent / f"{env_id}_{n}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:  # another process took this number first
+            n += 1
+
+
+class RunBusy(ValueError):
+    """Another process is training into the run folder."""
+
+
+_HELD: dict[Path, int] = {}  # run folders this process holds -> the open lock file
+
+
+@contextlib.contextmanager
+def hold_run(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the block: an exclusive ``fcntl.flock`` on ``run_dir/.lock``, which the system
+    releases when the process ends, however it ends. Nested holds of one folder in one process are one hold.
+
+    Raises:
+        RunBusy: another process holds it (the message names the folder and that process).
+    """
+    key = Path(run_dir).resolve()
+    if key in _HELD:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunBusy(
+            f"'{run_dir}' is in use by another training process (pid {holder}): wait for it to end, or stop it"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = fd
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)  # releases the lock
+
+
+def restartable(run_dir: Path) -> bool:
+    """Whether ``run_dir``, which has no checkpoint, holds no result of training either (it was stopped or killed in
+    the warm-up): then ``-i`` starts it again from the beginning, which gives the same run."""
+    if (run_dir / "checkpoints" / "latest.json").is_file() or (run_dir / TRAINER_CHECKPOINT).is_file():
+        return False
+    monitor = run_dir / "monitor.csv"
+    if monitor.is_file() and len(monitor.read_text().splitlines()) > 2:  # two header lines, then one per episode
+        return False
+    return all(p.name in BEFORE_TRAINING or p.name.endswith(".tmp") for p in run_dir.iterdir())
 
 
 def write_split(run_dir: Path, category: Any, split: Any) -> None:

@@ -23,6 +23,7 @@ from gymnasium import spaces
 from envs.config import MVTecPatchConfig, detector_config
 from envs.data import load_env_data
 from models.detector import build_detector
+from models.runtime import generator_state, set_generator_state
 from models.structural import fused_structural_map, sobel_magnitude
 
 logger = logging.getLogger(__name__)
@@ -334,10 +335,20 @@ class MVTecPatchEnv(gym.Env):
         self._residual_cache = self._defect_cache = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything the training process needs to resume: detector, history, scales, counters, AE buffer."""
+        """Everything the training process needs to resume exactly: detector (with its predictor's pool), history,
+        scales, counters, AE buffer, the sampler's position and the random streams of the env and its action space."""
         return {
             "config": asdict(self.config),
             "detector": self.detector.state_dict(),
+            "detector_pool": self.detector.pool_state(),
+            "position": {
+                "image_index": self.image_index,
+                "center": list(self.center),
+                "episode_step": self.episode_step,
+                "last_patch_corner": None if self.last_patch_corner is None else list(self.last_patch_corner),
+            },
+            "np_random": generator_state(self._np_random),
+            "action_space_rng": generator_state(getattr(self.action_space, "_np_random", None)),
             "history": torch.from_numpy(self.history.astype(np.int32)),
             "fused": torch.from_numpy(self.fused),
             "clone_scale": self.clone_scale,
@@ -355,6 +366,8 @@ class MVTecPatchEnv(gym.Env):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise ValueError(f"state was saved with {key}={saved[key]!r}, this env has {getattr(self.config, key)!r}")
         self.detector.load_state_dict(state["detector"])
+        if "detector_pool" in state:
+            self.detector.load_pool_state(state["detector_pool"])
         self.history = state["history"].numpy().astype(np.uint16)
         self.fused = state["fused"].numpy().copy()
         self.clone_scale, self.residual_scale = float(state["clone_scale"]), float(state["residual_scale"])
@@ -363,6 +376,14 @@ class MVTecPatchEnv(gym.Env):
         buffer = state["patch_buffer"]
         self.patch_buffer = [b.numpy() for b in buffer] if buffer.ndim == 4 else []
         self._residual_cache = self._defect_cache = None
+        if "position" in state:  # the sampler continues where it was, on the same random stream
+            position = state["position"]
+            self.image_index, self.episode_step = int(position["image_index"]), int(position["episode_step"])
+            self.center = (int(position["center"][0]), int(position["center"][1]))
+            corner = position["last_patch_corner"]
+            self.last_patch_corner = None if corner is None else (int(corner[0]), int(corner[1]))
+            self._np_random = set_generator_state(state["np_random"])
+            self.action_space._np_random = set_generator_state(state["action_space_rng"])
         self.warmed_up = True
         self._restart_point = self._snapshot()  # a seeded reset after a resume restarts from the checkpoint
 

@@ -16,7 +16,10 @@ import contextlib
 import io
 import logging
 import os
+import sys
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -109,12 +112,29 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWrite
 
 def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temporary file in the same folder, then a rename: an interruption never leaves half a file."""
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+    atomic_write(path, lambda handle: torch.save(_interned(obj), handle))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """``text`` (UTF-8) written to ``path`` as :func:`atomic_write` does."""
     atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def _interned(value: Any) -> Any:
+    """``value`` with every string interned, in containers of the same types. Pickle writes an object it has already
+    written as a reference, by identity: without this a string read from config.yml and the same string from the code
+    would give files of the same content different bytes (a resumed run's weights would differ from the uninterrupted
+    run's in their bytes, not in their values)."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if type(value) in (dict, OrderedDict):
+        out = type(value)((_interned(k), _interned(v)) for k, v in value.items())
+        if hasattr(value, "__dict__"):  # a state dict's _metadata
+            out.__dict__.update(value.__dict__)
+        return out
+    if type(value) in (list, tuple):
+        return type(value)(_interned(v) for v in value)
+    return value
 
 
 def plain(value: object) -> object:
@@ -124,3 +144,29 @@ def plain(value: object) -> object:
     if isinstance(value, (tuple, list)):
         return [plain(v) for v in value]
     return value
+
+
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")  # numpy's, by the name a state records
+
+
+def generator_state(generator: Any) -> dict[str, Any] | None:
+    """A numpy ``Generator``'s state as plain values, for a checkpoint (None for None)."""
+    return None if generator is None else generator.bit_generator.state
+
+
+def set_generator_state(state: dict[str, Any] | None) -> Any:
+    """The numpy ``Generator`` that :func:`generator_state` recorded (None for None).
+
+    Raises:
+        ValueError: ``state`` names an unknown bit generator.
+    """
+    import numpy as np
+
+    if state is None:
+        return None
+    name = state.get("bit_generator")
+    if name not in BIT_GENERATORS:
+        raise ValueError(f"unknown bit generator {name!r} (valid: {', '.join(BIT_GENERATORS)})")
+    bit_generator = getattr(np.random, name)()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)

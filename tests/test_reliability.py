@@ -129,7 +129,7 @@ def test_device_check_accepts_every_cuda_spelling(monkeypatch: pytest.MonkeyPatc
     assert evaluate.main(["--run", "nowhere", "--device", "cuda"]) == 2
 
 
-# --- 5, 6, 7. Ctrl-C between steps, -i without a checkpoint, -i with flags it cannot honour ---------------------------
+# --- 5, 6, 7. Ctrl-C between rollouts, -i without a checkpoint, -i with flags it cannot honour --------------------------
 def test_ctrl_c_stops_between_steps_checkpoints_and_resumes(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -149,9 +149,9 @@ def test_ctrl_c_stops_between_steps_checkpoints_and_resumes(
     assert signal.getsignal(signal.SIGINT) is handler
     err = capsys.readouterr().err.strip().splitlines()[-1]
     run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
-    assert err.startswith("error: interrupted at 22 steps") and f"-i {run}" in err
+    assert err.startswith("error: interrupted at 32 steps") and f"-i {run}" in err
     latest = json.loads((run / "checkpoints" / "latest.json").read_text())
-    assert latest["num_timesteps"] == latest["global_step"] == 22  # the whole step, no half
+    assert latest["num_timesteps"] == latest["global_step"] == 32  # at the next rollout's start (n_steps 16)
     monkeypatch.setattr(MVTecPatchEnv, "_take_patch", take_patch)
     assert train.main(["-i", str(run), "--no-progress", "-v", "0", "--no-evaluate"]) == 0
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["num_timesteps"] >= 48  # whole rollouts

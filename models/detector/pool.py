@@ -8,6 +8,8 @@ are recomputed only when the AE has changed: the refresh is the costliest part o
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -85,7 +87,13 @@ class PoolMixin(DetectorBase):
             images.append(image)
             masks.append(mask)
         synth = images_to_uint8_chw(np.stack(images), "synthetic images")  # (S, 3, H, W)
-        synth_masks = torch.from_numpy(np.stack(masks))  # (S, H, W)
+        self._set_synthetic(synth, torch.from_numpy(np.stack(masks)))
+
+    def _set_synthetic(self, synth: torch.Tensor, synth_masks: torch.Tensor) -> None:
+        """The predictor's pool becomes the labelled pool, then ``synth`` (S, 3, H, W) uint8 with ``synth_masks``
+        (S, H, W) bool."""
+        pool, pool_masks = self._require("pool"), self._pool_masks
+        assert pool_masks is not None
         self._pred_images = torch.cat([pool, synth])
         self._pred_masks = torch.cat([pool_masks, synth_masks])
         M = len(pool)
@@ -94,6 +102,41 @@ class PoolMixin(DetectorBase):
             flat = torch.nonzero(synth_masks[j].flatten()).flatten()
             if len(flat):
                 self._positives.append((M + j, flat))
+
+    def pool_state(self) -> dict[str, Any]:
+        """The pool's training state that :meth:`state_dict` leaves out (it is large and only training needs it): the
+        synthetic images and masks, the cached profiles and their refresh counters. With it a resumed run trains the
+        predictor on the same crops as the uninterrupted run; without it the next refresh makes new synthetic images
+        and computes the profiles from the current AE."""
+        M = 0 if self._pool is None else len(self._pool)
+        synthetic = self._pred_images is not None and len(self._pred_images) > M
+        assert self._pred_masks is not None or not synthetic
+        return {
+            "profiles": None if self._profiles is None else self._profiles.cpu(),
+            "profiles_version": self._profiles_version,
+            "profiles_at_update": self._profiles_at_update,
+            "synthetic_at_update": self._synthetic_at_update,
+            "synthetic_images": self._pred_images[M:].clone() if synthetic else None,  # type: ignore[index]
+            "synthetic_masks": self._pred_masks[M:].clone() if synthetic else None,  # type: ignore[index]
+        }
+
+    def load_pool_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`pool_state`, after :meth:`load_state_dict`.
+
+        Raises:
+            ValueError: the state does not fit this detector's pool.
+        """
+        if state["synthetic_images"] is not None:
+            if self._pool is None or state["synthetic_images"].shape[1:] != self._pool.shape[1:]:
+                raise ValueError("the saved synthetic images do not fit this detector's pool")
+            self._set_synthetic(state["synthetic_images"], state["synthetic_masks"])
+        profiles = state["profiles"]
+        if profiles is not None and (self._pred_images is None or len(profiles) != len(self._pred_images)):
+            raise ValueError("the saved pool profiles do not fit this detector's pool")
+        self._profiles = None if profiles is None else profiles.to(self.device)
+        self._profiles_version = int(state["profiles_version"])
+        self._profiles_at_update = int(state["profiles_at_update"])
+        self._synthetic_at_update = int(state["synthetic_at_update"])
 
     def _sample_crops(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n predictor training crops: (n, C_in, c, c) predictor inputs and (n, 1, c, c) float masks."""
