@@ -160,8 +160,11 @@ def test_ctrl_c_stops_between_steps_checkpoints_and_resumes(
 def test_resume_refuses_what_it_cannot_honour(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
     run.mkdir(parents=True)
-    (run / "config.yml").write_text(yaml.safe_dump({"n_timesteps": 32, "device": "cpu", "env_kwargs": {"device": "cpu"}}))
-    (run / "best_detector.pt").write_bytes(b"from a dead attempt")
+    from agents.run_config import resolve_config
+
+    parsed = train.build_parser().parse_args(["-n", "32", "--data-root", str(data_root), "--category", "widget"])
+    (run / "config.yml").write_text(yaml.safe_dump(resolve_config(parsed), sort_keys=False))
+    (run / "best_detector.pt").write_bytes(b"from a dead attempt")  # a result without a checkpoint: no restart
     cases = [
         ([], "no complete checkpoint"),
         (["--algo", "ppo"], "--algo cannot change"),
