@@ -359,7 +359,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         problem = getattr(error, "problem", None) or type(error).__name__
         raise ValueError(f"'{path}' is not valid YAML ({problem}): expected the config train.py wrote") from error
     if not isinstance(config, dict):
-        raise ValueError(f"'{path}' holds a {type(config).__name__}: expected a mapping of the run's settings (train.py's)")
+        raise ValueError(f"'{path}' holds {_a(config)}: expected a mapping of the run's settings (train.py's)")
     method = config.get("method", METHOD)
     required = ["env", "seed", "device", "env_kwargs", "hyperparams"]
     required += ["algo", "n_timesteps"] if method == METHOD else ["n_updates"]
@@ -368,8 +368,14 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"'{path}' lacks {', '.join(missing)}: expected the config train.py wrote")
     for key in ("env_kwargs", "hyperparams"):
         if not isinstance(config[key], dict):
-            raise ValueError(f"'{path}': {key} is a {type(config[key]).__name__}, expected a mapping")
+            raise ValueError(f"'{path}': {key} is {_a(config[key])}, expected a mapping")
     return config
+
+
+def _a(value: Any) -> str:
+    """``42`` -> "an int", ``[1]`` -> "a list": what a value is, for messages."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def resume_config(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:

@@ -32,6 +32,13 @@ def bad_variants(folder: Path) -> Path:
     return path
 
 
+def corrupt_latest(folder: Path) -> Path:
+    run = write_run(folder / "run")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "latest.json").write_text("{not json")
+    return run
+
+
 # (entry point, its arguments given a tmp folder, what the line must say)
 CASES: dict[str, tuple[Callable[[list[str] | None], int], Callable[[Path], list[str]], str]] = {
     "unknown algorithm kwarg": (train.main, lambda t: ["--hyperparams", "foo:1"], "foo: not a setting of Reinforce"),
@@ -77,7 +84,7 @@ CASES: dict[str, tuple[Callable[[list[str] | None], int], Callable[[Path], list[
         lambda t: ["-i", str(write_run(t / "run", "env: [unclosed\n"))],
         "config.yml' is not valid YAML",
     ),
-    "config.yml a scalar": (train.main, lambda t: ["-i", str(write_run(t / "run", "42\n"))], "holds a int"),
+    "config.yml a scalar": (train.main, lambda t: ["-i", str(write_run(t / "run", "42\n"))], "holds an int"),
     "config.yml without keys": (
         train.main,
         lambda t: ["-i", str(write_run(t / "run", "{}\n"))],
@@ -94,6 +101,7 @@ CASES: dict[str, tuple[Callable[[list[str] | None], int], Callable[[Path], list[
         lambda t: ["--run", str(write_run(t / "run", "seed: 0\n"))],
         "lacks env, device, env_kwargs",
     ),
+    "corrupt latest.json": (train.main, lambda t: ["-i", str(corrupt_latest(t))], "latest.json"),
     "storage without ://": (train.main, lambda t: ["-optimize", "--storage", "sqlite//x.db"], "a URL needs '://'"),
     "database file as a journal path": (
         train.main,
