@@ -32,6 +32,7 @@ PROTECTED = {
     "best_detector.json",
     "metrics.json",
     "metrics.csv",
+    "policy_entropy.json",
     "report.csv",
     "best_preset.yml",
 }
