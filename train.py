@@ -22,6 +22,7 @@ Recipe, as in rl-baselines3-zoo and CleanRL: parse the config, seed, build, run,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -38,6 +39,7 @@ from agents.optimize import add_optimize_arguments, optimize_hyperparameters
 from agents.run_config import ENV_IDS, METHOD, PRESETS, resolve_config, resume_config
 from agents.runs import TRAINER_CHECKPOINT, Interrupted, hold_run, interrupted_message, new_run_dir, restartable
 from envs.mvtec import DatasetError
+from envs.warmup_cache import default_cache_dir
 from models.baselines import BASELINES
 from models.runtime import DEFAULT_THREADS, atomic_write_text, reproducible
 
@@ -99,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=None, help="working image size (default 256)")
     parser.add_argument("--k-shot", type=int, default=None, help="labelled anomalies per defect type (default 5)")
     parser.add_argument("--no-evaluate", action="store_true", help="skip the final test-split evaluation")
+    parser.add_argument(
+        "--warmup-cache",
+        default=str(default_cache_dir()).replace(str(Path.home()), "~", 1),
+        metavar="DIR",
+        help="read the warm-up from here when this data, seed, detector config and machine have run it, else write it "
+        "(bit for bit the computed one; default: $RLBS_CACHE/warmup, else %(default)s)",
+    )
+    parser.add_argument("--no-warmup-cache", action="store_true", help="compute the warm-up and keep nothing")
     parser.add_argument("--dry-run", action="store_true", help="load and validate the data, print the split as JSON, exit")
     parser.add_argument("-v", "--verbose", type=int, default=1, help="0: quiet, 1: info, 2: debug")
     add_optimize_arguments(parser)
@@ -126,6 +136,7 @@ def train(
     evaluate_at_end: bool = True,
     trial: Any = None,
     optimize_metric: str = "pixel_f1max",
+    warmup_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Train with a fixed thread count and deterministic algorithms (:func:`models.runtime.reproducible`), then
     evaluate on the test split.
@@ -142,7 +153,7 @@ def train(
     sampler = config.get("method", METHOD) == METHOD
     with hold_run(run_dir), reproducible(int(config.get("threads", DEFAULT_THREADS)), config["device"]):
         if sampler:
-            result = train_sampler(config, run_dir, resume, progress, tensorboard_log, trial, optimize_metric)
+            result = train_sampler(config, run_dir, resume, progress, tensorboard_log, trial, optimize_metric, warmup_cache)
             if trial is not None:
                 return result
         else:
@@ -165,9 +176,10 @@ def train_sampler(
     tensorboard_log: str | None,
     trial: Any = None,
     optimize_metric: str = "pixel_f1max",
+    warmup_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Seed; build env, agent and callbacks (or load them from the last checkpoint); learn; save the agent and the
-    detector.
+    detector. ``warmup_cache``: a folder for :mod:`envs.warmup_cache` (None: compute the warm-up).
 
     A continued run restores everything its checkpoint holds (:mod:`agents.resume`), so it ends with the weights of
     the uninterrupted run, bit for bit. With an Optuna ``trial``: each validation is reported to it, a pruned trial
@@ -198,6 +210,7 @@ def train_sampler(
     set_random_seed(config["seed"])
     env = gym.make(config["env"], **config["env_kwargs"])
     base: MVTecPatchEnv = env.unwrapped  # type: ignore[assignment]
+    base.warmup_cache = warmup_cache
     write_split(run_dir, base.category, base.split)
     checkpoints = run_dir / "checkpoints"
     checkpoint = latest_checkpoint(checkpoints) if resume else None
@@ -319,10 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(json.dumps(dry_run(config), indent=2))
             return 0
+        warmup_cache = None if args.no_warmup_cache else Path(args.warmup_cache).expanduser()
         if args.optimize_hyperparameters:
             if resume:
                 raise ValueError("-optimize runs new trials: it cannot continue a run (-i); rerun with the same --study-name")
-            summary = optimize_hyperparameters(config, args, argv, train, Path(__file__).resolve())
+            trainer = functools.partial(train, warmup_cache=warmup_cache)
+            summary = optimize_hyperparameters(config, args, argv, trainer, Path(__file__).resolve())
             if summary:
                 print(json.dumps(summary, indent=2, default=str))
             return 0
@@ -342,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=progress,
                 tensorboard_log=tensorboard_log,
                 evaluate_at_end=not args.no_evaluate,
+                warmup_cache=warmup_cache,
             )
         if metrics:
             print(json.dumps({"run": str(run_dir), **{k: round(v, 4) for k, v in metrics.items()}}, indent=2))

@@ -13,13 +13,13 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.progress import ProgressLine
 from models.runtime import atomic_torch_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -202,53 +202,3 @@ def best_record(path: Path) -> dict[str, Any] | None:
     if written != record:
         atomic_write_text(sidecar, json.dumps(record, indent=2))
     return record
-
-
-class ProgressLine:
-    """A log line every ``every_s`` seconds or ``every`` units, whichever comes first: done / total, rate, ETA and
-    the latest validation metrics (what a progress bar shows, for output that goes to a file).
-
-    Args:
-        total: the run's total (env steps or updates; a resumed run counts from its checkpoint).
-        unit: what is counted ("step", "update"); validation records count it under ``count_key``.
-        every_s: seconds between lines; every: units between lines (None: 5% of ``total``).
-    """
-
-    def __init__(
-        self, total: int, unit: str = "step", count_key: str = "timesteps", every_s: float = 60.0, every: int | None = None
-    ) -> None:
-        self.total, self.unit, self.count_key, self.every_s = total, unit, count_key, every_s
-        self.every = every or max(total // 20, 1)
-        self.start(0)
-
-    def start(self, done: int) -> None:
-        self._start_time = self._last_time = time.perf_counter()
-        self._start_done = self.last_done = done
-
-    def maybe_log(self, done: int, history: list[dict[str, float]] | None = None, extra: str = "") -> None:
-        now = time.perf_counter()
-        if now - self._last_time >= self.every_s or done - self.last_done >= self.every:
-            self.log(done, history, extra, now)
-
-    def log(self, done: int, history: list[dict[str, float]] | None = None, extra: str = "", now: float = 0.0) -> None:
-        now = now or time.perf_counter()
-        self._last_time, self.last_done = now, done
-        rate = (done - self._start_done) / max(now - self._start_time, 1e-9)
-        eta = max(self.total - done, 0) / rate if rate > 0 else float("inf")
-        line = f"{self.unit} {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%), "
-        line += f"{rate:.2f} {self.unit}s/s, ETA {_duration(eta)}{extra}"
-        if history:
-            latest = history[-1]
-            line += f"; validation at {latest[self.count_key]}: " + ", ".join(
-                f"{key} {latest[key]:.4f}" for key in ("pixel_auroc", "pixel_f1max", "pixel_aupro") if key in latest
-            )
-        logger.info(line)
-
-
-def _duration(seconds: float) -> str:
-    """``3725`` -> ``1:02:05``."""
-    if not np.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"

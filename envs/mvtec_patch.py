@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from envs import warmup_cache
 from envs.config import MVTecPatchConfig, detector_config
 from envs.data import load_env_data
 from models.detector import build_detector
@@ -87,11 +88,12 @@ class MVTecPatchEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
 
-    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, render_mode: str | None = None, warmup_cache: str | Path | None = None, **kwargs: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r} is invalid: expected None or 'rgb_array'")
         self.config = config = MVTecPatchConfig.from_kwargs(**kwargs)
         self.render_mode = render_mode
+        self.warmup_cache = None if warmup_cache is None else Path(warmup_cache).expanduser()
         self.category, self.split = load_env_data(config)
         self.detector = build_detector(detector_config(config), self.category, self.split, seed=config.seed)
         train_images = self.category.images[self.split.train]  # uint8 (N, S, S, 3)
@@ -121,10 +123,29 @@ class MVTecPatchEnv(gym.Env):
 
     # ----------------------------------------------------------------------------------------------- warm-up
     def warm_up(self, progress: bool = False) -> None:
-        """AE pre-training, fused maps and reward scales, predictor warm-up (paper §III.E). Runs once."""
+        """AE pre-training, fused maps and reward scales, predictor warm-up (paper §III.E). Runs once.
+
+        With ``warmup_cache`` (a folder) the result is read from there when a run with the same data, seed, detector
+        config and machine has already computed it, and written there otherwise (:mod:`envs.warmup_cache`): the same
+        state, bit for bit, without the wait."""
         if self.warmed_up:
             return
-        detector, p = self.detector, self.config.patch_size
+        if self.warmup_cache is None:
+            self._compute_warm_up(progress)
+            self._finish_warm_up("done")
+            return
+        key = warmup_cache.warmup_key(self)
+        path = warmup_cache.entry_path(self.warmup_cache, self, key)
+        with warmup_cache.entry_lock(path):  # a run that wants the same entry meanwhile waits for it, then reads it
+            if warmup_cache.load(self, path, key):
+                self._finish_warm_up(f"read from the warm-up cache {path}")
+                return
+            self._compute_warm_up(progress)
+            warmup_cache.save(self, path, key)
+        self._finish_warm_up("done")
+
+    def _compute_warm_up(self, progress: bool) -> None:
+        detector = self.detector
         pretrain_losses = detector.pretrain_ae(progress=progress)
         self.last_ae_loss = pretrain_losses[-1] if pretrain_losses else float("nan")
         residuals = detector.residual_map(self.train_images)  # float32 (N, S, S), the pre-trained AE's MAE map
@@ -135,9 +156,12 @@ class MVTecPatchEnv(gym.Env):
         patches = detector.random_patches(256).numpy()  # (256, 3, p, p)
         self.clone_scale = float(np.percentile([sobel_magnitude(x).mean() for x in patches], 99)) or 1.0
         self.last_pred_loss = detector.warmup_predictor(progress=progress)[-1] if self.config.predictor_warmup_updates else 1.0
+
+    def _finish_warm_up(self, how: str) -> None:
         self.warmed_up = True
+        self._residual_cache = self._defect_cache = None
         self._restart_point = self._snapshot()
-        logger.info("warm-up done: clone scale %.4f, residual scale %.4f, patch %d", self.clone_scale, self.residual_scale, p)
+        logger.info("warm-up %s: clone scale %.4f, residual scale %.4f", how, self.clone_scale, self.residual_scale)
 
     @property
     def rl_feedback(self) -> bool:

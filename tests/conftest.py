@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+
+# the synthetic category and train.py's warm-up cache live in the user's cache folder: the tests use their own
+os.environ.setdefault("RLBS_CACHE", tempfile.mkdtemp(prefix="rl-batch-sampler-tests-"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -182,10 +182,14 @@ def test_resume_refuses_what_it_cannot_honour(data_root: Path, tmp_path: Path, c
 def test_resume_honours_device_threads_and_a_larger_n(
     data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level("INFO", logger="agents.runs"):
-        assert train.main(run_args(data_root, tmp_path, "reinforce", 32, "--no-evaluate")) == 0
-    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    with caplog.at_level("INFO", logger="models.progress"):
+        assert train.main(run_args(data_root, tmp_path, "reinforce", 32, "--no-evaluate", "--no-warmup-cache")) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    progress = [m for m in messages if m.startswith("step ")]
     assert progress and "/32 (" in progress[-1] and "steps/s, ETA" in progress[-1]  # lines without a progress bar
+    # the warm-up reports too, each phase to its end, with its latest loss
+    assert any(m.startswith("AE pre-training: epoch 1/1 (100%)") and "; loss " in m for m in messages), messages
+    assert any(m.startswith("predictor warm-up: update 2/2 (100%)") and "; loss " in m for m in messages), messages
     run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
     assert yaml.safe_load((run / "config.yml").read_text())["threads"] == 1
     assert train.main(["-i", str(run), "-n", "16", "-v", "0"]) == 2  # smaller than done

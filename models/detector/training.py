@@ -31,12 +31,12 @@ import math
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from models.detector.checkpoint import CheckpointMixin
 from models.detector.maps import MapsMixin
 from models.detector.pool import PoolMixin
 from models.predictor import normal_weight, soft_dice_loss, weighted_bce, weighted_focal_loss
+from models.progress import Progress
 
 __all__ = ["Detector"]
 
@@ -133,7 +133,7 @@ class Detector(PoolMixin, MapsMixin, CheckpointMixin):
             epochs: number of epochs; None: ``config.pretrain_epochs``. An epoch is
                 ``config.pretrain_patches_per_epoch`` patches (default: one per training image) in
                 mini-batches of ``config.ae_batch_size``.
-            progress: show a tqdm bar.
+            progress: a tqdm bar; False: a log line every 5% or 60 s (:class:`models.progress.Progress`).
 
         Returns:
             The mean training loss of each epoch.
@@ -142,7 +142,7 @@ class Detector(PoolMixin, MapsMixin, CheckpointMixin):
         n_patches = self.config.pretrain_patches_per_epoch or len(self._require("train"))
         n_batches = max(1, math.ceil(n_patches / self.config.ae_batch_size))
         history: list[float] = []
-        bar = tqdm(range(epochs), desc="AE pre-training", disable=not progress)
+        bar = Progress(epochs, "AE pre-training", progress, unit="epoch")
         self._pretraining = True  # no ae_reset_every reset, and not counted for it
         try:
             for _ in bar:
@@ -228,14 +228,14 @@ class Detector(PoolMixin, MapsMixin, CheckpointMixin):
 
         Args:
             updates: number of predictor updates; None: ``config.predictor_warmup_updates``.
-            progress: show a tqdm bar.
+            progress: a tqdm bar; False: a log line every 5% or 60 s (:class:`models.progress.Progress`).
 
         Returns:
             The loss of each update.
         """
         updates = self.config.predictor_warmup_updates if updates is None else updates
         losses = []
-        bar = tqdm(range(updates), desc="predictor warm-up", disable=not progress)
+        bar = Progress(updates, "predictor warm-up", progress)
         for _ in bar:
             losses.append(self.predictor_update())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", alpha=f"{self.alpha:.3f}")
@@ -251,7 +251,7 @@ class Detector(PoolMixin, MapsMixin, CheckpointMixin):
 
         Args:
             ae_updates: number of AE updates (mini-batches of ``config.ae_batch_size`` patches).
-            progress: show a tqdm bar.
+            progress: a tqdm bar; False: a log line every 5% or 60 s (:class:`models.progress.Progress`).
             predictor_updates_per_ae_update: predictor updates after each AE update (the profiles are
                 refreshed once, before the first); None: ``config.predictor_updates_per_ae_update``.
 
@@ -262,7 +262,7 @@ class Detector(PoolMixin, MapsMixin, CheckpointMixin):
         if predictor_updates_per_ae_update is None:
             predictor_updates_per_ae_update = self.config.predictor_updates_per_ae_update
         hist: dict[str, list[float]] = {"ae_loss": [], "pred_loss": [], "alpha": []}
-        bar = tqdm(range(ae_updates), desc="fit (random patches)", disable=not progress)
+        bar = Progress(ae_updates, "fit (random patches)", progress)
         for _ in bar:
             hist["ae_loss"].append(self.ae_update(self.random_patches(self.config.ae_batch_size)))
             hist["alpha"].append(self.alpha)
