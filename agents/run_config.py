@@ -41,7 +41,16 @@ ENV_IDS = ("MVTecPatch-v0",)
 PRESETS = ("default", "paper", "paper-long")
 METHOD = "sampler"  # the paper's method: an RL sampler (--algo) training the AE and predictor inside the env
 # env settings a baseline takes from env.yml's preset (and --env-kwargs): the data protocol, so its split is the method's
-DATA_KEYS = ("data_root", "category", "image_size", "k_shot", "normal_pool", "val_fraction", "contamination")
+DATA_KEYS = (
+    "data_root",
+    "category",
+    "image_size",
+    "k_shot",
+    "normal_pool",
+    "val_fraction",
+    "contamination",
+    "contamination_reserve",
+)
 
 # flags that fix what a run computes: -i refuses them, since config.yml already holds their values
 RESUME_REFUSED = (

@@ -43,6 +43,7 @@ class MVTecPatchConfig:
     normal_pool: int = 15  # normal images in the predictor's pool
     val_fraction: float = 0.2
     contamination: float = 0.0  # share of unlabelled defect images among the AE's training images (envs/split.py)
+    contamination_reserve: float = 0.0  # levels up to this share keep one val and test set (envs/split.py)
     seed: int = 0  # fixes the split and the networks' initialisation; reset(seed=...) fixes the actions' randomness
     crop_size: int = 128  # the sampler's view
     patch_size: int = 64  # what the AE trains on
@@ -74,6 +75,8 @@ class MVTecPatchConfig:
             raise bad("reward", f"one of {', '.join(REWARDS)}")
         if not 0.0 <= self.contamination < 1.0:
             raise bad("contamination", "a number in [0, 1): the share of defect images among the AE's training images")
+        if not 0.0 <= self.contamination_reserve < 1.0:
+            raise bad("contamination_reserve", "a number in [0, 1): the largest contamination kept out of val and test")
         if self.k_shot < 1:
             raise bad("k_shot", "an integer >= 1")
         if self.image_size < 16:

@@ -27,6 +27,7 @@ def load_data(
     val_fraction: float = 0.2,
     seed: int = 0,
     contamination: float = 0.0,
+    contamination_reserve: float = 0.0,
 ) -> tuple[Category, Split]:
     """A category (embedded synthetic without ``data_root``) and its split."""
     if data_root is None:
@@ -40,11 +41,21 @@ def load_data(
             raise ValueError("data_root is set but category is not: expected the name of a category folder under data_root")
         root, name = Path(data_root), category
     options = check_data_options(
-        image_size=image_size, k_shot=k_shot, normal_pool=normal_pool, val_fraction=val_fraction, contamination=contamination
+        image_size=image_size,
+        k_shot=k_shot,
+        normal_pool=normal_pool,
+        val_fraction=val_fraction,
+        contamination=contamination,
+        contamination_reserve=contamination_reserve,
     )
     data = load_category_cached(root, name, options["image_size"])
     split_config = SplitConfig(
-        options["k_shot"], options["normal_pool"], options["val_fraction"], seed, options["contamination"]
+        options["k_shot"],
+        options["normal_pool"],
+        options["val_fraction"],
+        seed,
+        options["contamination"],
+        options["contamination_reserve"],
     )
     return data, make_split(data, split_config)
 
@@ -67,7 +78,7 @@ def check_data_options(**options: Any) -> dict[str, Any]:
         raise ValueError(f"image_size={options['image_size']!r} is invalid: expected an integer >= 16")
     if options.get("k_shot", 5) < 1:
         raise ValueError(f"k_shot={options['k_shot']!r} is invalid: expected an integer >= 1")
-    split_keys = ("k_shot", "normal_pool", "val_fraction", "seed", "contamination")
+    split_keys = ("k_shot", "normal_pool", "val_fraction", "seed", "contamination", "contamination_reserve")
     SplitConfig(**{key: options[key] for key in split_keys if key in options})  # their ranges
     return options
 
@@ -83,4 +94,5 @@ def load_env_data(config: MVTecPatchConfig) -> tuple[Category, Split]:
         config.val_fraction,
         config.seed,
         config.contamination,
+        config.contamination_reserve,
     )

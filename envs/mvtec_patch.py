@@ -384,8 +384,18 @@ class MVTecPatchEnv(gym.Env):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = {"contamination": 0.0, **state.get("config", {})}  # a state from before the option: no contamination
-        split_keys = ("data_root", "category", "image_size", "k_shot", "normal_pool", "val_fraction", "seed", "contamination")
+        saved = {"contamination": 0.0, "contamination_reserve": 0.0, **state.get("config", {})}  # older: none
+        split_keys = (
+            "data_root",
+            "category",
+            "image_size",
+            "k_shot",
+            "normal_pool",
+            "val_fraction",
+            "seed",
+            "contamination",
+            "contamination_reserve",
+        )
         for key in (*split_keys, "patch_size"):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise ValueError(f"state was saved with {key}={saved[key]!r}, this env has {getattr(self.config, key)!r}")

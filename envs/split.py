@@ -19,6 +19,9 @@ Contamination ``c`` is the share of defect images among the AE's training images
 (its unlabelled images beyond the 2 kept for evaluation; largest remainder, ties in type order). A type gives the
 last ``m`` images of its shuffled order, so a larger ``c`` moves a superset of a smaller one's images; the normal pool
 is drawn from ``train`` as a whole, contaminated images included. ``c = 0`` gives the split without the option.
+A degradation curve over levels up to ``r`` sets ``contamination_reserve = r`` at every level: the images level ``r``
+would move are kept out of ``val`` and ``test`` at all of them (those beyond level ``c`` unused), so the levels are
+evaluated on the same images and their rows pair.
 
 Too few images: a defect type keeps at least 2 images for evaluation (one validation, one test). With ``n`` images
 and ``n < k_shot + 2`` it gets ``max(n - 2, 0)`` labelled images instead of ``k_shot``, and a warning says so.
@@ -48,6 +51,8 @@ class SplitConfig:
     val_fraction: float = 0.2  # share of each type's remaining test images used for validation
     seed: int = 0
     contamination: float = 0.0  # share of defect images among the AE's training images (unlabelled, never evaluated)
+    # images set aside for contamination up to this share, so that every level up to it has the same val and test sets
+    contamination_reserve: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -59,6 +64,11 @@ class SplitConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.contamination < 1.0:
             raise ValueError(f"contamination={self.contamination!r} is invalid: expected a number in [0, 1)")
+        if not 0.0 <= self.contamination_reserve < 1.0:
+            raise ValueError(
+                f"contamination_reserve={self.contamination_reserve!r} is invalid: expected a number in [0, 1) (the "
+                "largest contamination whose images are kept out of val and test)"
+            )
 
 
 @dataclass
@@ -76,7 +86,8 @@ class Split:
     @property
     def roles(self) -> tuple[str, ...]:
         """The recorded roles: ``contaminated`` only where the option is set, so a split without it reads as before."""
-        return ("labelled", "normal_pool", "val", "test", *(("contaminated",) if self.config.contamination else ()))
+        contaminated = self.config.contamination or self.config.contamination_reserve
+        return ("labelled", "normal_pool", "val", "test", *(("contaminated",) if contaminated else ()))
 
     def known_masks(self, masks: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """``masks[indices]`` as a user knows them: a contaminated image is unlabelled, so its mask is empty."""
@@ -88,8 +99,9 @@ class Split:
     def to_dict(self, category: Category) -> dict:
         """JSON-ready record of which files went where (relative to the category folder)."""
         config = asdict(self.config)
-        if not self.config.contamination:
-            del config["contamination"]  # the record of a split without the option stays byte for byte as it was
+        for key in ("contamination", "contamination_reserve"):
+            if not config[key]:
+                del config[key]  # the record of a split without the option stays byte for byte as it was
         return {
             "category": category.name,
             "config": config,
@@ -175,11 +187,17 @@ def make_split(category: Category, config: SplitConfig = SplitConfig()) -> Split
         unlabelled[defect] = idx[k:]
     train_good = category.indices(TRAIN, GOOD)
     moved = _contaminated_per_type(category.name, unlabelled, len(train_good), config.contamination)
+    reserve = max(config.contamination_reserve, config.contamination)
+    reserved = _contaminated_per_type(category.name, unlabelled, len(train_good), reserve) if reserve else moved
     contaminated: list[int] = []
     for defect, rest in unlabelled.items():
-        if moved[defect]:  # the last images of the type's order: a larger contamination moves a superset
-            contaminated += rest[len(rest) - moved[defect] :].tolist()
-            rest = rest[: len(rest) - moved[defect]]
+        # the last images of the type's order: a larger contamination moves a superset, and the reserve (never
+        # evaluated) holds every level up to it (at most the reserve's count of a type: rounding may shift one image)
+        n_moved = min(moved[defect], reserved[defect])
+        if n_moved:
+            contaminated += rest[len(rest) - n_moved :].tolist()
+        if reserved[defect]:
+            rest = rest[: len(rest) - reserved[defect]]
         n_val = _n_val(len(rest), config.val_fraction)
         val += rest[:n_val].tolist()
         test += rest[n_val:].tolist()

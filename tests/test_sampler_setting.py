@@ -86,6 +86,26 @@ def test_contamination_is_seeded_and_nested_and_zero_leaves_the_split_unchanged(
         assert not split(seed, 0.0).contaminated.size
 
 
+def test_a_reserve_gives_every_level_up_to_it_the_same_evaluation_images(category) -> None:
+    def split(c: float, reserve: float = 0.25):
+        return make_split(category, SplitConfig(k_shot=5, normal_pool=4, contamination=c, contamination_reserve=reserve))
+
+    top = split(0.25)
+    assert split_json(top, category) != split_json(split(0.25, 0.0), category)  # the option is recorded
+    assert np.array_equal(top.train, split(0.25, 0.0).train) and np.array_equal(top.test, split(0.25, 0.0).test)
+    previous: set[int] = set()
+    for c in (0.0, 0.1, 0.2, 0.25):
+        level = split(c)
+        assert np.array_equal(level.val, top.val) and np.array_equal(level.test, top.test), c
+        assert previous <= set(level.contaminated) <= set(top.contaminated)  # nested
+        assert not set(level.contaminated) & (set(level.val) | set(level.test))
+        previous = set(level.contaminated)
+    assert not split(0.0).contaminated.size and np.array_equal(split(0.0).train, split(0.0, 0.0).train)
+    assert len(split(0.0).test) < len(split(0.0, 0.0).test)  # the reserve is kept out of evaluation
+    with pytest.raises(ValueError, match=r"^contamination_reserve=1.0 is invalid"):
+        SplitConfig(contamination_reserve=1.0)
+
+
 def test_a_contaminated_image_is_unlabelled_for_the_predictor(category) -> None:
     """The normal pool is drawn from the contaminated training set, and a contaminated image in it has an empty mask."""
     split = make_split(category, SplitConfig(k_shot=5, normal_pool=25, contamination=0.2))  # the pool: all of train
