@@ -316,7 +316,7 @@ def test_entropy_curve_prefers_the_logged_policy_entropy(tmp_path: Path) -> None
 
 def test_the_ablation_file_holds_the_sampler_grid() -> None:
     """Every sampler of the comparison at every contamination level, one variant each, differing from the default
-    preset only in the algorithm, the contamination and the reward."""
+    preset only in the algorithm, the contamination and the reward, every level with the same reserve (paired rows)."""
     variants = compare.load_variants(str(compare.ABLATION))
     default_env = variants["default"]["env_kwargs"]
     samplers = {
@@ -332,4 +332,5 @@ def test_the_ablation_file_holds_the_sampler_grid() -> None:
             env = dict(spec["env_kwargs"])
             assert (spec["algo"], spec["preset"]) == (algo, "default")
             assert env.pop("contamination") == c and env.pop("reward", "paper") == reward
+            assert env.pop("contamination_reserve") == 0.2
             assert env == default_env, f"{level}-{sampler}"
