@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from envs.mvtec import DatasetError
+from models.inference import InferenceModel
 from models.metrics import compute_metrics, f1_at_threshold, roc_pr_curves
 from models.runtime import atomic_write_text, check_device
 
@@ -340,6 +341,24 @@ def output_names(files: list[Path]) -> dict[Path, str]:
     return names
 
 
+def load_detector(run_dir: str | Path, device: str = "cpu", method: str = "detector") -> InferenceModel:
+    """A run's best model, ready for new images (:class:`models.inference.InferenceModel`), from the run folder alone.
+
+    Its threshold is the validation F1max threshold saved with ``best_detector.pt`` (None for the last weights or the
+    AE residual, which no validation picked).
+
+    Raises:
+        ValueError: not a run folder, no weights, or unreadable weights.
+    """
+    from agents.runs import best_record
+
+    run_dir = Path(run_dir)
+    _, model, image_size, weights = load_model(run_dir, device)
+    record = best_record(weights) if weights.name == BEST_WEIGHTS and method == "detector" else None
+    threshold = None if not record or "f1max_threshold" not in record else float(record["f1max_threshold"])
+    return InferenceModel(model, image_size, threshold, method)
+
+
 def predict_folder(run_dir: Path, images_dir: Path, out: Path, method: str, device: str = "cpu") -> dict[str, Any]:
     """Anomaly maps for unlabelled images: ``<name>_map.png`` (grey, 0-255) and ``<name>_overlay.png``, ``name`` from
     :func:`output_names`. Needs the run folder alone (:func:`load_model`). A file that cannot be read is skipped and
@@ -359,17 +378,17 @@ def predict_folder(run_dir: Path, images_dir: Path, out: Path, method: str, devi
     files = sorted(p for p in listed if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)  # not a folder x.png
     if not files:
         raise ValueError(f"'{images_dir}' has no images (expected a folder of {', '.join(IMAGE_EXTENSIONS)} files)")
-    _, detector, image_size, weights = load_model(run_dir, device)
+    detector = load_detector(run_dir, device, method)
     out.mkdir(parents=True, exist_ok=True)
     written, skipped = 0, []
     for path, name in output_names(files).items():
         try:
-            image = read_image(path, image_size)[0]
+            image = read_image(path, detector.image_size)[0]
         except DatasetError as error:
             logger.warning("skipped: %s", error)
             skipped.append(str(path))
             continue
-        amap = predict_maps(detector, image[None], method)[0]
+        amap = detector.predict(image).maps[0]
         cv2.imwrite(str(out / f"{name}_map.png"), np.round(np.clip(amap, 0, 1) * 255).astype(np.uint8))
         overlay = (0.55 * image + 0.45 * _heat(amap)).astype(np.uint8)
         cv2.imwrite(str(out / f"{name}_overlay.png"), overlay[..., ::-1])
@@ -378,7 +397,7 @@ def predict_folder(run_dir: Path, images_dir: Path, out: Path, method: str, devi
         raise ValueError(f"none of the {len(files)} images in '{images_dir}' could be read (see the warnings above)")
     if skipped:
         logger.warning("%d of %d images could not be read and were skipped", len(skipped), len(files))
-    return {"maps": str(out), "images": written, "skipped": skipped, "weights": weights.name}
+    return {"maps": str(out), "images": written, "skipped": skipped, "weights": run_weights(run_dir).name}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,3 +101,34 @@ def test_maps_of_new_images_need_the_run_folder_alone(tmp_path: Path) -> None:
     _, detector, image_size, weights = evaluate.load_model(run)
     assert weights.name == "detector.pt" and image_size == 64
     np.testing.assert_array_equal(evaluate.predict_maps(detector, pictures, "detector"), with_data)
+
+
+def test_load_detector_maps_new_images_of_any_size_from_the_run_folder_alone(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    _, data, split, reference = evaluate.load_run(run)  # the same weights, rebuilt with the training data
+    images = data.images[split.test[:3]]  # uint8 (3, 64, 64, 3)
+    detector = evaluate.load_detector(copy)
+    assert detector.image_size == 64
+    record = json.loads((copy / "best_detector.json").read_text())
+    assert detector.threshold == pytest.approx(record["f1max_threshold"])
+    result = detector.predict(images)
+    expected = reference.anomaly_map(images)
+    assert result.maps.shape == (3, 64, 64) and np.abs(result.maps - expected).max() <= 1e-6
+    assert np.array_equal(result.scores, expected.reshape(3, -1).max(axis=1))
+    assert result.masks is not None and np.array_equal(result.masks, expected >= detector.threshold)
+    # one image, a larger one (resized as training did), a grey one, a file: each as the reader gives it
+    assert np.abs(detector.predict(images[0]).maps - result.maps[:1]).max() <= 1e-6  # batch 1: other float sums
+    big = cv2.resize(images[1], (96, 80), interpolation=cv2.INTER_LINEAR)
+    assert detector.predict([big]).maps.shape == (1, 64, 64)
+    cv2.imwrite(str(tmp_path / "part.png"), images[2][..., ::-1])
+    assert np.abs(detector.predict([tmp_path / "part.png"]).maps - result.maps[2:]).max() <= 1e-6
+    grey = detector.predict(images[0, ..., 0])
+    assert grey.maps.shape == (1, 64, 64)
+    with pytest.raises(ValueError, match=r"^image 0: expected uint8"):
+        detector.predict(images.astype(np.float32))
+    # the AE residual has no validation threshold; the last weights have none either
+    ae = evaluate.load_detector(copy, method="ae")
+    assert ae.threshold is None and ae.predict(images).masks is None
+    (copy / "best_detector.pt").unlink()
+    assert evaluate.load_detector(copy).threshold is None
