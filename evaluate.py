@@ -359,6 +359,34 @@ def load_detector(run_dir: str | Path, device: str = "cpu", method: str = "detec
     return InferenceModel(model, image_size, threshold, method)
 
 
+def export_run(run_dir: Path, path: Path) -> dict[str, Any]:
+    """Export the run's best detector to ONNX (:func:`models.export.export_onnx`) and, where onnxruntime is installed,
+    check its maps against PyTorch's on random images (``max_abs_difference``).
+
+    Raises:
+        ValueError: a baseline's run (only the method's detector is exported), or no usable weights.
+    """
+    from models.detector import Detector
+    from models.export import export_onnx
+
+    detector = load_detector(run_dir)
+    if not isinstance(detector.model, Detector):
+        raise ValueError(f"--export takes a run of the method, not of the {type(detector.model).__name__} baseline")
+    sidecar = export_onnx(detector.model, detector.image_size, path, detector.threshold)
+    report: dict[str, Any] = {"model": str(path), "sidecar": str(path.with_suffix(".json")), **sidecar}
+    try:
+        import onnxruntime
+    except ImportError:
+        logger.warning("onnxruntime is not installed: the exported model was not checked (pip install onnxruntime)")
+        return report
+    images = np.random.default_rng(0).integers(0, 256, (2, detector.image_size, detector.image_size, 3), dtype=np.uint8)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    maps = session.run(None, {"images": x})[0]
+    report["max_abs_difference"] = float(np.abs(maps - detector.predict(images).maps).max())
+    return report
+
+
 def predict_folder(run_dir: Path, images_dir: Path, out: Path, method: str, device: str = "cpu") -> dict[str, Any]:
     """Anomaly maps for unlabelled images: ``<name>_map.png`` (grey, 0-255) and ``<name>_overlay.png``, ``name`` from
     :func:`output_names`. Needs the run folder alone (:func:`load_model`). A file that cannot be read is skipped and
@@ -407,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=None, help="evaluate on another folder of MVTec AD categories")
     parser.add_argument("--category", default=None, help="category under --data-root")
     parser.add_argument("--images", default=None, help="a folder of unlabelled images: write their anomaly maps")
+    parser.add_argument(
+        "--export",
+        default=None,
+        metavar="MODEL.onnx",
+        help="write the run's whole inference graph as ONNX (dynamic batch) and MODEL.json beside it (input size, "
+        "normalisation, validation threshold), then check onnxruntime's maps against PyTorch's",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: the run folder)")
     parser.add_argument("--device", default="cpu", help="torch device for evaluation: cpu, cuda, cuda:N")
     return parser
@@ -417,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         check_device(args.device)
+        if args.export is not None:
+            print(json.dumps(export_run(Path(args.run), Path(args.export)), indent=2))
+            return 0
         if args.images is not None:
             out = Path(args.out) if args.out else Path(args.run) / "maps"
             print(json.dumps(predict_folder(Path(args.run), Path(args.images), out, args.method, args.device)))

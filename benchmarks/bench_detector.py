@@ -5,7 +5,8 @@ the pool's loss profiles, one predictor update, one full AE + refresh + predicto
 does when its mini-batch is full), the predictor's logits resized to the image and its decoder's features
 upsampled, each back-propagated (torch's interpolate against ``models.resize.resize_bilinear``), the AE's loss
 profiles of a chunk of images with torch's reflect padding and upsampling and with ``models.padding``'s copies,
-inference per image at batch 1 and batched, and the peak RSS.
+inference per image at batch 1 and batched, in PyTorch and, exported (models.export), in onnxruntime with the
+largest difference between their maps, and the peak RSS.
 
 Targets on 2 CPU cores: full cycle <= 1.2 s, inference <= 30 ms per image at batch 1, peak RSS <= 3 GiB
 for a 300-image category.
@@ -26,6 +27,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,6 +57,40 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 2, device: str =
     return statistics.median(times), min(times), statistics.median(cpu)
 
 
+def onnx_inference(
+    detector: Detector, one: np.ndarray, many: np.ndarray, args: argparse.Namespace
+) -> dict[str, tuple[float, float, float]]:
+    """The exported graph (:mod:`models.export`) in onnxruntime, ``args.threads`` intra-op threads: per-image times at
+    batch 1 and batch ``len(many)``, and the largest difference from PyTorch's maps (printed)."""
+    import tempfile
+
+    try:
+        import onnxruntime
+    except ImportError:
+        print("onnxruntime is not installed: no ONNX timings (pip install -e '.[export]')")
+        return {}
+    from models.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        export_onnx(detector, args.size, path)
+        options = onnxruntime.SessionOptions()
+        if args.threads > 0:
+            options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0  # (N, 3, S, S)
+        return session.run(None, {"images": x})[0]
+
+    difference = float(np.abs(run(many) - detector.anomaly_map(many)).max())
+    print(f"onnxruntime {onnxruntime.__version__}: max abs difference from PyTorch's maps {difference:.2e}")
+    results = {"onnxruntime inference, batch 1 (per image)": timed(lambda: run(one), args.repeats)}
+    med, lo, cpu = timed(lambda: run(many), max(3, args.repeats // 3))
+    results[f"onnxruntime inference, batch {len(many)} (per image)"] = (med / len(many), lo / len(many), cpu / len(many))
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-images", type=int, default=300, help="normal training images")
@@ -68,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="default", help="detector settings of this preset (agents/hyperparams/env.yml)")
     parser.add_argument("--set", nargs="*", default=[], metavar="K=V", help="DetectorConfig fields over the preset's")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the exported model's onnxruntime timings")
     args = parser.parse_args(argv)
     from models.runtime import check_device
 
@@ -176,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     med, lo, cpu = timed_here(lambda: detector.anomaly_map(many), max(3, args.repeats // 3))
     name = f"inference, {args.batch} images in chunks of {config.inference_batch_size} (per image)"
     results[name] = (med / args.batch, lo / args.batch, cpu / args.batch)
+
+    if not args.no_onnx:
+        results.update(onnx_inference(detector, one, many, args))
 
     for name, (med, lo, cpu) in results.items():
         print(f"{name:55s} median {med:8.1f} ms   min {lo:8.1f} ms   CPU {cpu:8.1f} ms")

@@ -233,6 +233,9 @@ def test_bench_detector_takes_detector_fields_and_rejects_an_unknown_one(capsys:
     bench_detector.main([*small, "--set", "map_global_weight=0.1"])
     out = capsys.readouterr().out
     assert "set map_global_weight=0.1" in out and "inference, batch 1" in out
+    if "onnxruntime inference, batch 1" in out:  # with onnxruntime installed: the exported graph gives the same maps
+        difference = float(out.split("max abs difference from PyTorch's maps ")[1].split()[0])
+        assert difference <= 1e-4 and "onnxruntime inference, batch 2 (per image)" in out
     with pytest.raises(SystemExit, match="error: .*nonsense"):
         bench_detector.main([*small, "--set", "nonsense=1"])
 

@@ -132,3 +132,42 @@ def test_load_detector_maps_new_images_of_any_size_from_the_run_folder_alone(run
     assert ae.threshold is None and ae.predict(images).masks is None
     (copy / "best_detector.pt").unlink()
     assert evaluate.load_detector(copy).threshold is None
+
+
+def test_an_exported_model_maps_new_images_without_the_training_data(tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    data = tmp_path / "data"
+    write_mvtec_tree(data, n_train=6, n_test_good=6, defects={"scratch": 6, "hole": 6}, size_hw=(64, 64))
+    run = train_run(data, tmp_path / "logs", eval_freq=16)
+    new = tmp_path / "new"
+    new.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):  # other sizes than the working one: resized as training did
+        cv2.imwrite(str(new / f"part{i}.png"), rng.integers(0, 256, (80 + 8 * i, 72, 3), dtype=np.uint8))
+    shutil.rmtree(data)
+    model = tmp_path / "export" / "model.onnx"
+    assert evaluate.main(["--run", str(run), "--export", str(model)]) == 0
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    assert sidecar["input"]["shape"] == ["batch", 3, 64, 64] and sidecar["threshold"] is not None
+    detector = evaluate.load_detector(run)
+    images = detector.prepare(sorted(new.iterdir()))  # uint8 (3, 64, 64, 3)
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for batch in (images[:1], images):  # the batch axis is dynamic
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        maps = session.run(None, {"images": x})[0]
+        assert maps.shape == (len(batch), 64, 64)
+        assert np.abs(maps - detector.predict(batch).maps).max() <= 1e-4
+    assert sidecar["threshold"] == pytest.approx(detector.threshold)
+
+
+def test_export_refuses_a_baseline_run_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    write_mvtec_tree(data, n_train=6, n_test_good=6, defects={"scratch": 6, "hole": 6}, size_hw=(64, 64))
+    args = ["--method", "unet", "-n", "2", "-f", str(tmp_path / "logs"), "--data-root", str(data), "--category", "widget"]
+    args += ["--no-progress", "-v", "0", "--no-evaluate", "--env-kwargs", "image_size:64", "--hyperparams", "crop_size:32"]
+    assert train.main(args) == 0
+    (run,) = (tmp_path / "logs" / "unet").iterdir()
+    assert evaluate.main(["--run", str(run), "--export", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --export takes a run of the method") and "\n" not in err
+    assert not (tmp_path / "m.onnx").exists()
