@@ -29,7 +29,8 @@ from models.runtime import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
-REWARD_TERMS = ("r_clone", "r_cover", "r_pred", "r_defect", "beta", "alpha", "pred_lr", "ae_loss", "pred_loss")
+# patch_defect: the ground-truth defect share of the AE's patches (contaminated images only), a diagnostic
+REWARD_TERMS = ("r_clone", "r_cover", "r_pred", "r_defect", "patch_defect", "beta", "alpha", "pred_lr", "ae_loss", "pred_loss")
 NOT_TEXT = ("stdout", "log", "json", "csv")  # images go to TensorBoard only
 
 

@@ -210,6 +210,8 @@ class MVTecPatchEnv(gym.Env):
         if q is not None:
             reward -= q
             info["r_defect"] = -q
+        if action != SKIP:  # a diagnostic the sampler never sees: the ground-truth defect share of the AE's patch
+            info["patch_defect"] = self._patch_defect_share()
         # truncation=False: episodes have a fixed length and end with terminated=True, so returns are not bootstrapped
         terminated = self.episode_step >= self.config.episode_length
         return self._observation(), float(reward), terminated, False, info
@@ -269,6 +271,12 @@ class MVTecPatchEnv(gym.Env):
         if j >= self.config.predictor_freeze_steps:
             for _ in range(self.detector.config.predictor_updates_per_ae_update):
                 self.last_pred_loss = self.detector.predictor_update()
+
+    def _patch_defect_share(self) -> float:
+        """The share of defective pixels (ground truth: non-zero only in contaminated images) in the last patch."""
+        assert self.last_patch_corner is not None
+        (y, x), p = self.last_patch_corner, self.config.patch_size
+        return float(self.category.masks[self.split.train[self.image_index], y : y + p, x : x + p].mean())
 
     def move_defect_probabilities(self) -> np.ndarray:
         """float64 (8,): for each move (actions 0-7) from the current centre, the highest defect probability of the

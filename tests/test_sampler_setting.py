@@ -182,6 +182,25 @@ def test_the_defect_reward_credits_the_chosen_patch(env_root: Path) -> None:
     assert results[3][0] - paper_part(results[3][1]) != pytest.approx(results[2][0] - paper_part(results[2][1]))
 
 
+def test_the_patch_defect_diagnostic_is_the_ground_truth_share_of_the_patch(env_root: Path) -> None:
+    env = MVTecPatchEnv(**small_kwargs(env_root, contamination=0.2))
+    env.reset(seed=0)
+    contaminated = int(np.flatnonzero(np.isin(env.split.train, env.split.contaminated))[0])
+    mask = env.category.masks[env.split.train[contaminated]]  # (64, 64) bool, the defect of a contaminated image
+    cy, cx = (int(v) for v in np.argwhere(mask).mean(axis=0).round())
+    shares = {}
+    for name, (index, center) in {"on the defect": (contaminated, (cy, cx)), "clean image": (0, (32, 32))}.items():
+        env.image_index, env.center = index, (min(max(cy, 16), 48), min(max(cx - 6, 16), 48))
+        if name == "clean image":
+            env.center = center
+        info = env.step(3)[4]  # east: the patch at the new centre
+        y, x = env.last_patch_corner
+        assert info["patch_defect"] == pytest.approx(env.category.masks[env.split.train[index], y : y + 16, x : x + 16].mean())
+        shares[name] = info["patch_defect"]
+    assert shares["on the defect"] > 0 and shares["clean image"] == 0.0  # index 0: a train/good image
+    assert "patch_defect" not in env.step(SKIP)[4]  # no patch, no share
+
+
 def test_the_defect_reward_reads_the_real_detector_once_per_version(env_root: Path) -> None:
     env = MVTecPatchEnv(**small_kwargs(env_root, reward="defect_avoid"))
     env.reset(seed=1)
