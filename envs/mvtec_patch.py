@@ -153,6 +153,7 @@ class MVTecPatchEnv(gym.Env):
         weights, sigma = detector.config.fused_weights, detector.config.fused_blur_sigma
         for i, (image, residual) in enumerate(zip(self.train_images, residuals)):  # fixed context: computed once
             self.fused[i] = np.round(255 * fused_structural_map(image, residual, weights, sigma)).astype(np.uint8)
+        logger.info("fused structural maps of %d training images", len(self.train_images))
         patches = detector.random_patches(256).numpy()  # (256, 3, p, p)
         self.clone_scale = float(np.percentile([sobel_magnitude(x).mean() for x in patches], 99)) or 1.0
         self.last_pred_loss = detector.warmup_predictor(progress=progress)[-1] if self.config.predictor_warmup_updates else 1.0

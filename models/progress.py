@@ -92,6 +92,7 @@ class Progress:
             yield from self._tqdm
             return
         assert self._line is not None
+        logger.info("%s: %d %ss", self.desc, self.total, self._line.unit)  # a phase's first line comes at its start
         self._line.start(0)
         for i in range(self.total):
             yield i

@@ -190,6 +190,7 @@ def test_resume_honours_device_threads_and_a_larger_n(
     # the warm-up reports too, each phase to its end, with its latest loss
     assert any(m.startswith("AE pre-training: epoch 1/1 (100%)") and "; loss " in m for m in messages), messages
     assert any(m.startswith("predictor warm-up: update 2/2 (100%)") and "; loss " in m for m in messages), messages
+    assert "predictor warm-up: 2 updates" in messages  # said when the phase starts
     run = tmp_path / "reinforce" / "MVTecPatch-v0_1"
     assert yaml.safe_load((run / "config.yml").read_text())["threads"] == 1
     assert train.main(["-i", str(run), "-n", "16", "-v", "0"]) == 2  # smaller than done
