@@ -19,6 +19,7 @@ import yaml
 
 from agents.hyperparams_opt import deep_merge
 from agents.runs import TRAINER_CHECKPOINT, restartable
+from envs.data import DATA_KEYS
 from models.runtime import DEFAULT_THREADS, check_device
 
 __all__ = [
@@ -40,17 +41,7 @@ HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 ENV_IDS = ("MVTecPatch-v0",)
 PRESETS = ("default", "paper", "paper-long")
 METHOD = "sampler"  # the paper's method: an RL sampler (--algo) training the AE and predictor inside the env
-# env settings a baseline takes from env.yml's preset (and --env-kwargs): the data protocol, so its split is the method's
-DATA_KEYS = (
-    "data_root",
-    "category",
-    "image_size",
-    "k_shot",
-    "normal_pool",
-    "val_fraction",
-    "contamination",
-    "contamination_reserve",
-)
+# DATA_KEYS: the env settings a baseline takes from env.yml's preset (and --env-kwargs), so its split is the method's
 
 # flags that fix what a run computes: -i refuses them, since config.yml already holds their values
 RESUME_REFUSED = (

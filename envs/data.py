@@ -15,7 +15,19 @@ from envs.mvtec import Category, load_category_cached
 from envs.split import Split, SplitConfig, make_split
 from models.validation import check_value
 
-__all__ = ["check_data_options", "load_data", "load_env_data"]
+__all__ = ["DATA_KEYS", "check_data_options", "load_data", "load_env_data"]
+
+# the env settings that fix the data and its split (with the seed): what a baseline takes from the env's preset
+DATA_KEYS = (
+    "data_root",
+    "category",
+    "image_size",
+    "k_shot",
+    "normal_pool",
+    "val_fraction",
+    "contamination",
+    "contamination_reserve",
+)
 
 
 def load_data(

@@ -22,7 +22,7 @@ from gymnasium import spaces
 
 from envs import warmup_cache
 from envs.config import MVTecPatchConfig, detector_config
-from envs.data import load_env_data
+from envs.data import DATA_KEYS, load_env_data
 from models.detector import build_detector
 from models.runtime import generator_state, set_generator_state
 from models.structural import fused_structural_map, sobel_magnitude
@@ -394,17 +394,7 @@ class MVTecPatchEnv(gym.Env):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = {"contamination": 0.0, "contamination_reserve": 0.0, **state.get("config", {})}  # older: none
-        split_keys = (
-            "data_root",
-            "category",
-            "image_size",
-            "k_shot",
-            "normal_pool",
-            "val_fraction",
-            "seed",
-            "contamination",
-            "contamination_reserve",
-        )
+        split_keys = (*DATA_KEYS, "seed")
         for key in (*split_keys, "patch_size"):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise ValueError(f"state was saved with {key}={saved[key]!r}, this env has {getattr(self.config, key)!r}")
