@@ -112,13 +112,13 @@ class Tally:
         self.rows: list[tuple[bool, float, float]] = []
         self.callback = _Callback()
 
-    def summary(self, window: int) -> dict[str, float]:
+    def summary(self, window: int) -> dict[str, float | None]:
         rows = self.rows[-window:]
         defect = [hit for state, hit, _ in rows if state]
         entropies = [e for *_, e in rows if not math.isnan(e)]
         return {
-            "hit_rate": round(float(np.mean(defect)), 3) if defect else float("nan"),
-            "entropy": round(float(np.mean(entropies)), 3) if entropies else float("nan"),
+            "hit_rate": round(float(np.mean(defect)), 3) if defect else None,
+            "entropy": round(float(np.mean(entropies)), 3) if entropies else None,
         }
 
 
@@ -140,6 +140,14 @@ def settings(overrides: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         "default-lr3e-4-norm-gamma0": (
             "reinforce",
             {**default, "learning_rate": 3e-4, "normalize_advantage": True, "gamma": 0.0},
+        ),
+        "default-lr1e-3-norm-gamma0": (
+            "reinforce",
+            {**default, "learning_rate": 1e-3, "normalize_advantage": True, "gamma": 0.0},
+        ),
+        "default-lr3e-3-norm-gamma0-n32": (
+            "reinforce",
+            {**default, "learning_rate": 3e-3, "normalize_advantage": True, "gamma": 0.0, "n_steps": 32},
         ),
         "ppo": ("ppo", agent_kwargs("ppo", "default")),
     }

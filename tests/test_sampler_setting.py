@@ -352,4 +352,8 @@ def test_the_ablation_file_holds_the_sampler_grid() -> None:
             assert (spec["algo"], spec["preset"]) == (algo, "default")
             assert env.pop("contamination") == c and env.pop("reward", "paper") == reward
             assert env.pop("contamination_reserve") == 0.2
+            per_step = (
+                {"gamma": 0.0, "normalize_advantage": True, "learning_rate": 3e-4} if sampler == "reinforce-avoid" else {}
+            )
+            assert spec.get("hyperparams", {}) == per_step, f"{level}-{sampler}"
             assert env == default_env, f"{level}-{sampler}"
