@@ -27,6 +27,7 @@ DATA_KEYS = (
     "val_fraction",
     "contamination",
     "contamination_reserve",
+    "vetted_normal_pool",
 )
 
 
@@ -40,6 +41,7 @@ def load_data(
     seed: int = 0,
     contamination: float = 0.0,
     contamination_reserve: float = 0.0,
+    vetted_normal_pool: bool = False,
 ) -> tuple[Category, Split]:
     """A category (embedded synthetic without ``data_root``) and its split."""
     if data_root is None:
@@ -59,6 +61,7 @@ def load_data(
         val_fraction=val_fraction,
         contamination=contamination,
         contamination_reserve=contamination_reserve,
+        vetted_normal_pool=vetted_normal_pool,
     )
     data = load_category_cached(root, name, options["image_size"])
     split_config = SplitConfig(
@@ -68,6 +71,7 @@ def load_data(
         seed,
         options["contamination"],
         options["contamination_reserve"],
+        options["vetted_normal_pool"],
     )
     return data, make_split(data, split_config)
 
@@ -90,7 +94,15 @@ def check_data_options(**options: Any) -> dict[str, Any]:
         raise ValueError(f"image_size={options['image_size']!r} is invalid: expected an integer >= 16")
     if options.get("k_shot", 5) < 1:
         raise ValueError(f"k_shot={options['k_shot']!r} is invalid: expected an integer >= 1")
-    split_keys = ("k_shot", "normal_pool", "val_fraction", "seed", "contamination", "contamination_reserve")
+    split_keys = (
+        "k_shot",
+        "normal_pool",
+        "val_fraction",
+        "seed",
+        "contamination",
+        "contamination_reserve",
+        "vetted_normal_pool",
+    )
     SplitConfig(**{key: options[key] for key in split_keys if key in options})  # their ranges
     return options
 
@@ -107,4 +119,5 @@ def load_env_data(config: MVTecPatchConfig) -> tuple[Category, Split]:
         config.seed,
         config.contamination,
         config.contamination_reserve,
+        config.vetted_normal_pool,
     )

@@ -18,7 +18,8 @@ Contamination ``c`` is the share of defect images among the AE's training images
 (at least one) for ``G`` ``train/good`` images, drawn from the defect types in proportion to the images each can spare
 (its unlabelled images beyond the 2 kept for evaluation; largest remainder, ties in type order). A type gives the
 last ``m`` images of its shuffled order, so a larger ``c`` moves a superset of a smaller one's images; the normal pool
-is drawn from ``train`` as a whole, contaminated images included. ``c = 0`` gives the split without the option.
+is drawn from ``train`` as a whole, contaminated images included (``vetted_normal_pool``: from ``train/good`` only, as a
+user who looks at its few images would make it). ``c = 0`` gives the split without the option.
 A degradation curve over levels up to ``r`` sets ``contamination_reserve = r`` at every level: the images level ``r``
 would move are kept out of ``val`` and ``test`` at all of them (those beyond level ``c`` unused), so the levels are
 evaluated on the same images and their rows pair.
@@ -53,6 +54,8 @@ class SplitConfig:
     contamination: float = 0.0  # share of defect images among the AE's training images (unlabelled, never evaluated)
     # images set aside for contamination up to this share, so that every level up to it has the same val and test sets
     contamination_reserve: float = 0.0
+    # the normal pool drawn from train/good only, as a user who looks at its images would make it (contamination > 0)
+    vetted_normal_pool: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -99,7 +102,7 @@ class Split:
     def to_dict(self, category: Category) -> dict:
         """JSON-ready record of which files went where (relative to the category folder)."""
         config = asdict(self.config)
-        for key in ("contamination", "contamination_reserve"):
+        for key in ("contamination", "contamination_reserve", "vetted_normal_pool"):
             if not config[key]:
                 del config[key]  # the record of a split without the option stays byte for byte as it was
         return {
@@ -208,8 +211,11 @@ def make_split(category: Category, config: SplitConfig = SplitConfig()) -> Split
     test += good_test[n_val:].tolist()
 
     train = np.sort(np.concatenate([train_good, np.asarray(contaminated, dtype=np.int64)])) if contaminated else train_good
-    pool_size = min(config.normal_pool, len(train))
-    normal_pool = _rng(config.seed, "normal_pool").choice(train, size=pool_size, replace=False) if pool_size else train[:0]
+    candidates = train_good if config.vetted_normal_pool else train
+    pool_size = min(config.normal_pool, len(candidates))
+    normal_pool = (
+        _rng(config.seed, "normal_pool").choice(candidates, size=pool_size, replace=False) if pool_size else train[:0]
+    )
 
     def sorted_array(values: list[int] | np.ndarray) -> np.ndarray:
         return np.sort(np.asarray(values, dtype=np.int64))

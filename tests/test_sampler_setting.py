@@ -106,6 +106,19 @@ def test_a_reserve_gives_every_level_up_to_it_the_same_evaluation_images(categor
         SplitConfig(contamination_reserve=1.0)
 
 
+def test_a_vetted_normal_pool_holds_no_contaminated_image_and_changes_nothing_else(category) -> None:
+    def split(vetted: bool):
+        config = SplitConfig(k_shot=5, normal_pool=8, contamination=0.2, vetted_normal_pool=vetted)
+        return make_split(category, config)
+
+    plain, vetted = split(False), split(True)
+    assert set(vetted.normal_pool) <= set(category.indices(TRAIN, GOOD)) and len(vetted.normal_pool) == 8
+    for role in ("labelled", "train", "val", "test", "contaminated"):
+        assert np.array_equal(getattr(plain, role), getattr(vetted, role)), role
+    assert '"vetted_normal_pool": true' in split_json(vetted, category)
+    assert "vetted_normal_pool" not in split_json(plain, category)  # a split without the option reads as before
+
+
 def test_a_contaminated_image_is_unlabelled_for_the_predictor(category) -> None:
     """The normal pool is drawn from the contaminated training set, and a contaminated image in it has an empty mask."""
     split = make_split(category, SplitConfig(k_shot=5, normal_pool=25, contamination=0.2))  # the pool: all of train
