@@ -38,6 +38,24 @@ TABLES = {
         ("default", "labels-10", "labels-15", "labels-25", "normal-pool-0", "normal-pool-60", "normal-pool-240"),
         ("magnetic_tile",),
     ),
+    "contamination": Table(
+        (
+            "ae@c00-random",
+            "c00-random",
+            "c00-heuristic",
+            "c00-reinforce",
+            "c00-reinforce-avoid",
+            "c00-ppo-avoid",
+            "ae@c20-random",
+            "c20-random",
+            "c20-random-vetted",
+            "c20-heuristic",
+            "c20-reinforce",
+            "c20-reinforce-avoid",
+            "c20-ppo-avoid",
+        ),
+        ("magnetic_tile",),
+    ),
 }
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n).*?(<!-- end generated -->)", re.DOTALL)
 
