@@ -12,17 +12,10 @@ from typing import Any
 import yaml
 
 from agents.hyperparams_opt import set_dotted
+from envs.data import DATA_KEYS
 
 ENV_FIELDS = {"pretrain_epochs", "predictor_warmup_updates", "alpha_decay_updates", "ae_reset_every", "profile_stack"}
-ENV_FIELDS |= {
-    "k_shot",
-    "normal_pool",
-    "val_fraction",
-    "contamination",
-    "contamination_reserve",
-    "vetted_normal_pool",
-    "image_size",
-}
+ENV_FIELDS |= set(DATA_KEYS) - {"data_root", "category"}  # the data protocol's settings
 
 
 def parse_sets(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
