@@ -20,6 +20,7 @@ from agents.runs import (
     BestCheckpoint,
     Interrupted,
     ProgressLine,
+    best_record,
     restartable,
     validation_split,
     write_split,
@@ -27,9 +28,29 @@ from agents.runs import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train_baseline"]
+__all__ = ["Plateau", "train_baseline"]
 
 Validate = Callable[[Any, np.ndarray, np.ndarray, list[bool]], tuple[dict[str, float], np.ndarray]]
+
+
+class Plateau:
+    """The early stop of a baseline: after ``min_updates`` updates, stop once the best validation F1max (``best``, a
+    :class:`agents.runs.BestCheckpoint`) is ``window`` or more updates old (window 0: never). The update of the best is
+    read from the best checkpoint's record, so a resumed run stops where the uninterrupted one does."""
+
+    def __init__(self, window: int, min_updates: int, best: BestCheckpoint) -> None:
+        self.window, self.min_updates, self.best = window, min_updates, best
+        self.best_at = 0
+        self._seen = -np.inf
+        record = best_record(best.path) if best.path is not None else None
+        if record is not None:
+            self._seen, self.best_at = float(record["pixel_f1max"]), int(record["updates"])
+
+    def reached(self, updates: int) -> bool:
+        """Call after each validation at ``updates``: whether training should stop there."""
+        if self.best.best_f1max > self._seen:
+            self._seen, self.best_at = self.best.best_f1max, updates
+        return self.window > 0 and updates >= self.min_updates and updates - self.best_at >= self.window
 
 
 def train_baseline(
@@ -41,7 +62,8 @@ def train_baseline(
     tensorboard_log: str | None,
     validate: Validate,
 ) -> None:
-    """Train the baseline of ``config`` (``config["method"]``) for ``config["n_updates"]`` optimiser updates.
+    """Train the baseline of ``config`` (``config["method"]``) for ``config["n_updates"]`` optimiser updates, or fewer
+    when ``config["patience"]`` > 0 and its validation F1max has plateaued (:class:`Plateau`).
 
     Args:
         config: the run's config (:func:`agents.run_config.resolve_config`).
@@ -91,6 +113,7 @@ def train_baseline(
 
     total, interrupt = config["n_updates"], InterruptCallback()
     validating = config["eval_freq"] > 0 and bool(val_masks.any())
+    plateau = Plateau(config.get("patience", 0) * config["eval_freq"], config.get("min_updates", 0), best)
     bar = tqdm(total=total, initial=trainer.updates, desc=config["method"], disable=not progress)
     line = ProgressLine(total, "update", "updates")
     line.start(trainer.updates)
@@ -101,10 +124,17 @@ def train_baseline(
                 writer.add_scalar(f"train/{key}", value, trainer.updates)
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.4f}")
-            if validating and trainer.updates % config["eval_freq"] == 0:
+            evaluated = validating and trainer.updates % config["eval_freq"] == 0
+            if evaluated:
                 run_validation()
             if config["save_freq"] > 0 and trainer.updates % config["save_freq"] == 0:
                 trainer.save(checkpoint)
+            if evaluated and plateau.reached(trainer.updates):
+                logger.info(
+                    "validation F1max plateaued: best %.4f at update %d, none better in the %d updates since; stopping",
+                    best.best_f1max, plateau.best_at, trainer.updates - plateau.best_at,
+                )
+                break
             if not progress:
                 line.maybe_log(trainer.updates, history, f", loss {terms['loss']:.4f}")
     bar.close()

@@ -266,7 +266,10 @@ def _baseline_config(args: argparse.Namespace, method: str) -> dict[str, Any]:
             f"--env-kwargs {', '.join(unknown)} do not apply to --method {method} (valid: {', '.join(DATA_KEYS)})"
         )
     data.update(extra)
-    return validate_config(_config({"method": method, "env": args.env}, args, "n_updates", hyperparams, data))
+    # when to stop before n_updates (agents.baseline_trainer): run settings, not the trainer's
+    stopping = {key: hyperparams.pop(key) for key in STOPPING if key in hyperparams}
+    config = _config({"method": method, "env": args.env}, args, "n_updates", hyperparams, data)
+    return validate_config({**config, **stopping})
 
 
 def _config(
@@ -296,6 +299,10 @@ def _config(
         "hyperparams": hyperparams,
     }
 
+
+# a baseline's early stop, set in its preset or by --hyperparams: after at least min_updates updates, stop once the
+# validation pixel F1max has not improved for `patience` evaluations (0: train all n_updates)
+STOPPING = ("patience", "min_updates")
 
 # the run settings of a config and the flags that set them (for messages)
 RUN_FLAGS = {"n_timesteps": "-n", "n_updates": "-n", "eval_freq": "--eval-freq", "save_freq": "--save-freq"}
@@ -340,6 +347,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         data = {key: value for key, value in config["env_kwargs"].items() if key != "device"}
         config["env_kwargs"].update(check_data_options(**data))
         BASELINES[method].config_from_dict({**config["hyperparams"], "device": config["device"]})
+        for key in STOPPING:
+            config[key] = check_value(key, config.get(key, 0), int)
+            if config[key] < 0:
+                raise ValueError(f"{key}={config[key]} is invalid: expected an integer >= 0 (0: none)")
+        if config["patience"] and config["eval_freq"] < 1:
+            raise ValueError(f"patience={config['patience']} needs validation: set --eval-freq or eval_freq >= 1")
     return config
 
 

@@ -33,7 +33,21 @@ class Table:
 
 
 TABLES = {
-    "comparison": Table(("default", "default-random", "paper", "ae@default", "unet", "vqvae2"), ("magnetic_tile", "tire")),
+    "comparison": Table(
+        (
+            "default",
+            "default-random",
+            "paper",
+            "ae@default",
+            "unet",
+            "unet-budget",
+            "unet-plateau",
+            "vqvae2",
+            "vqvae2-budget",
+            "vqvae2-plateau",
+        ),
+        ("magnetic_tile", "tire"),
+    ),
     "ablation": Table(
         ("default", "labels-10", "labels-15", "labels-25", "normal-pool-0", "normal-pool-60", "normal-pool-240"),
         ("magnetic_tile",),

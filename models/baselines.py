@@ -2,8 +2,8 @@
 
 * :class:`UNetBaseline`: a supervised U-Net on exactly the predictor's labelled files (k_shot anomalies per defect type
   plus the normal pool), the paper's weighted BCE (eq. 8, alpha decaying 1.0 -> 0.15), flips and small shifts.
-* :class:`VQVAE2Baseline`: an unsupervised two-level VQ-VAE on the normal training images; the anomaly map is the
-  channel-mean absolute reconstruction residual (L1, not SSIM), Gaussian-smoothed as the method's maps are.
+* :class:`VQVAE2Baseline`: an unsupervised two-level VQ-VAE on the normal training images; the anomaly map is a
+  reconstruction residual (``map_residual``: L1 by default, L2 or 1 - SSIM), Gaussian-smoothed as the method's maps are.
 
 Each exposes what evaluation needs of a detector: ``anomaly_map(images) -> (N, H, W)``, ``state_dict`` /
 ``load_state_dict``, ``save`` and ``load_weights`` (``torch.load(weights_only=True)``), so evaluate.py treats every
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from models.detector import smooth_maps
 from models.detector.inputs import window_on
 from models.predictor import normal_weight, weighted_bce
+from models.residual import RESIDUALS, residual_map
 from models.runtime import atomic_torch_save, plain
 from models.unet import UNet, UNetConfig
 from models.validation import check_dict, check_fields
@@ -101,6 +102,8 @@ class VQVAE2BaselineConfig:
         batch_size: crops per update.
         crop_size: side of the random crops of normal images it trains on (the network is fully convolutional, so it
             reconstructs whole images at inference); 0: whole images.
+        map_residual: the anomaly map, per pixel (:mod:`models.residual`): "l1" (channel mean of |x - recon|), "l2"
+            (of the squared error) or "ssim" (1 - local SSIM, Bergmann et al.'s structural residual).
         map_smoothing_sigma: Gaussian sigma (pixels) applied to the residual maps; 0: none.
         inference_batch_size: images per forward in :meth:`anomaly_map`.
         device: torch device.
@@ -110,6 +113,7 @@ class VQVAE2BaselineConfig:
     lr: float = 1e-3
     batch_size: int = 8
     crop_size: int = 128
+    map_residual: str = "l1"
     map_smoothing_sigma: float = 4.0
     inference_batch_size: int = 8
     device: str = "cpu"
@@ -121,6 +125,8 @@ class VQVAE2BaselineConfig:
         _check_common(self)
         if self.crop_size < 0 or self.crop_size % 8:
             raise ValueError(f"crop_size must be 0 or a positive multiple of 8, got {self.crop_size}")
+        if self.map_residual not in RESIDUALS:
+            raise ValueError(f"map_residual must be one of {', '.join(RESIDUALS)}, got {self.map_residual!r}")
 
 
 def _check_common(config: Any) -> None:
@@ -397,7 +403,7 @@ class UNetBaseline(Baseline):
 
 
 class VQVAE2Baseline(Baseline):
-    """Unsupervised VQ-VAE-2 on the normal training images; anomaly map = mean |x - reconstruction| over channels."""
+    """Unsupervised VQ-VAE-2 on the normal training images; anomaly map = its reconstruction residual (``map_residual``)."""
 
     name = "vqvae2"
     config_class = VQVAE2BaselineConfig
@@ -439,7 +445,7 @@ class VQVAE2Baseline(Baseline):
 
     def _maps(self, x: torch.Tensor) -> torch.Tensor:
         recon = self.net(x)[0]  # (B, 3, H, W)
-        return (x - recon).abs().mean(dim=1)  # (B, H, W)
+        return residual_map(x, recon, self.config.map_residual)  # (B, H, W)
 
 
 BASELINES: dict[str, type[Baseline]] = {"unet": UNetBaseline, "vqvae2": VQVAE2Baseline}

@@ -274,3 +274,116 @@ def test_compare_runs_baseline_cells(data_root: Path, tmp_path: Path) -> None:
     assert compare.resolve_method("unet", {}, "default")[1] == {"method": "unet", "preset": "default"}
     with pytest.raises(ValueError, match="no AE-only"):
         compare.resolve_method("ae@tiny_unet", yaml.safe_load(variants.read_text()), "default")
+
+
+# ---------------------------------------------------------------------------------------------- early stop at a plateau
+def scripted_validation(f1: list[float]):
+    """A stand-in for evaluate.validate whose pixel F1max follows ``f1``, one value per validation (then the last)."""
+    calls: list[int] = []
+
+    def validate(model, images, masks, labels):
+        calls.append(model.updates)
+        value = f1[min(len(calls), len(f1)) - 1]
+        return {"pixel_f1max": value, "pixel_auroc": value}, np.zeros(masks.shape, np.float32)
+
+    return validate, calls
+
+
+@pytest.mark.parametrize(
+    ("patience", "min_updates", "stops_at"),
+    [(0, 0, 40), (2, 0, 16), (2, 20, 20), (3, 0, 20)],  # best at update 8 (0.3); evaluations every 4 updates
+)
+def test_plateau_stops_after_patience_evaluations_without_a_better_f1max(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patience: int, min_updates: int, stops_at: int
+) -> None:
+    validate, calls = scripted_validation([0.1, 0.3, 0.2, 0.25, 0.1, 0.2])
+    monkeypatch.setattr(evaluate, "validate", validate)
+    argv = run_args(data_root, tmp_path, "vqvae2", 40, f"patience:{patience}", f"min_updates:{min_updates}", "--no-evaluate")
+    assert train.main(argv) == 0
+    run = tmp_path / "vqvae2" / "MVTecPatch-v0_1"
+    assert torch.load(run / "detector.pt", weights_only=True)["updates"] == stops_at
+    assert calls[-1] == stops_at
+    assert json.loads((run / "best_detector.json").read_text())["updates"] == 8
+    config = yaml.safe_load((run / "config.yml").read_text())
+    assert (config["patience"], config["min_updates"]) == (patience, min_updates)
+
+
+def test_a_resumed_run_stops_at_the_same_plateau(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f1 = [0.1, 0.3, 0.2, 0.25, 0.1, 0.2]
+    monkeypatch.setattr(evaluate, "validate", scripted_validation(f1)[0])
+    assert train.main(run_args(data_root, tmp_path, "vqvae2", 12, "patience:2", "--no-evaluate")) == 0
+    run = tmp_path / "vqvae2" / "MVTecPatch-v0_1"
+    validate, calls = scripted_validation(f1[3:])  # the evaluations after update 12
+    monkeypatch.setattr(evaluate, "validate", validate)
+    assert train.main(["-i", str(run), "-n", "40", "--no-progress", "-v", "0", "--no-evaluate"]) == 0
+    assert calls == [16]  # best at 8, read back from best_detector.pt: two evaluations without a gain
+    assert torch.load(run / "detector.pt", weights_only=True)["updates"] == 16
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["patience:-1"], "patience=-1 is invalid"),
+        (["min_updates:x"], "min_updates"),
+        (["patience:2", "--eval-freq", "0"], "needs validation"),
+    ],
+)
+def test_plateau_settings_are_checked(data_root: Path, tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+    assert train.main(run_args(data_root, tmp_path, "unet", 8, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err, err
+    assert not (tmp_path / "unet").exists()
+
+
+# ---------------------------------------------------------------------------------------------- residual maps
+def test_ssim_map_matches_its_definition_at_a_pixel() -> None:
+    from models.residual import ssim_map
+
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 1, 24, 24))
+    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
+    got = ssim_map(torch.from_numpy(x), torch.from_numpy(y))[0, 0, 12, 9].item()
+    r = np.arange(11) - 5
+    g = np.exp(-(r**2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()  # (11, 11), the window centred on (12, 9): rows 7..17, columns 4..14
+    a, b = x[0, 0, 7:18, 4:15], y[0, 0, 7:18, 4:15]
+    ma, mb = (w * a).sum(), (w * b).sum()
+    va, vb, cab = (w * a * a).sum() - ma**2, (w * b * b).sum() - mb**2, (w * a * b).sum() - ma * mb
+    c1, c2 = 0.01**2, 0.03**2
+    want = (2 * ma * mb + c1) * (2 * cab + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
+    assert got == pytest.approx(want, abs=1e-9)
+    assert torch.allclose(ssim_map(torch.from_numpy(x), torch.from_numpy(x)), torch.ones(1, 1, 24, 24, dtype=torch.float64))
+
+
+def test_residual_maps_light_up_the_difference_and_reject_unknown_kinds() -> None:
+    from models.residual import residual_map
+
+    x = torch.full((1, 3, 32, 32), 0.5)
+    recon = x.clone()
+    recon[..., 10:20, 10:20] += torch.linspace(-0.2, 0.2, 10)  # a textured difference in one square
+    for kind in ("l1", "l2", "ssim"):
+        m = residual_map(x, recon, kind)  # (1, 32, 32)
+        assert m.shape == (1, 32, 32)
+        assert m[0, 12:18, 12:18].min() > m[0, :3, :3].max() + 1e-4, kind  # inside the square vs a far corner
+    assert torch.allclose(residual_map(x, recon, "l2"), ((x - recon) ** 2).mean(1))
+    with pytest.raises(ValueError, match="unknown residual"):
+        residual_map(x, recon, "lpips")
+    with pytest.raises(ValueError, match="map_residual"):
+        VQVAE2BaselineConfig(map_residual="ssim3")
+
+
+def test_learning_curves_read_a_runs_logs(baseline_run: Path, tmp_path: Path, capsys) -> None:
+    from benchmarks import learning_curves
+
+    scalars = learning_curves.read_scalars(baseline_run)
+    steps = list(scalars["eval/pixel_auroc"][0])
+    assert steps[:2] == [4, 8] and all(s % 4 == 0 for s in steps)  # validation every 4 updates (the run may be resumed)
+    assert len(scalars["train/loss"][0]) >= 8
+    assert learning_curves.main([str(baseline_run), "--out", str(tmp_path / "curves.png"), "--smooth", "3"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert "| 4 |" in out and "| 8 |" in out
+    assert learning_curves.main([str(tmp_path)]) == 2  # no logs there
+    assert "no TensorBoard logs" in capsys.readouterr().err
+    means = learning_curves.running_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2)
+    assert np.allclose(means, [1.0, 2.0, 4.0, 6.0])
