@@ -14,6 +14,7 @@ for a 300-image category.
     python -m benchmarks.bench_detector [--train-images 300] [--pool 40] [--repeats 10] [--threads 2] [--batch 16]
     python -m benchmarks.bench_detector --set map_global_weight=0.1   # DetectorConfig fields over the preset's
     python -m benchmarks.bench_detector --device cuda                  # on a GPU (each timing waits for its kernels)
+    python -m benchmarks.bench_detector --against ../main-worktree     # then another checkout's code, and the ratios
 
 Run it on an otherwise idle machine: with 2 OpenMP threads, CPU contention from other processes can slow
 small convolutions down many times over.
@@ -23,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import re
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,7 +109,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="K=V", help="DetectorConfig fields over the preset's")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     parser.add_argument("--no-onnx", action="store_true", help="skip the exported model's onnxruntime timings")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="then run the same measurements in another checkout (e.g. a git worktree of main) and print the ratios",
+    )
     args = parser.parse_args(argv)
+    if args.against is not None and not (args.against / "benchmarks" / "bench_detector.py").is_file():
+        raise SystemExit(f"error: --against '{args.against}' is not a checkout of this project (no benchmarks/bench_detector.py)")
     from models.runtime import check_device
 
     try:
@@ -221,6 +234,46 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:55s} median {med:8.1f} ms   min {lo:8.1f} ms   CPU {cpu:8.1f} ms")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
     print(f"{'peak RSS':55s} {peak:8.2f} GiB")
+    if args.against is not None:
+        compare_with(args.against, [a for a in (argv if argv is not None else sys.argv[1:])], results)
+
+
+LINE = re.compile(r"^(?P<name>.+?)\s+median\s+(?P<med>[\d.]+) ms\s+min\s+(?P<lo>[\d.]+) ms\s+CPU\s+(?P<cpu>[\d.]+) ms$")
+
+
+def without_against(argv: list[str]) -> list[str]:
+    """``argv`` less ``--against X`` / ``--against=X``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--against":
+            skip = True
+        elif not a.startswith("--against="):
+            out.append(a)
+    return out
+
+
+def compare_with(checkout: Path, argv: list[str], ours: dict[str, tuple[float, float, float]]) -> None:
+    """Run this benchmark with ``argv`` in ``checkout`` (its own code, this interpreter) and print, for every
+    measurement both print, the other's median and CPU time and how many times faster this checkout is."""
+    import subprocess
+
+    command = [sys.executable, "-m", "benchmarks.bench_detector", *without_against(argv)]
+    env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+    print(f"\n--against {checkout}: {' '.join(command[1:])}", flush=True)
+    done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"error: the benchmark failed in '{checkout}': {done.stderr.strip().splitlines()[-1:]}")
+    theirs = {m["name"].strip(): (float(m["med"]), float(m["cpu"])) for m in map(LINE.match, done.stdout.splitlines()) if m}
+    for line in done.stdout.splitlines():
+        if line.startswith(("torch ", "onnxruntime ")):
+            print(f"  theirs: {line}")
+    print(f"{'measurement':55s} {'theirs median':>14s} {'ours':>8s} {'x faster':>9s}   {'theirs CPU':>10s} {'ours':>8s} {'x faster':>9s}")
+    for name, (med, _, cpu) in ours.items():
+        if name in theirs:
+            t_med, t_cpu = theirs[name]
+            print(f"{name:55s} {t_med:11.1f} ms {med:8.1f} {t_med / med:8.2f}x   {t_cpu:7.1f} ms {cpu:8.1f} {t_cpu / cpu:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import padding
 from models.runtime import atomic_write, atomic_write_text
 
 __all__ = ["InferenceGraph", "export_onnx", "gaussian_kernel"]
@@ -134,7 +135,7 @@ def export_onnx(
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), padding.torch_ops():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 graph,

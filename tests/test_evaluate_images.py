@@ -158,6 +158,13 @@ def test_an_exported_model_maps_new_images_without_the_training_data(tmp_path: P
         assert maps.shape == (len(batch), 64, 64)
         assert np.abs(maps - detector.predict(batch).maps).max() <= 1e-4
     assert sidecar["threshold"] == pytest.approx(detector.threshold)
+    # torch's own pad and upsampling ops are traced, not the CPU copy path (scatters: 2x slower in onnxruntime)
+    onnx = pytest.importorskip("onnx")
+    ops = {node.op_type for node in onnx.load(str(model)).graph.node}
+    assert "Pad" in ops and not ops & {"ScatterND", "ScatterElements"}, sorted(ops)
+    from models import padding
+
+    assert padding.ENABLED  # back on for PyTorch's inference
 
 
 def test_export_refuses_a_baseline_run_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
