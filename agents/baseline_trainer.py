@@ -132,7 +132,9 @@ def train_baseline(
             if evaluated and plateau.reached(trainer.updates):
                 logger.info(
                     "validation F1max plateaued: best %.4f at update %d, none better in the %d updates since; stopping",
-                    best.best_f1max, plateau.best_at, trainer.updates - plateau.best_at,
+                    best.best_f1max,
+                    plateau.best_at,
+                    trainer.updates - plateau.best_at,
                 )
                 break
             if not progress:

@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.against is not None and not (args.against / "benchmarks" / "bench_detector.py").is_file():
-        raise SystemExit(f"error: --against '{args.against}' is not a checkout of this project (no benchmarks/bench_detector.py)")
+        raise SystemExit(
+            f"error: --against '{args.against}' is not a checkout of this project (no benchmarks/bench_detector.py)"
+        )
     from models.runtime import check_device
 
     try:
@@ -269,11 +271,15 @@ def compare_with(checkout: Path, argv: list[str], ours: dict[str, tuple[float, f
     for line in done.stdout.splitlines():
         if line.startswith(("torch ", "onnxruntime ")):
             print(f"  theirs: {line}")
-    print(f"{'measurement':55s} {'theirs median':>14s} {'ours':>8s} {'x faster':>9s}   {'theirs CPU':>10s} {'ours':>8s} {'x faster':>9s}")
+    print(
+        f"{'measurement':55s} {'theirs median':>14s} {'ours':>8s} {'x faster':>9s}   {'theirs CPU':>10s} {'ours':>8s} {'x faster':>9s}"
+    )
     for name, (med, _, cpu) in ours.items():
         if name in theirs:
             t_med, t_cpu = theirs[name]
-            print(f"{name:55s} {t_med:11.1f} ms {med:8.1f} {t_med / med:8.2f}x   {t_cpu:7.1f} ms {cpu:8.1f} {t_cpu / cpu:8.2f}x")
+            print(
+                f"{name:55s} {t_med:11.1f} ms {med:8.1f} {t_med / med:8.2f}x   {t_cpu:7.1f} ms {cpu:8.1f} {t_cpu / cpu:8.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -240,6 +240,26 @@ def test_bench_detector_takes_detector_fields_and_rejects_an_unknown_one(capsys:
         bench_detector.main([*small, "--set", "nonsense=1"])
 
 
+def test_bench_detector_compares_with_another_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import bench_detector
+
+    root = Path(bench_detector.__file__).resolve().parents[1]
+    small = ["--size", "64", "--train-images", "4", "--pool", "4", "--repeats", "1", "--batch", "2", "--threads", "1"]
+    bench_detector.main([*small, "--no-onnx", "--against", str(root)])  # this checkout against itself
+    out = capsys.readouterr().out.split(f"--against {root}:")[1]
+    assert "--against" not in out.splitlines()[0]  # the other run is not asked to compare again
+    rows = [line for line in out.splitlines() if line.startswith("inference, batch 1 (per image)")]
+    assert len(rows) == 1 and rows[0].count("x") >= 2  # its median and CPU time, each with a ratio
+    assert bench_detector.without_against(["--threads", "2", "--against", "x", "--against=y", "--batch", "4"]) == [
+        "--threads",
+        "2",
+        "--batch",
+        "4",
+    ]
+    with pytest.raises(SystemExit, match="not a checkout"):
+        bench_detector.main([*small, "--against", str(tmp_path)])
+
+
 def test_entropy_curve_reads_the_policy_entropy_from_tensorboard(tmp_path: Path, capsys) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
