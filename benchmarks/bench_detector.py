@@ -271,15 +271,13 @@ def compare_with(checkout: Path, argv: list[str], ours: dict[str, tuple[float, f
     for line in done.stdout.splitlines():
         if line.startswith(("torch ", "onnxruntime ")):
             print(f"  theirs: {line}")
-    print(
-        f"{'measurement':55s} {'theirs median':>14s} {'ours':>8s} {'x faster':>9s}   {'theirs CPU':>10s} {'ours':>8s} {'x faster':>9s}"
-    )
+    heads = ("theirs median", "ours", "x faster", "theirs CPU", "ours", "x faster")
+    print(f"{'measurement':55s} {heads[0]:>14s} {heads[1]:>8s} {heads[2]:>9s}   {heads[3]:>10s} {heads[4]:>8s} {heads[5]:>9s}")
     for name, (med, _, cpu) in ours.items():
         if name in theirs:
             t_med, t_cpu = theirs[name]
-            print(
-                f"{name:55s} {t_med:11.1f} ms {med:8.1f} {t_med / med:8.2f}x   {t_cpu:7.1f} ms {cpu:8.1f} {t_cpu / cpu:8.2f}x"
-            )
+            speed = f"{t_med:11.1f} ms {med:8.1f} {t_med / med:8.2f}x   {t_cpu:7.1f} ms {cpu:8.1f} {t_cpu / cpu:8.2f}x"
+            print(f"{name:55s} {speed}")
 
 
 if __name__ == "__main__":
