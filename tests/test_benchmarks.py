@@ -4,6 +4,7 @@ own figures where they should, and refuse bad input in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -278,3 +279,58 @@ def test_entropy_curve_reads_the_policy_entropy_from_tensorboard(tmp_path: Path,
     (tmp_path / "empty").mkdir()
     assert entropy_curve.main(["--runs", str(tmp_path / "empty")]) == 2
     assert "no TensorBoard event file" in capsys.readouterr().err
+
+
+FAKE_TRAIN = """
+import json, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+folder = Path(args[args.index("-f") + 1]) / "reinforce" / "MVTecPatch-v0_1"
+folder.mkdir(parents=True)
+time.sleep(float(open("delay.txt").read()))
+if "--fail" in args:
+    print("error: broken on purpose", file=sys.stderr)
+    raise SystemExit(3)
+(folder / "metrics.json").write_text(json.dumps({"pixel_auroc": 0.99, "pixel_f1max": 0.8, "args": args}))
+"""
+
+
+def test_main_job_times_both_checkouts_and_reads_their_quality(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import main_job
+
+    report = "\n".join(
+        [
+            "User time (seconds): 61.50",
+            "System time (seconds): 2.50",
+            "Elapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.5",
+            "Maximum resident set size (kbytes): 2097152",
+        ]
+    )
+    assert main_job.parse_time_v(report) == {"wall_s": 3723.5, "cpu_s": 64.0, "rss_gib": 2.0}
+    with pytest.raises(ValueError, match="wall"):
+        main_job.parse_time_v("User time (seconds): 1\nSystem time (seconds): 1\nMaximum resident set size (kbytes): 1")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "train.py").write_text(FAKE_TRAIN + "\n# --no-warmup-cache\n")
+    (theirs / "delay.txt").write_text("0.6")
+    result = main_job.run_main_job(theirs, tmp_path / "out", 2, ["-n", "64"])
+    assert result["pixel_auroc"] == 0.99 and result["wall_s"] >= 0.6
+    args = json.loads(next((tmp_path / "out").rglob("metrics.json")).read_text())["args"]
+    assert args[:5] == ["--env", "MVTecPatch-v0", "--threads", "2", "--no-progress"]
+    assert "--no-warmup-cache" in args and args[-2:] == ["-n", "64"]
+    with pytest.raises(RuntimeError, match="exit 3.*broken on purpose"):
+        main_job.run_main_job(theirs, tmp_path / "failed", 2, ["--fail"])
+    assert main_job.main(["--against", str(tmp_path / "nowhere")]) == 2
+    assert "not a checkout" in capsys.readouterr().err
+    ours = tmp_path / "ours"
+    shutil.copytree(theirs, ours)
+    (ours / "delay.txt").write_text("0.2")
+    capsys.readouterr()
+    argv = ["--ours", str(ours), "--against", str(theirs), "--repeats", "2", "--out", str(tmp_path / "runs")]
+    assert main_job.main([*argv, "--", "-n", "64"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[1:5]] == ["ours", "theirs", "theirs", "ours"]
+    speedup = float(out.split("min: ")[1].split("x faster")[0])
+    assert speedup > 1  # 0.6 s against 0.2 s, plus the interpreter's start
+    assert "pixel AUROC +0.0000, F1max +0.0000" in out
+    assert len(list((tmp_path / "runs").rglob("metrics.json"))) == 4
