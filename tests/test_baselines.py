@@ -387,3 +387,38 @@ def test_learning_curves_read_a_runs_logs(baseline_run: Path, tmp_path: Path, ca
     assert "no TensorBoard logs" in capsys.readouterr().err
     means = learning_curves.running_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2)
     assert np.allclose(means, [1.0, 2.0, 4.0, 6.0])
+
+
+def test_map_variants_rescore_a_trained_run(baseline_run: Path, tmp_path: Path, capsys) -> None:
+    from benchmarks import map_variants
+
+    assert evaluate.main(["--run", str(baseline_run), "--out", str(tmp_path)]) == 0
+    reference = json.loads((tmp_path / "metrics.json").read_text())
+    capsys.readouterr()
+    assert map_variants.main(["--runs", str(baseline_run), "--variants", "map_smoothing_sigma=0.0"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[1]: line.split(" | ")[2:] for line in out.splitlines() if line.startswith(f"| {baseline_run}")}
+    assert set(rows) == {"reference", "map_smoothing_sigma=0.0"}
+    assert float(rows["reference"][0]) == pytest.approx(reference["pixel_auroc"], abs=1e-4)  # what evaluate.py scores
+    assert float(rows["reference"][4]) == pytest.approx(reference["image_auroc"], abs=1e-4)  # image score: the maximum
+    assert rows["reference"][:4] != rows["map_smoothing_sigma=0.0"][:4]  # unsmoothed maps score otherwise
+    assert "map_smoothing_sigma=0.0: pixel_auroc" in out
+    maps = np.zeros((2, 10, 10))
+    maps[0, 0, :2] = 1.0  # two hot pixels: top 1% (one pixel) of 100 is 1.0
+    maps[1] = 0.5
+    assert list(map_variants.image_scores(maps, "top1pct")) == [1.0, 0.5]
+    for bad, message in (("lr=1", "map_FIELD=VALUE"), ("map_nonsense=1", "no field 'map_nonsense'")):
+        assert map_variants.main(["--runs", str(baseline_run), "--variants", bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_map_variants_try_another_vqvae2_residual(data_root: Path, tmp_path: Path, capsys) -> None:
+    from benchmarks import map_variants
+
+    assert train.main(run_args(data_root, tmp_path, "vqvae2", 4, "--no-evaluate")) == 0
+    run = tmp_path / "vqvae2" / "MVTecPatch-v0_1"
+    assert map_variants.main(["--runs", str(run), "--variants", "map_residual=ssim", "map_residual=l2"]) == 0
+    out = capsys.readouterr().out
+    assert "map_residual=ssim: pixel_auroc" in out and "map_residual=l2: pixel_auroc" in out
+    assert map_variants.main(["--runs", str(run), "--variants", "map_residual=lpips"]) == 2
+    assert "map_residual must be one of" in capsys.readouterr().err

@@ -178,3 +178,14 @@ def test_export_refuses_a_baseline_run_in_one_line(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --export takes a run of the method") and "\n" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_map_variants_score_the_method_without_its_flips(run: Path, capsys: pytest.CaptureFixture) -> None:
+    from benchmarks import map_variants
+
+    assert map_variants.main(["--runs", str(run), "--variants", "map_predictor_flips=false"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[1]: line.split(" | ")[2:] for line in out.splitlines() if line.startswith(f"| {run}")}
+    assert set(rows) == {"reference", "map_predictor_flips=false"}
+    assert rows["reference"][:4] != rows["map_predictor_flips=false"][:4]
+    assert "x faster" in out.split("map_predictor_flips=false: ")[1]
