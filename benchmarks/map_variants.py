@@ -8,7 +8,8 @@ Each variant sets fields of the run's detector or baseline config that only the 
 ``a=1,b=2`` sets two. For each run, the reference (the run's own config) and every variant are scored on the run's
 test split: pixel AUROC, F1max, AP, AUPRO, image AUROC for each ``--image-score`` (``max``: the map's maximum, what
 evaluate.py uses; ``top1pct``: the mean of its top 1% pixels), and the CPU milliseconds per image of its maps. Then
-the variant's mean difference from the reference over the runs.
+the variant's mean difference from the reference over the runs. (``experiments/map_options.py`` searches the method's
+own map options further: smoothing grids chosen on the validation split, closing, a second scale.)
 """
 
 from __future__ import annotations
