@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.tables import category_table, index_rows, read_rows
+from benchmarks.tables import category_table, index_rows, paired_table, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "results.csv"
@@ -30,6 +30,11 @@ class Table:
     variants: tuple[str, ...]
     categories: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2)
+    pairs: tuple[tuple[str, str], ...] = ()  # (variant, reference): a second table of their differences seed by seed
+
+
+def _against(reference: str, variants: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((variant, reference) for variant in variants)
 
 
 TABLES = {
@@ -69,6 +74,15 @@ TABLES = {
             "c20-ppo-avoid",
         ),
         ("magnetic_tile",),
+        pairs=(
+            ("c20-random", "c00-random"),  # what contamination costs the random sampler
+            ("ae@c20-random", "ae@c00-random"),  # ... and the AE-only residual
+            *_against("c00-random", ("c00-heuristic", "c00-reinforce", "c00-reinforce-avoid", "c00-ppo-avoid")),
+            *_against(
+                "c20-random",
+                ("c20-random-vetted", "c20-heuristic", "c20-reinforce", "c20-reinforce-avoid", "c20-ppo-avoid"),
+            ),
+        ),
     ),
 }
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n).*?(<!-- end generated -->)", re.DOTALL)
@@ -90,6 +104,9 @@ def render(name: str, table: Table, results: Path = RESULTS) -> str:
         missing = [v for v in table.variants if v not in have]
         if missing:
             lines += ["", f"No recorded rows: {', '.join(missing)}."]
+        if table.pairs:
+            paired = paired_table(rows, dict(table.pairs), category, table.seeds, ("pixel_auroc", "pixel_f1max"))
+            lines += ["", f"Paired by seed (the same split), **{category}**:", "", *paired]
         lines.append("")
     return "\n".join(lines)
 

@@ -175,6 +175,29 @@ def category_table(rows: list[dict[str, Any]], variants: list[str], category: st
     return lines
 
 
+def paired_table(
+    rows: list[dict[str, Any]], pairs: dict[str, str], category: str, seeds: tuple[int, ...], keys: tuple[str, ...]
+) -> list[str]:
+    """Markdown lines: per ``variant: reference`` pair, the variant's metric minus the reference's on the same seed
+    (the same split), seed by seed, their mean ± std over the seeds both have, and on how many of them it is ahead."""
+    by_key = {(r["variant"], r["seed"]): r for r in rows if r["category"] == category}
+    heads = " | ".join(f"Δ {LABELS[k]} per seed | Δ {LABELS[k]} mean ± std" for k in keys)
+    lines = [f"| variant | against | seeds | {heads} | ahead on (Δ {LABELS[keys[0]]}) |", "|---" * (4 + 2 * len(keys)) + "|"]
+    for variant, reference in pairs.items():
+        both = [s for s in seeds if (variant, s) in by_key and (reference, s) in by_key]
+        if not both:
+            continue
+        cells = []
+        for key in keys:
+            deltas = [by_key[(variant, s)][key] - by_key[(reference, s)][key] for s in both]
+            spread = f" ± {np.std(deltas, ddof=1):.3f}" if len(deltas) > 1 else ""
+            cells += [" / ".join(f"{d:+.3f}" for d in deltas), f"{np.mean(deltas):+.3f}{spread}"]
+            if key == keys[0]:
+                ahead = f"{sum(d > 0 for d in deltas)} of {len(deltas)}"
+        lines.append(f"| {variant} | {reference} | {', '.join(map(str, both))} | {' | '.join(cells)} | {ahead} |")
+    return lines
+
+
 def markdown_tables(rows: list[dict[str, Any]], variants: list[str], categories: list[str]) -> str:
     """Per category a :func:`category_table`, then the paper's two tables (pixel F1max and AUROC, category x variant)."""
 

@@ -319,3 +319,16 @@ def test_ae_health_reports_a_live_initial_ae_and_rejects_an_unknown_preset(grid,
     assert abs(float(capsys.readouterr().out.split("output ")[1].split("..")[0])) < 0.2
     assert ae_health.main(["--data-root", str(root), "--category", "widget", "--preset", "fast"]) == 2
     assert "unknown preset 'fast'" in capsys.readouterr().err
+
+
+def test_paired_table_subtracts_the_reference_seed_by_seed() -> None:
+    def row(variant: str, seed: int, auroc: float, f1: float) -> dict:
+        return {"variant": variant, "category": "tile", "seed": seed, "pixel_auroc": auroc, "pixel_f1max": f1}
+
+    rows = [row("random", 0, 0.80, 0.40), row("random", 1, 0.70, 0.50), row("random", 2, 0.90, 0.45)]
+    rows += [row("rl", 0, 0.82, 0.41), row("rl", 1, 0.69, 0.52), row("other", 0, 0.5, 0.5)]
+    lines = tables.paired_table(rows, {"rl": "random", "absent": "random"}, "tile", (0, 1, 2), ("pixel_auroc", "pixel_f1max"))
+    assert len(lines) == 3  # header, rule, one pair: a variant without rows is left out
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[:4] == ["rl", "random", "0, 1", "+0.020 / -0.010"]  # seed 2 has no rl row: not paired
+    assert cells[4] == "+0.005 ± 0.021" and cells[5] == "+0.010 / +0.020" and cells[7] == "1 of 2"
