@@ -42,9 +42,9 @@ class Plateau:
         self.window, self.min_updates, self.best = window, min_updates, best
         self.best_at = 0
         self._seen = -np.inf
-        record = best_record(best.path) if best.path is not None else None
+        record = best_record(best.path) if window and best.path is not None else None
         if record is not None:
-            self._seen, self.best_at = float(record["pixel_f1max"]), int(record["updates"])
+            self._seen, self.best_at = float(record["pixel_f1max"]), int(record.get("updates", 0))
 
     def reached(self, updates: int) -> bool:
         """Call after each validation at ``updates``: whether training should stop there."""
@@ -113,12 +113,23 @@ def train_baseline(
 
     total, interrupt = config["n_updates"], InterruptCallback()
     validating = config["eval_freq"] > 0 and bool(val_masks.any())
-    plateau = Plateau(config.get("patience", 0) * config["eval_freq"], config.get("min_updates", 0), best)
+    window = config.get("patience", 0) * config["eval_freq"]
+    if window and not validating:
+        logger.warning(
+            "patience %d: the validation split has no defect pixels to stop on, so it trains all %d updates",
+            config["patience"],
+            total,
+        )
+    plateau = Plateau(window if validating else 0, config.get("min_updates", 0), best)
+    # a checkpoint at a validation update was written after that validation: a resumed run does not repeat it, and
+    # stops at once where the uninterrupted run stopped (Ctrl-C or a kill after the validation that found the plateau)
+    validated_at = trainer.updates if validating and trainer.updates and trainer.updates % config["eval_freq"] == 0 else -1
+    stopped = validated_at > 0 and plateau.reached(trainer.updates)
     bar = tqdm(total=total, initial=trainer.updates, desc=config["method"], disable=not progress)
     line = ProgressLine(total, "update", "updates")
     line.start(trainer.updates)
     with interrupt.catch_sigint():
-        while trainer.updates < total and not interrupt.interrupted:
+        while trainer.updates < total and not interrupt.interrupted and not stopped:
             terms = trainer.update()
             for key, value in terms.items():
                 writer.add_scalar(f"train/{key}", value, trainer.updates)
@@ -127,24 +138,25 @@ def train_baseline(
             evaluated = validating and trainer.updates % config["eval_freq"] == 0
             if evaluated:
                 run_validation()
+                validated_at = trainer.updates
             if config["save_freq"] > 0 and trainer.updates % config["save_freq"] == 0:
                 trainer.save(checkpoint)
-            if evaluated and plateau.reached(trainer.updates):
-                logger.info(
-                    "validation F1max plateaued: best %.4f at update %d, none better in the %d updates since; stopping",
-                    best.best_f1max,
-                    plateau.best_at,
-                    trainer.updates - plateau.best_at,
-                )
-                break
+            stopped = evaluated and plateau.reached(trainer.updates)
             if not progress:
                 line.maybe_log(trainer.updates, history, f", loss {terms['loss']:.4f}")
     bar.close()
+    if stopped:
+        logger.info(
+            "validation F1max plateaued: best %.4f at update %d, none better in the %d updates since; stopping",
+            best.best_f1max,
+            plateau.best_at,
+            trainer.updates - plateau.best_at,
+        )
     trainer.save(checkpoint)
-    if interrupt.interrupted:
+    if interrupt.interrupted and not stopped:
         writer.close()
         raise Interrupted(f"{trainer.updates} updates", run_dir)
     trainer.save(run_dir / "detector.pt")
-    if validating and (not history or history[-1]["updates"] != trainer.updates):
+    if validating and validated_at != trainer.updates:
         run_validation()  # the final weights compete for the best checkpoint too
     writer.close()

@@ -266,11 +266,14 @@ def compare_with(checkout: Path, argv: list[str], ours: dict[str, tuple[float, f
     print(f"\n--against {checkout}: {' '.join(command[1:])}", flush=True)
     done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"error: the benchmark failed in '{checkout}': {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"error: the benchmark failed in '{checkout}': {last}")
     theirs = {m["name"].strip(): (float(m["med"]), float(m["cpu"])) for m in map(LINE.match, done.stdout.splitlines()) if m}
     for line in done.stdout.splitlines():
         if line.startswith(("torch ", "onnxruntime ")):
             print(f"  theirs: {line}")
+    if not set(theirs) & set(ours):
+        raise SystemExit(f"error: '{checkout}' printed no measurement of the same name: nothing to compare")
     heads = ("theirs median", "ours", "x faster", "theirs CPU", "ours", "x faster")
     print(f"{'measurement':55s} {heads[0]:>14s} {heads[1]:>8s} {heads[2]:>9s}   {heads[3]:>10s} {heads[4]:>8s} {heads[5]:>9s}")
     for name, (med, _, cpu) in ours.items():

@@ -54,21 +54,37 @@ def running_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (c[1:] - c[np.arange(1, len(values) + 1) - n]) / n
 
 
-def label(run: Path) -> str:
-    """A short name for a run: its last three path parts (e.g. ``tire/vqvae2-plateau/seed0``)."""
-    return "/".join(run.resolve().parts[-3:])
+def find_runs(paths: list[Path]) -> list[Path]:
+    """The run folders (with a ``config.yml``) at or below each path, in order; a path without any stands for one run."""
+    runs: list[Path] = []
+    for path in paths:
+        found = [path] if (path / "config.yml").is_file() else sorted(c.parent for c in path.rglob("config.yml"))
+        runs += [run for run in found or [path] if run not in runs]
+    return runs
+
+
+def labels(runs: list[Path]) -> list[str]:
+    """A distinct short name per run: its path below the runs' common folder (the folder's name for a single run)."""
+    resolved = [run.resolve() for run in runs]
+    if len(resolved) == 1:
+        return [resolved[0].name]
+    common = Path(*[parts[0] for parts in zip(*(r.parts for r in resolved)) if len(set(parts)) == 1])
+    return [str(r.relative_to(common)) for r in resolved]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (or folders above them) with TensorBoard logs")
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="run folders, or folders above them (each run found by its config.yml)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the figure here (PNG)")
     parser.add_argument("--smooth", type=int, default=200, help="running-mean window of the training curves, in updates")
     args = parser.parse_args(argv)
     try:
         if args.smooth < 1:
             raise ValueError(f"--smooth {args.smooth} is invalid: expected an integer >= 1")
-        curves = {label(run): read_scalars(run) for run in args.runs}
+        runs = find_runs(args.runs)
+        curves = {name: read_scalars(run) for name, run in zip(labels(runs), runs)}
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -54,6 +54,7 @@ def parse_time_v(text: str) -> dict[str, float]:
 
 def run_main_job(checkout: Path, out: Path, threads: int, extra: list[str]) -> dict[str, float]:
     """One main job in ``checkout`` (its code, this interpreter), its log in ``out/train.log``: timings and quality."""
+    out = out.resolve()  # the job runs in the checkout's folder
     train = (checkout / "train.py").read_text()
     command = [sys.executable, "train.py", "--env", "MVTecPatch-v0", "--threads", str(threads), "--no-progress"]
     command += ["-f", str(out / "logs"), *(["--no-warmup-cache"] if "--no-warmup-cache" in train else []), *extra]
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     checkouts = {"ours": args.ours, **({"theirs": args.against} if args.against is not None else {})}
     order = [name for i in range(args.repeats) for name in (checkouts if i % 2 == 0 else reversed(list(checkouts)))]
-    out = args.out or Path(tempfile.mkdtemp(prefix="main_job_"))
+    out = (args.out or Path(tempfile.mkdtemp(prefix="main_job_"))).resolve()  # train.py runs in the checkout's folder
     results: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
     print(f"{'run':10s} {'wall':>9s} {'CPU':>9s} {'peak RSS':>9s} {'pixel AUROC':>12s} {'F1max':>7s}")
     try:

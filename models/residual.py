@@ -6,7 +6,8 @@ Three definitions from the reconstruction-based anomaly-detection literature:
 * ``l2``: the channel mean of ``(x - recon)^2`` (the training loss, per pixel);
 * ``ssim``: ``1 - SSIM(x, recon)`` with SSIM's local statistics in an 11x11 Gaussian window (sigma 1.5; Wang et al.
   2004), averaged over channels: Bergmann et al.'s SSIM autoencoder (VISAPP 2019) showed that structural differences
-  find MVTec AD's defects that a per-pixel distance misses on textured surfaces.
+  find defects on textured surfaces that a per-pixel distance misses, and the MVTec AD paper (CVPR 2019) evaluates it
+  as a baseline.
 """
 
 from __future__ import annotations

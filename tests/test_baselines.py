@@ -320,6 +320,50 @@ def test_a_resumed_run_stops_at_the_same_plateau(data_root: Path, tmp_path: Path
     assert torch.load(run / "detector.pt", weights_only=True)["updates"] == 16
 
 
+def test_ctrl_c_or_a_kill_at_the_plateau_ends_where_the_uninterrupted_run_ends(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    f1 = [0.1, 0.3, 0.2, 0.25, 0.1, 0.2]  # best at 8; the plateau is found at 16
+    argv = run_args(data_root, tmp_path, "vqvae2", 40, "patience:2")
+    run = tmp_path / "vqvae2" / "MVTecPatch-v0_1"
+
+    def validate_then_ctrl_c(at: int):
+        validate, calls = scripted_validation(f1)
+
+        def wrapped(model, images, masks, labels):
+            result = validate(model, images, masks, labels)
+            if model.updates == at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return result
+
+        return wrapped, calls
+
+    # Ctrl-C during the validation at 12: a checkpoint, exit 130; -i continues to the plateau at 16
+    validate, calls = validate_then_ctrl_c(12)
+    monkeypatch.setattr(evaluate, "validate", validate)
+    assert train.main([*argv, "--no-evaluate"]) == 130
+    assert calls == [4, 8, 12] and not (run / "detector.pt").exists()
+    monkeypatch.setattr(evaluate, "validate", scripted_validation(f1[3:])[0])
+    assert train.main(["-i", str(run), "--no-progress", "-v", "0", "--no-evaluate"]) == 0
+    assert torch.load(run / "detector.pt", weights_only=True)["updates"] == 16
+    # Ctrl-C during the validation that finds the plateau: the run is over, it ends as if uninterrupted
+    validate, calls = validate_then_ctrl_c(16)
+    monkeypatch.setattr(evaluate, "validate", validate)
+    other = tmp_path / "other"
+    assert train.main([*run_args(data_root, other, "vqvae2", 40, "patience:2"), "--no-evaluate"]) == 0
+    assert calls == [4, 8, 12, 16]
+    assert torch.load(other / "vqvae2" / "MVTecPatch-v0_1" / "detector.pt", weights_only=True)["updates"] == 16
+    # killed after that validation's checkpoint, before detector.pt: -i trains nothing more and validates nothing again
+    (run / "detector.pt").unlink()
+    validate, calls = scripted_validation([0.0])
+    monkeypatch.setattr(evaluate, "validate", validate)
+    assert train.main(["-i", str(run), "--no-progress", "-v", "0", "--no-evaluate"]) == 0
+    assert calls == [] and torch.load(run / "detector.pt", weights_only=True)["updates"] == 16
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -385,6 +429,12 @@ def test_learning_curves_read_a_runs_logs(baseline_run: Path, tmp_path: Path, ca
     assert "| 4 |" in out and "| 8 |" in out
     assert learning_curves.main([str(tmp_path)]) == 2  # no logs there
     assert "no TensorBoard logs" in capsys.readouterr().err
+    runs = [tmp_path / "a" / "seed0", tmp_path / "a" / "seed1", tmp_path / "b" / "seed0"]
+    for run in runs:
+        run.mkdir(parents=True)
+        (run / "config.yml").write_text("{}")
+    assert learning_curves.find_runs([tmp_path, runs[0]]) == runs  # every run once, each by its config.yml
+    assert learning_curves.labels(runs) == ["a/seed0", "a/seed1", "b/seed0"]  # distinct, where the last parts are not
     means = learning_curves.running_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2)
     assert np.allclose(means, [1.0, 2.0, 4.0, 6.0])
 
