@@ -3,7 +3,7 @@
     python -m benchmarks.learning_curves RUN [RUN ...] --out docs/img/vqvae2_learning_curves.png
 
 Plots, over optimiser updates, the training reconstruction loss (a running mean), the codebook usage of a VQ-VAE-2
-(share of the top and bottom codes in use per batch) and the validation pixel AUROC, F1max and image AUROC of each run,
+(how many of the top and bottom codes a batch uses) and the validation pixel AUROC, F1max and image AUROC of each run,
 and prints the validation points as a Markdown table. Any run folder with TensorBoard logs works: a scalar a run does
 not log is left out of its panel.
 """
@@ -20,7 +20,7 @@ __all__ = ["read_scalars", "main"]
 
 PANELS = (
     ("train reconstruction loss", ("train/recon_loss",), "log"),
-    ("codebook usage (share of codes per batch)", ("train/codes_top", "train/codes_bottom"), "linear"),
+    ("codebook usage (codes in use per batch)", ("train/codes_top", "train/codes_bottom"), "linear"),
     ("validation pixel AUROC", ("eval/pixel_auroc",), "linear"),
     ("validation pixel F1max", ("eval/pixel_f1max",), "linear"),
     ("validation image AUROC", ("eval/image_auroc",), "linear"),
@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             ax.set_xlabel("updates")
             ax.set_yscale(scale)
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=6)
+        for ax in axes:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
         fig.tight_layout()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.out, dpi=110)
