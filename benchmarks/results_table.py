@@ -68,6 +68,7 @@ TABLES = {
             "ae@c20-random",
             "c20-random",
             "c20-random-vetted",
+            "c20-random-oracle",
             "c20-heuristic",
             "c20-reinforce",
             "c20-reinforce-avoid",
@@ -80,7 +81,14 @@ TABLES = {
             *_against("c00-random", ("c00-heuristic", "c00-reinforce", "c00-reinforce-avoid", "c00-ppo-avoid")),
             *_against(
                 "c20-random",
-                ("c20-random-vetted", "c20-heuristic", "c20-reinforce", "c20-reinforce-avoid", "c20-ppo-avoid"),
+                (
+                    "c20-random-vetted",
+                    "c20-random-oracle",
+                    "c20-heuristic",
+                    "c20-reinforce",
+                    "c20-reinforce-avoid",
+                    "c20-ppo-avoid",
+                ),
             ),
         ),
     ),

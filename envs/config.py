@@ -45,6 +45,7 @@ class MVTecPatchConfig:
     contamination: float = 0.0  # share of unlabelled defect images among the AE's training images (envs/split.py)
     contamination_reserve: float = 0.0  # levels up to this share keep one val and test set (envs/split.py)
     vetted_normal_pool: bool = False  # the predictor's normal pool from train/good only (envs/split.py)
+    vetted_predictor_data: bool = False  # a diagnostic: all the predictor's data from train/good only (envs/split.py)
     seed: int = 0  # fixes the split and the networks' initialisation; reset(seed=...) fixes the actions' randomness
     crop_size: int = 128  # the sampler's view
     patch_size: int = 64  # what the AE trains on

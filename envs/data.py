@@ -28,6 +28,7 @@ DATA_KEYS = (
     "contamination",
     "contamination_reserve",
     "vetted_normal_pool",
+    "vetted_predictor_data",
 )
 
 
@@ -42,6 +43,7 @@ def load_data(
     contamination: float = 0.0,
     contamination_reserve: float = 0.0,
     vetted_normal_pool: bool = False,
+    vetted_predictor_data: bool = False,
 ) -> tuple[Category, Split]:
     """A category (embedded synthetic without ``data_root``) and its split."""
     if data_root is None:
@@ -62,6 +64,7 @@ def load_data(
         contamination=contamination,
         contamination_reserve=contamination_reserve,
         vetted_normal_pool=vetted_normal_pool,
+        vetted_predictor_data=vetted_predictor_data,
     )
     data = load_category_cached(root, name, options["image_size"])
     split_config = SplitConfig(
@@ -72,6 +75,7 @@ def load_data(
         options["contamination"],
         options["contamination_reserve"],
         options["vetted_normal_pool"],
+        options["vetted_predictor_data"],
     )
     return data, make_split(data, split_config)
 
@@ -102,6 +106,7 @@ def check_data_options(**options: Any) -> dict[str, Any]:
         "contamination",
         "contamination_reserve",
         "vetted_normal_pool",
+        "vetted_predictor_data",
     )
     SplitConfig(**{key: options[key] for key in split_keys if key in options})  # their ranges
     return options
@@ -120,4 +125,5 @@ def load_env_data(config: MVTecPatchConfig) -> tuple[Category, Split]:
         config.contamination,
         config.contamination_reserve,
         config.vetted_normal_pool,
+        config.vetted_predictor_data,
     )

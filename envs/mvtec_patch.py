@@ -393,7 +393,13 @@ class MVTecPatchEnv(gym.Env):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = {"contamination": 0.0, "contamination_reserve": 0.0, "vetted_normal_pool": False, **state.get("config", {})}
+        saved = {
+            "contamination": 0.0,
+            "contamination_reserve": 0.0,
+            "vetted_normal_pool": False,
+            "vetted_predictor_data": False,
+        }
+        saved.update(state.get("config", {}))
         split_keys = (*DATA_KEYS, "seed")
         for key in (*split_keys, "patch_size"):
             if key in saved and saved[key] != getattr(self.config, key):

@@ -19,7 +19,9 @@ Contamination ``c`` is the share of defect images among the AE's training images
 (its unlabelled images beyond the 2 kept for evaluation; largest remainder, ties in type order). A type gives the
 last ``m`` images of its shuffled order, so a larger ``c`` moves a superset of a smaller one's images; the normal pool
 is drawn from ``train`` as a whole, contaminated images included (``vetted_normal_pool``: from ``train/good`` only, as a
-user who looks at its few images would make it). ``c = 0`` gives the split without the option.
+user who looks at its few images would make it; ``vetted_predictor_data``, a diagnostic, vets everything of the
+predictor's: its normal pool, and, in :func:`models.detector.build_detector`, the images its synthetic defects are
+pasted into and the global residual's PCA). ``c = 0`` gives the split without the option.
 A degradation curve over levels up to ``r`` sets ``contamination_reserve = r`` at every level: the images level ``r``
 would move are kept out of ``val`` and ``test`` at all of them (those beyond level ``c`` unused), so the levels are
 evaluated on the same images and their rows pair.
@@ -56,6 +58,9 @@ class SplitConfig:
     contamination_reserve: float = 0.0
     # the normal pool drawn from train/good only, as a user who looks at its images would make it (contamination > 0)
     vetted_normal_pool: bool = False
+    # a diagnostic: everything of the predictor's from train/good only (its normal pool, the images its synthetic
+    # defects are pasted into, the global residual's PCA), so that the contaminated images reach the AE alone
+    vetted_predictor_data: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -92,6 +97,11 @@ class Split:
         contaminated = self.config.contamination or self.config.contamination_reserve
         return ("labelled", "normal_pool", "val", "test", *(("contaminated",) if contaminated else ()))
 
+    @property
+    def train_good(self) -> np.ndarray:
+        """``train`` less the contaminated images: the category's ``train/good``."""
+        return np.setdiff1d(self.train, self.contaminated) if self.contaminated.size else self.train
+
     def known_masks(self, masks: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """``masks[indices]`` as a user knows them: a contaminated image is unlabelled, so its mask is empty."""
         known = masks[indices]
@@ -102,7 +112,7 @@ class Split:
     def to_dict(self, category: Category) -> dict:
         """JSON-ready record of which files went where (relative to the category folder)."""
         config = asdict(self.config)
-        for key in ("contamination", "contamination_reserve", "vetted_normal_pool"):
+        for key in ("contamination", "contamination_reserve", "vetted_normal_pool", "vetted_predictor_data"):
             if not config[key]:
                 del config[key]  # the record of a split without the option stays byte for byte as it was
         return {
@@ -211,7 +221,7 @@ def make_split(category: Category, config: SplitConfig = SplitConfig()) -> Split
     test += good_test[n_val:].tolist()
 
     train = np.sort(np.concatenate([train_good, np.asarray(contaminated, dtype=np.int64)])) if contaminated else train_good
-    candidates = train_good if config.vetted_normal_pool else train
+    candidates = train_good if config.vetted_normal_pool or config.vetted_predictor_data else train
     pool_size = min(config.normal_pool, len(candidates))
     normal_pool = (
         _rng(config.seed, "normal_pool").choice(candidates, size=pool_size, replace=False) if pool_size else train[:0]

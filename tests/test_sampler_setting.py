@@ -370,3 +370,45 @@ def test_the_ablation_file_holds_the_sampler_grid() -> None:
             )
             assert spec.get("hyperparams", {}) == per_step, f"{level}-{sampler}"
             assert env == default_env, f"{level}-{sampler}"
+
+
+def test_vetted_predictor_data_keeps_contaminated_images_for_the_ae_alone(category) -> None:
+    from models.detector import DetectorConfig, build_detector
+
+    def split(vetted: bool):
+        return make_split(category, SplitConfig(k_shot=5, normal_pool=8, contamination=0.2, vetted_predictor_data=vetted))
+
+    plain, vetted = split(False), split(True)
+    good = set(category.indices(TRAIN, GOOD))
+    assert set(vetted.normal_pool) <= good and set(vetted.train_good) == good
+    for role in ("labelled", "train", "val", "test", "contaminated"):
+        assert np.array_equal(getattr(plain, role), getattr(vetted, role)), role
+    assert '"vetted_predictor_data": true' in split_json(vetted, category)
+    assert "vetted_predictor_data" not in split_json(plain, category)
+    config = DetectorConfig(patch_size=16, synthetic_pool_size=4, synthetic_paste_fraction=0.0, global_components=2)
+    detector = build_detector(config, category, vetted, seed=0)
+    assert len(detector._require("train")) == len(vetted.train)  # the AE still trains on the contaminated images
+    reference = detector._require("reference")
+    assert len(reference) == len(good) < len(vetted.train)
+    assert torch.equal(reference, torch.from_numpy(category.images[vetted.train_good]).permute(0, 3, 1, 2))
+    assert build_detector(config, category, plain, seed=0)._reference is None  # the training images, as before
+
+
+def test_the_synthetic_defects_and_the_global_residual_read_the_reference_images() -> None:
+    from models.detector import Detector, DetectorConfig
+
+    rng = np.random.default_rng(0)
+    train = np.full((6, 32, 32, 3), 250, np.uint8)  # bright "training" images
+    reference = rng.integers(0, 20, (5, 32, 32, 3), dtype=np.uint8)  # dark vetted ones
+    pool = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((2, 32, 32), bool)
+    masks[0, 8:16, 8:16] = True
+    config = DetectorConfig(
+        patch_size=16, synthetic_pool_size=3, synthetic_paste_fraction=1.0, global_size=8, global_components=2
+    )
+    detector = Detector(config, train, pool, masks, seed=0, reference_images=reference)
+    detector._make_synthetic()
+    synthetic = detector._pred_images[2:]  # (3, 3, 32, 32): each a dark reference image with a pasted defect
+    assert synthetic.float().median() < 40
+    pca = detector._global()
+    assert float(pca.mean.max()) < 20 / 255 + 1e-6  # fitted on the dark images, not the bright ones

@@ -38,6 +38,7 @@ class DetectorBase:
         pool_images: np.ndarray | None = None,
         pool_masks: np.ndarray | None = None,
         seed: int = 0,
+        reference_images: np.ndarray | None = None,
     ) -> None:
         self.config = config = config or DetectorConfig()
         self.device = torch.device(config.device)
@@ -50,6 +51,12 @@ class DetectorBase:
         if train_images is not None:
             self._train = images_to_uint8_chw(train_images, "train_images")
             self._check_size(self._train, "train_images")
+        # the normal images the predictor's side reads (synthetic defects' targets, the global residual's PCA); None:
+        # the training images
+        self._reference: torch.Tensor | None = None  # (N', 3, H, W) uint8
+        if reference_images is not None:
+            self._reference = images_to_uint8_chw(reference_images, "reference_images")
+            self._check_size(self._reference, "reference_images")
         self._pool: torch.Tensor | None = None  # (M, 3, H, W) uint8
         self._pool_masks: torch.Tensor | None = None  # (M, H, W) bool
         self._positives: list[tuple[int, torch.Tensor]] = []  # (pool index, flat indices of its defect pixels)
@@ -139,18 +146,22 @@ class DetectorBase:
         return x.contiguous(memory_format=self._memory_format)
 
     def _require(self, what: str) -> torch.Tensor:
-        data = self._train if what == "train" else self._pool
+        """The ``train``, ``pool`` or ``reference`` images (the training images unless reference images were given)."""
+        if what == "reference":
+            what, data = "train", self._reference if self._reference is not None else self._train
+        else:
+            data = self._train if what == "train" else self._pool
         if data is None or len(data) == 0:
             raise RuntimeError(f"this Detector was built without {what} images; pass them to the constructor")
         return data
 
     def _global(self) -> GlobalResidual:
-        """The global residual's PCA, fitted on first use from the training images (seeded by ``seed`` alone: it draws
+        """The global residual's PCA, fitted on first use from the reference images (seeded by ``seed`` alone: it draws
         nothing from the private generator, so the training stream is the same with or without it)."""
         if self.global_residual is None:
             self.global_residual = GlobalResidual(self.config.global_size, self.config.global_components)
         if not self.global_residual.fitted:
-            self.global_residual.fit(self._require("train"), seed=self.seed).to(self.device)
+            self.global_residual.fit(self._require("reference"), seed=self.seed).to(self.device)
         return self.global_residual
 
     def _predictor_input(self, profiles: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

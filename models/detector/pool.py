@@ -70,7 +70,7 @@ class PoolMixin(DetectorBase):
     def _make_synthetic(self) -> None:
         """Replace the synthetic part of the predictor's pool with S new anomalous training images."""
         self._synthetic_at_update = self.predictor_updates
-        train, pool, pool_masks = self._require("train"), self._require("pool"), self._pool_masks
+        train, pool, pool_masks = self._require("reference"), self._require("pool"), self._pool_masks  # targets, sources
         assert pool_masks is not None
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self._gen)))
         images, masks = [], []

@@ -53,6 +53,9 @@ class Detector(PoolMixin, MapsMixin, CheckpointMixin):
         pool_images: the predictor's training images (labelled anomalies + normal pool), uint8 (M, H, W, 3).
         pool_masks: their defect masks, bool (M, H, W) (all False for normal images).
         seed: seeds the private generator behind every random choice of this object.
+        reference_images: the normal images the predictor's side reads, uint8 (N', H, W, 3): the targets its
+            synthetic defects are pasted into and the global residual's PCA; None: ``train_images`` (a diagnostic
+            passes vetted images here, so that contaminated training images reach the AE alone).
 
     Attributes:
         ae, predictor: the networks. ae_optimizer, predictor_optimizer: their Adam optimisers.
