@@ -20,7 +20,6 @@ from agents.runs import (
     BestCheckpoint,
     Interrupted,
     ProgressLine,
-    best_record,
     restartable,
     validation_split,
     write_split,
@@ -42,7 +41,7 @@ class Plateau:
         self.window, self.min_updates, self.best = window, min_updates, best
         self.best_at = 0
         self._seen = -np.inf
-        record = best_record(best.path) if window and best.path is not None else None
+        record = best.record if window else None  # read when the run started (a resumed run: its best so far)
         if record is not None:
             self._seen, self.best_at = float(record["pixel_f1max"]), int(record.get("updates", 0))
 

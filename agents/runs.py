@@ -163,9 +163,9 @@ class BestCheckpoint:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.best_f1max = -np.inf
-        record = best_record(path) if path is not None else None
-        if record is not None:
-            self.best_f1max = float(record["pixel_f1max"])
+        self.record = best_record(path) if path is not None else None  # the saved best's validation metrics, if any
+        if self.record is not None:
+            self.best_f1max = float(self.record["pixel_f1max"])
 
     def offer(self, model: Any, record: dict[str, float]) -> None:
         """Save ``model`` (anything with ``state_dict()``, as its ``save`` writes it) if its validation ``record``

@@ -37,6 +37,18 @@ def _against(reference: str, variants: tuple[str, ...]) -> tuple[tuple[str, str]
     return tuple((variant, reference) for variant in variants)
 
 
+# the contamination grid's variants beside each level's random sampler (the reference they pair with)
+_C00_SAMPLERS = ("c00-heuristic", "c00-reinforce", "c00-reinforce-avoid", "c00-ppo-avoid")
+_C20_VARIANTS = (
+    "c20-random-vetted",
+    "c20-random-oracle",
+    "c20-heuristic",
+    "c20-reinforce",
+    "c20-reinforce-avoid",
+    "c20-ppo-avoid",
+)
+
+
 TABLES = {
     "comparison": Table(
         (
@@ -58,38 +70,13 @@ TABLES = {
         ("magnetic_tile",),
     ),
     "contamination": Table(
-        (
-            "ae@c00-random",
-            "c00-random",
-            "c00-heuristic",
-            "c00-reinforce",
-            "c00-reinforce-avoid",
-            "c00-ppo-avoid",
-            "ae@c20-random",
-            "c20-random",
-            "c20-random-vetted",
-            "c20-random-oracle",
-            "c20-heuristic",
-            "c20-reinforce",
-            "c20-reinforce-avoid",
-            "c20-ppo-avoid",
-        ),
+        ("ae@c00-random", "c00-random", *_C00_SAMPLERS, "ae@c20-random", "c20-random", *_C20_VARIANTS),
         ("magnetic_tile",),
         pairs=(
             ("c20-random", "c00-random"),  # what contamination costs the random sampler
             ("ae@c20-random", "ae@c00-random"),  # ... and the AE-only residual
-            *_against("c00-random", ("c00-heuristic", "c00-reinforce", "c00-reinforce-avoid", "c00-ppo-avoid")),
-            *_against(
-                "c20-random",
-                (
-                    "c20-random-vetted",
-                    "c20-random-oracle",
-                    "c20-heuristic",
-                    "c20-reinforce",
-                    "c20-reinforce-avoid",
-                    "c20-ppo-avoid",
-                ),
-            ),
+            *_against("c00-random", _C00_SAMPLERS),
+            *_against("c20-random", _C20_VARIANTS),
         ),
     ),
 }
