@@ -173,8 +173,10 @@ _LIBC: Any = None
 
 
 def _die_with_parent() -> None:
-    """``preexec_fn`` of a worker's children (Linux): killed with the worker, so a dead worker's train.py does not go on
-    writing into the cell folder that the retry of its cell starts over."""
+    """``preexec_fn`` of every cell's train.py (Linux): killed with the compare process (or worker) that started it, so
+    a stopped grid leaves no training behind, and a dead worker's train.py does not go on writing into the cell folder
+    that the retry of its cell starts over. (The death signal follows the thread that forked, which waits for the
+    child to its end.)"""
     parent = os.getppid()
     _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the worker died before prctl
@@ -212,8 +214,7 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     print(f"[compare] {category} {base} seed {seed}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     with (cell / "train.log").open("w") as log:
-        extra = _child_options() if getattr(args, "study_mode", False) else {}
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, **extra)
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, **_child_options())
         _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, whatever else runs
         process.returncode = code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start

@@ -348,3 +348,32 @@ def test_worker_mode_errors(grid: tuple[Path, Path], tmp_path: Path, capsys: pyt
     assert capsys.readouterr().err == "error: no study 'x' in --storage (a run without --table-only makes it)\n"
     assert compare.main([*args, "--workers", "2", "--parallel", "2"]) == 2
     assert "--parallel" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_grid_leaves_no_training_behind(grid: tuple[Path, Path], tmp_path: Path, how: signal.Signals) -> None:
+    """The folder mode (no study): killing `compare` kills the train.py of every cell it was running."""
+    out, log = tmp_path / "out", tmp_path / "compare.log"
+    process = start_worker(grid_args(grid, out) + ["--parallel", "2"], log)
+    cells = [out / "cells" / category / "tiny" / "seed0" for category in CATEGORIES]
+    children: list[int] = []
+    try:
+        wait_for(lambda: all(processes_of(cell) for cell in cells), "both cells' train.py", process, log)
+        children[:] = [pid for cell in cells for pid in processes_of(cell)]
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)  # frozen: they cannot finish before the grid dies
+        process.send_signal(how)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while any(processes_of(cell) for cell in cells):
+            assert time.monotonic() < deadline, f"train.py outlived the killed grid: {[processes_of(c) for c in cells]}"
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
