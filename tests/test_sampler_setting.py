@@ -412,3 +412,39 @@ def test_the_synthetic_defects_and_the_global_residual_read_the_reference_images
     assert synthetic.float().median() < 40
     pca = detector._global()
     assert float(pca.mean.max()) < 20 / 255 + 1e-6  # fitted on the dark images, not the bright ones
+
+
+def test_the_predictor_data_lever_runs_its_three_arms_from_one_warm_up(env_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """experiments.predictor_data_lever: every arm starts from the same warmed-up detector; the oracle pastes into
+    train/good alone, the heuristic into all but the top-scored share; one JSON line per arm."""
+    import yaml
+
+    from experiments import predictor_data_lever
+
+    env = {k: yaml.safe_load(v) for k, v in (pair.split(":", 1) for pair in SMALL_ENV)}
+    env |= {"contamination": 0.2, "k_shot": 2, "normal_pool": 2, "detector": {"synthetic_pool_size": 4}}
+    variants = tmp_path / "variants.yml"
+    variants.write_text(yaml.safe_dump({"tiny": {"algo": "random", "n_timesteps": 32, "eval_freq": 16, "env_kwargs": env}}))
+    monkeypatch.setenv("RLBS_CACHE", str(tmp_path / "cache"))
+    seen = []  # (the env, the arm's paste targets) per arm
+    score = predictor_data_lever.train_and_score
+
+    def recording(env, detector, cycles, eval_every):
+        seen.append((env, detector._require("reference").clone()))
+        return score(env, detector, cycles, eval_every)
+
+    monkeypatch.setattr(predictor_data_lever, "train_and_score", recording)
+    log = tmp_path / "lever.jsonl"
+    args = ["--data-root", str(env_root), "--category", "widget", "--variant", "tiny", "--variants", str(variants)]
+    assert predictor_data_lever.main([*args, "--log", str(log), "--drop", "0.25"]) == 0
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["arm"] for r in rows] == ["random", "oracle", "vet"]
+    n, bad = rows[0]["targets"], rows[0]["contaminated_in_train"]
+    assert bad > 0 and rows[1]["targets"] == n - bad and rows[2]["targets"] == n - round(0.25 * n)
+    assert [len(targets) for _, targets in seen] == [r["targets"] for r in rows]
+    env = seen[0][0]
+    good = torch.from_numpy(env.category.images[env.split.train_good]).permute(0, 3, 1, 2)
+    assert torch.equal(seen[0][1], torch.from_numpy(env.train_images).permute(0, 3, 1, 2))  # random: every image
+    assert torch.equal(seen[1][1], good)  # oracle: train/good alone
+    assert len({r["val_curve"][0] for r in rows}) == 1  # one warm-up: the same detector before the arms differ
+    assert len(rows[0]["val_curve"]) == 3  # at 0, 16 and 32 steps (eval_freq / ae_batch_size = 2 cycles apart)
