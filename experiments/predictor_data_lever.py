@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 < args.drop < 1.0:
         parser.error(f"--drop {args.drop} is invalid: expected a number in (0, 1)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")  # the warm-up's progress
     torch.set_num_threads(args.threads)
     for seed in args.seeds:
         torch.manual_seed(seed)
