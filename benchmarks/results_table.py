@@ -48,6 +48,9 @@ _C20_VARIANTS = (
     "c20-ppo-avoid",
 )
 
+_LEVELS = ("00", "05", "10", "20")  # the degradation curve's contamination levels, in percent
+_CURVE = (("ae@", "random"), ("", "random"), ("", "reinforce"))  # its rows per level: AE-only, random, REINFORCE
+
 
 TABLES = {
     "comparison": Table(
@@ -77,6 +80,22 @@ TABLES = {
             ("ae@c20-random", "ae@c00-random"),  # ... and the AE-only residual
             *_against("c00-random", _C00_SAMPLERS),
             *_against("c20-random", _C20_VARIANTS),
+        ),
+    ),
+    "degradation": Table(  # the cost of each contamination level to the AE-only residual, random and REINFORCE
+        tuple(f"{prefix}c{level}-{sampler}" for level in _LEVELS for prefix, sampler in _CURVE),
+        ("magnetic_tile",),
+        pairs=tuple(
+            (f"{prefix}c{level}-{sampler}", f"{prefix}c00-{sampler}") for level in _LEVELS[1:] for prefix, sampler in _CURVE
+        ),
+    ),
+    "contamination-tire": Table(
+        ("ae@c00-random", "c00-random", "ae@c20-random", "c20-random", "c20-heuristic", "c20-reinforce-avoid"),
+        ("tire",),
+        pairs=(
+            ("c20-random", "c00-random"),
+            ("ae@c20-random", "ae@c00-random"),
+            *_against("c20-random", ("c20-heuristic", "c20-reinforce-avoid")),
         ),
     ),
 }

@@ -14,6 +14,12 @@ warm-up cache when it holds it) and three arms with the same random stream:
 - ``vet``: only into the training images the warmed-up detector scores lowest (max of its map), dropping the top
   ``--drop`` fraction: a heuristic with the information a sampler has.
 
+and two arms that choose from the start instead, a second training from the same initial weights and random stream
+(warm-up included, not cached), whose synthetic defects and global residual read only the chosen images:
+
+- ``reoracle``: ``train/good`` (the ground truth; ``vetted_predictor_data`` with the normal pool left as it is);
+- ``revet``: the images the first training's warmed-up detector kept (the ``vet`` choice): self-vetting in two passes.
+
 Each arm then trains as the env's random sampler does (``Detector.fit_random``: one AE update of random patches and
 the preset's predictor updates per cycle, the env's ``n_timesteps / ae_batch_size`` cycles), keeps the best validation
 F1max of every ``eval_freq`` steps, as train.py does, and is scored on the test split. Also printed: how well the
@@ -42,7 +48,8 @@ from envs import warmup_cache
 from envs.mvtec_patch import MVTecPatchEnv
 from models.metrics import compute_metrics
 
-ARMS = ("random", "oracle", "vet")
+ARMS = ("random", "oracle", "vet", "reoracle", "revet")
+LATE = ("random", "oracle", "vet")  # arms that start from the warm-up
 ABLATION = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.yml"
 
 
@@ -98,22 +105,28 @@ def run(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     eval_every = max(1, int(algo["eval_freq"]) // warmed.config.ae_batch_size)
     rows = []
     for arm in args.arms:
-        detector = copy.deepcopy(warmed)  # the same warmed-up state and random stream for every arm
-        if arm != "random":
-            keep = ~contaminated if arm == "oracle" else keep_vet
-            detector._reference = torch.from_numpy(np.ascontiguousarray(env.train_images[keep].transpose(0, 3, 1, 2)))
         arm_start = time.perf_counter()
+        keep = None if arm == "random" else ~contaminated if arm.endswith("oracle") else keep_vet  # (N,) bool
+        if arm in LATE:
+            run_env, detector = env, copy.deepcopy(warmed)  # the same warmed-up state and random stream for every arm
+        else:
+            run_env = MVTecPatchEnv(data_root=args.data_root, category=args.category, seed=seed, **env_kwargs)
+            detector = run_env.detector  # the first training's initial weights and stream
+        if keep is not None:
+            detector._reference = torch.from_numpy(np.ascontiguousarray(env.train_images[keep].transpose(0, 3, 1, 2)))
+        if arm not in LATE:
+            run_env.warm_up()  # no cache: the key does not know the reference images
         row = {
             "category": args.category,
             "variant": args.variant,
             "seed": seed,
             "arm": arm,
             "drop": args.drop,
-            "targets": int(len(train_ids) if arm == "random" else (~contaminated if arm == "oracle" else keep_vet).sum()),
+            "targets": int(len(train_ids) if keep is None else keep.sum()),
             "contaminated_in_train": int(contaminated.sum()),
             "finding_auroc": round(finding, 4),
             "contaminated_share_of_dropped": round(share, 4),
-            **train_and_score(env, detector, cycles, eval_every),
+            **train_and_score(run_env, detector, cycles, eval_every),
             "arm_s": round(time.perf_counter() - arm_start, 1),
             "total_s": round(time.perf_counter() - start, 1),
         }
