@@ -18,7 +18,8 @@ and two arms that choose from the start instead, a second training from the same
 (warm-up included, not cached), whose synthetic defects and global residual read only the chosen images:
 
 - ``reoracle``: ``train/good`` (the ground truth; ``vetted_predictor_data`` with the normal pool left as it is);
-- ``revet``: the images the first training's warmed-up detector kept (the ``vet`` choice): self-vetting in two passes.
+- ``revet``: the images the first training's warmed-up detector kept (the ``vet`` choice): self-vetting in two passes;
+- ``vetted``: ``vetted_predictor_data``, the normal pool from ``train/good`` too (the env's ``c20-random-oracle``).
 
 Each arm then trains as the env's random sampler does (``Detector.fit_random``: one AE update of random patches and
 the preset's predictor updates per cycle, the env's ``n_timesteps / ae_batch_size`` cycles), keeps the best validation
@@ -48,7 +49,7 @@ from envs import warmup_cache
 from envs.mvtec_patch import MVTecPatchEnv
 from models.metrics import compute_metrics
 
-ARMS = ("random", "oracle", "vet", "reoracle", "revet")
+ARMS = ("random", "oracle", "vet", "reoracle", "revet", "vetted")
 LATE = ("random", "oracle", "vet")  # arms that start from the warm-up
 ABLATION = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.yml"
 
@@ -106,13 +107,14 @@ def run(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     rows = []
     for arm in args.arms:
         arm_start = time.perf_counter()
-        keep = None if arm == "random" else ~contaminated if arm.endswith("oracle") else keep_vet  # (N,) bool
+        keep = None if arm == "random" else ~contaminated if arm in ("oracle", "reoracle", "vetted") else keep_vet  # (N,)
         if arm in LATE:
             run_env, detector = env, copy.deepcopy(warmed)  # the same warmed-up state and random stream for every arm
-        else:
-            run_env = MVTecPatchEnv(data_root=args.data_root, category=args.category, seed=seed, **env_kwargs)
-            detector = run_env.detector  # the first training's initial weights and stream
-        if keep is not None:
+        else:  # the first training's initial weights and stream; "vetted": the split vets the normal pool too
+            kwargs = {**env_kwargs, "vetted_predictor_data": True} if arm == "vetted" else env_kwargs
+            run_env = MVTecPatchEnv(data_root=args.data_root, category=args.category, seed=seed, **kwargs)
+            detector = run_env.detector
+        if keep is not None and arm != "vetted":  # "vetted": the detector's reference images are train/good already
             detector._reference = torch.from_numpy(np.ascontiguousarray(env.train_images[keep].transpose(0, 3, 1, 2)))
         if arm not in LATE:
             run_env.warm_up()  # no cache: the key does not know the reference images

@@ -438,7 +438,7 @@ def test_the_predictor_data_lever_runs_its_three_arms_from_one_warm_up(env_root:
     args = ["--data-root", str(env_root), "--category", "widget", "--variant", "tiny", "--variants", str(variants)]
     assert predictor_data_lever.main([*args, "--log", str(log), "--drop", "0.25"]) == 0
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["arm"] for r in rows] == ["random", "oracle", "vet", "reoracle", "revet"]
+    assert [r["arm"] for r in rows] == ["random", "oracle", "vet", "reoracle", "revet", "vetted"]
     n, bad = rows[0]["targets"], rows[0]["contaminated_in_train"]
     assert bad > 0 and rows[1]["targets"] == n - bad and rows[2]["targets"] == n - round(0.25 * n)
     assert (rows[3]["targets"], rows[4]["targets"]) == (rows[1]["targets"], rows[2]["targets"])
@@ -446,7 +446,8 @@ def test_the_predictor_data_lever_runs_its_three_arms_from_one_warm_up(env_root:
     env = seen[0][0]
     good = torch.from_numpy(env.category.images[env.split.train_good]).permute(0, 3, 1, 2)
     assert torch.equal(seen[0][1], torch.from_numpy(env.train_images).permute(0, 3, 1, 2))  # random: every image
-    assert torch.equal(seen[1][1], good) and torch.equal(seen[3][1], good)  # the oracles: train/good alone
+    assert all(torch.equal(seen[i][1], good) for i in (1, 3, 5))  # the oracles: train/good alone
+    assert set(seen[5][0].split.normal_pool) <= set(env.split.train_good)  # "vetted": the normal pool too
     assert torch.equal(seen[2][1], seen[4][1])  # the second pass pastes into what the first pass kept
     assert seen[3][0] is not env and seen[4][0] is not env  # a training of their own
     assert len({r["val_curve"][0] for r in rows[:3]}) == 1  # one warm-up: the same detector before the arms differ
