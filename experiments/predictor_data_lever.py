@@ -14,7 +14,7 @@ warm-up cache when it holds it) and three arms with the same random stream:
 - ``vet``: only into the training images the warmed-up detector scores lowest (max of its map), dropping the top
   ``--drop`` fraction: a heuristic with the information a sampler has.
 
-and two arms that choose from the start instead, a second training from the same initial weights and random stream
+and three arms that choose from the start instead, a second training from the same initial weights and random stream
 (warm-up included, not cached), whose synthetic defects and global residual read only the chosen images:
 
 - ``reoracle``: ``train/good`` (the ground truth; ``vetted_predictor_data`` with the normal pool left as it is);
@@ -25,7 +25,7 @@ Each arm then trains as the env's random sampler does (``Detector.fit_random``: 
 the preset's predictor updates per cycle, the env's ``n_timesteps / ae_batch_size`` cycles), keeps the best validation
 F1max of every ``eval_freq`` steps, as train.py does, and is scored on the test split. Also printed: how well the
 warmed-up detector's image score finds the contaminated training images (AUROC), and the share of them among the
-dropped ones. One JSON line per seed and arm, appended to ``--log``.
+dropped ones. One JSON line per seed and arm, appended to ``--log`` as each arm ends.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ ABLATION = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.yml"
 
 def variant_settings(variant: str, variants: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A comparison variant's env settings (its preset's, with the variant's on top) and its algorithm's settings."""
-    table = yaml.safe_load(variants.read_text())
+    if not variants.is_file():
+        raise SystemExit(f"error: --variants {variants}: no such file (expected a YAML file of named variants)")
+    table = yaml.safe_load(variants.read_text()) or {}
     if variant not in table:
         raise SystemExit(f"error: no variant {variant!r} in {variants}")
     spec = table[variant]
@@ -133,6 +135,10 @@ def run(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
             "total_s": round(time.perf_counter() - start, 1),
         }
         print(json.dumps(row), flush=True)
+        if args.log:  # each arm as it ends: a stopped run keeps what it measured
+            args.log.parent.mkdir(parents=True, exist_ok=True)
+            with args.log.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
         rows.append(row)
     return rows
 
@@ -156,11 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         torch.manual_seed(seed)
         np.random.seed(seed)
-        rows = run(args, seed)
-        if args.log:
-            args.log.parent.mkdir(parents=True, exist_ok=True)
-            with args.log.open("a") as handle:
-                handle.writelines(json.dumps(row) + "\n" for row in rows)
+        run(args, seed)
     return 0
 
 

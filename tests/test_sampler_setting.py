@@ -414,9 +414,9 @@ def test_the_synthetic_defects_and_the_global_residual_read_the_reference_images
     assert float(pca.mean.max()) < 20 / 255 + 1e-6  # fitted on the dark images, not the bright ones
 
 
-def test_the_predictor_data_lever_runs_its_three_arms_from_one_warm_up(env_root: Path, tmp_path: Path, monkeypatch) -> None:
-    """experiments.predictor_data_lever: every arm starts from the same warmed-up detector; the oracle pastes into
-    train/good alone, the heuristic into all but the top-scored share; one JSON line per arm."""
+def test_the_predictor_data_lever_runs_its_arms_from_one_warm_up(env_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """experiments.predictor_data_lever: the late arms start from the same warmed-up detector, the others train again;
+    the oracles paste into train/good alone, the heuristics into all but the top-scored share; one JSON line per arm."""
     import yaml
 
     from experiments import predictor_data_lever
