@@ -17,12 +17,24 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.tables import category_table, index_rows, paired_table, read_rows
+from benchmarks.tables import category_table, index_rows, paired_table, read_rows, sampler_goal_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "results.csv"
 DOC = ROOT / "docs" / "results.md"
 REFERENCE_CPU = "AMD EPYC family 26 model 2"  # where the comparison's cells all ran, the paper's tire cells aside
+
+
+@dataclass(frozen=True)
+class GoalCheck:
+    """The contamination goal (:func:`benchmarks.tables.sampler_goal_table`): c* from the levels' costs to the random
+    sampler, then each sampler's share of it won back at c*."""
+
+    category: str
+    levels: tuple[str, ...]
+    learners: tuple[str, ...]
+    controls: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -99,13 +111,29 @@ TABLES = {
         ),
     ),
 }
+CHECKS = {
+    "sampler-goal": GoalCheck(
+        "magnetic_tile", _LEVELS[1:], learners=("reinforce", "reinforce-avoid", "ppo-avoid"), controls=("heuristic",)
+    ),
+}
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n).*?(<!-- end generated -->)", re.DOTALL)
+
+
+def _rows(results: Path, seeds: tuple[int, ...]) -> list[dict]:
+    chosen = index_rows(read_rows(results), REFERENCE_CPU)
+    return [row for (_, _, seed), row in chosen.items() if seed in seeds]
+
+
+def render_check(check: GoalCheck, results: Path = RESULTS) -> str:
+    """The generated block of the goal check: the levels' costs, c*, and each sampler against the goal."""
+    rows = _rows(results, check.seeds)
+    lines = sampler_goal_table(rows, check.category, check.seeds, check.levels, check.learners, check.controls)
+    return "\n".join([f"**{check.category}**, seeds {', '.join(map(str, check.seeds))}:", "", *lines, ""])
 
 
 def render(name: str, table: Table, results: Path = RESULTS) -> str:
     """The generated block of one table: its rerun command and one Markdown table per category."""
-    chosen = index_rows(read_rows(results), REFERENCE_CPU)
-    rows = [row for (_, _, seed), row in chosen.items() if seed in table.seeds]
+    rows = _rows(results, table.seeds)
     command = [
         "python -m benchmarks.compare --data-root ../shared/data --categories " + " ".join(table.categories),
         "    --methods " + " ".join(table.variants),
@@ -129,13 +157,18 @@ def regenerate(text: str, results: Path = RESULTS) -> str:
     """``text`` with every generated block rewritten from ``results``.
 
     Raises:
-        ValueError: a block names no table of :data:`TABLES`, or a table has no block.
+        ValueError: a block names no table of :data:`TABLES` or :data:`CHECKS`, or one of them has no block.
     """
     names = [m["name"] for m in BLOCK.finditer(text)]
-    unknown, absent = set(names) - set(TABLES), set(TABLES) - set(names)
+    unknown, absent = set(names) - set(TABLES) - set(CHECKS), (set(TABLES) | set(CHECKS)) - set(names)
     if unknown or absent:
-        raise ValueError(f"generated blocks: unknown {sorted(unknown)}, missing {sorted(absent)} (tables: {list(TABLES)})")
-    return BLOCK.sub(lambda m: m[1] + render(m["name"], TABLES[m["name"]], results) + m[3], text)
+        known = [*TABLES, *CHECKS]
+        raise ValueError(f"generated blocks: unknown {sorted(unknown)}, missing {sorted(absent)} (tables: {known})")
+
+    def block(name: str) -> str:
+        return render_check(CHECKS[name], results) if name in CHECKS else render(name, TABLES[name], results)
+
+    return BLOCK.sub(lambda m: m[1] + block(m["name"]) + m[3], text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -215,3 +215,81 @@ def markdown_tables(rows: list[dict[str, Any]], variants: list[str], categories:
             out.append(f"| {category} | " + " | ".join(stats) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def sampler_goal_table(
+    rows: list[dict[str, Any]],
+    category: str,
+    seeds: tuple[int, ...],
+    levels: tuple[str, ...],
+    learners: tuple[str, ...],
+    controls: tuple[str, ...] = (),
+) -> list[str]:
+    """Markdown lines: the contamination goal checked from recorded rows.
+
+    First what each level ``c<level>`` costs the uniform random sampler against ``c00`` (seed by seed, on the
+    seeds both have); c* is the level with the largest mean pixel AUROC cost among the levels that have every seed.
+    Then per sampler at c* (variants ``c<c*>-<sampler>``): the share of that cost it wins back against random on
+    the same seeds (pixel AUROC and F1max), on how many seeds it is ahead on both, its difference from random at
+    c = 0, its mean final entropy, and whether it meets the goal: half of both costs back, ahead on every seed,
+    within 0.01 of random on both at c = 0, entropy below 1.9 nats (only ``learners`` can; ``controls`` are shown).
+    """
+    by_key = {(r["variant"], r["seed"]): r for r in rows if r["category"] == category}
+    keys = ("pixel_auroc", "pixel_f1max")
+
+    def deltas(variant: str, reference: str) -> tuple[list[int], np.ndarray]:
+        both = [s for s in seeds if (variant, s) in by_key and (reference, s) in by_key]
+        diff = np.array([[by_key[(variant, s)][k] - by_key[(reference, s)][k] for k in keys] for s in both]).reshape(-1, 2)
+        return both, diff  # (seeds, 2): Δ AUROC, Δ F1max
+
+    head = "| level | seeds | random's cost, AUROC per seed | mean | random's cost, F1max per seed | mean |"
+    lines = [head, "|---" * 6 + "|"]
+    costs: dict[str, np.ndarray] = {}
+    for level in levels:
+        both, diff = deltas(f"c{level}-random", "c00-random")
+        if not both:
+            continue
+        if len(both) == len(seeds):
+            costs[level] = diff.mean(0)
+        per_seed = [" / ".join(f"{d:+.3f}" for d in diff[:, k]) for k in range(2)]
+        lines.append(
+            f"| c{level} | {', '.join(map(str, both))} | {per_seed[0]} | {diff[:, 0].mean():+.3f} | {per_seed[1]} | "
+            f"{diff[:, 1].mean():+.3f} |"
+        )
+    if not costs:
+        return [*lines, "", f"No level has the random sampler on every seed ({', '.join(map(str, seeds))}): no c*."]
+    star = min(costs, key=lambda level: costs[level][0])
+    cost = -costs[star]  # (2,): what contamination cost random at c*, positive where it cost
+    lines += ["", f"c* = c{star}: random lost {cost[0]:.3f} AUROC and {cost[1]:.3f} F1max on the seed mean.", ""]
+    lines += [
+        "| sampler at c* | seeds | AUROC won back (of the cost) | F1max won back | ahead on both | Δ at c = 0 "
+        "(AUROC / F1max) | entropy at c* | goal |",
+        "|---" * 8 + "|",
+    ]
+    for sampler in (*controls, *learners):
+        both, diff = deltas(f"c{star}-{sampler}", f"c{star}-random")
+        if not both:
+            lines.append(f"| {sampler} | – | no rows | | | | | |")
+            continue
+        gained = diff.mean(0)
+        share = [f"{g:+.3f} ({g / c:+.0%})" if c > 0 else f"{g:+.3f}" for g, c in zip(gained, cost)]
+        ahead = int(np.sum(np.all(diff > 0, axis=1)))
+        clean_seeds, clean = deltas(f"c00-{sampler}", "c00-random")
+        at_clean = "–"
+        if clean_seeds:
+            at_clean = " / ".join(f"{d:+.3f}" for d in clean.mean(0)) + f" (seeds {', '.join(map(str, clean_seeds))})"
+        entropy = [by_key[(f"c{star}-{sampler}", s)].get("policy_entropy", np.nan) for s in both]
+        met = (
+            len(both) == len(seeds)
+            and len(clean_seeds) == len(seeds)
+            and bool(np.all(cost > 0) and np.all(gained >= cost / 2))
+            and ahead == len(both)
+            and bool(np.all(clean.mean(0) >= -0.01))
+            and float(np.nanmean(entropy)) < 1.9
+        )
+        goal = "control" if sampler in controls else ("met" if met else "not met")
+        lines.append(
+            f"| {sampler} | {', '.join(map(str, both))} | {share[0]} | {share[1]} | {ahead} of {len(both)} | {at_clean} | "
+            f"{mean_std(entropy, '-')} | {goal} |"
+        )
+    return lines

@@ -332,3 +332,40 @@ def test_paired_table_subtracts_the_reference_seed_by_seed() -> None:
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells[:4] == ["rl", "random", "0, 1", "+0.020 / -0.010"]  # seed 2 has no rl row: not paired
     assert cells[4] == "+0.005 ± 0.021" and cells[5] == "+0.010 / +0.020" and cells[7] == "1 of 2"
+
+
+def test_the_sampler_goal_picks_c_star_on_complete_levels_and_checks_every_condition() -> None:
+    """c* is the level whose random sampler loses most AUROC among the levels with every seed; a sampler meets the
+    goal only with half of both costs back, ahead on every seed, level at c = 0 and a committed policy."""
+
+    def row(variant: str, seed: int, auroc: float, f1: float, entropy: float = float("nan")) -> dict:
+        return {
+            "variant": variant,
+            "category": "tile",
+            "seed": seed,
+            "pixel_auroc": auroc,
+            "pixel_f1max": f1,
+            "policy_entropy": entropy,
+        }
+
+    rows = [row("c00-random", s, 0.90, 0.50) for s in (0, 1)]
+    rows += [row("c10-random", s, 0.84, 0.44) for s in (0, 1)]  # costs 0.06 / 0.06 on both seeds
+    rows += [row("c20-random", 0, 0.50, 0.10)]  # costs more, but on one seed of two: not eligible
+    rows += [row("c10-good", 0, 0.88, 0.48, 1.0), row("c10-good", 1, 0.87, 0.47, 1.2)]  # wins back 0.035 of 0.06
+    rows += [row("c00-good", s, 0.90, 0.495) for s in (0, 1)]
+    rows += [row("c10-uniform", s, 0.88, 0.48, 2.19) for s in (0, 1)]  # as good, but its policy did not commit
+    rows += [row("c00-uniform", s, 0.90, 0.50) for s in (0, 1)]
+    rows += [row("c10-mixed", 0, 0.89, 0.49, 1.0), row("c10-mixed", 1, 0.83, 0.49, 1.0)]  # behind on seed 1
+    rows += [row("c00-mixed", s, 0.90, 0.50) for s in (0, 1)]
+    rows += [row("c10-costly", s, 0.88, 0.48, 1.0) for s in (0, 1)]
+    rows += [row("c00-costly", s, 0.88, 0.48) for s in (0, 1)]  # 0.02 below random at c = 0
+    lines = tables.sampler_goal_table(rows, "tile", (0, 1), ("10", "20"), ("good", "uniform", "mixed", "costly", "absent"))
+    text = "\n".join(lines)
+    assert "c* = c10: random lost 0.060 AUROC and 0.060 F1max" in text
+    goal = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines) if cells}
+    assert goal["good"][2] == "+0.035 (+58%)" and goal["good"][4] == "2 of 2" and goal["good"][-1] == "met"
+    assert goal["uniform"][-1] == goal["mixed"][-1] == goal["costly"][-1] == "not met"
+    assert goal["mixed"][4] == "1 of 2" and goal["costly"][5].startswith("-0.020 / -0.020")
+    assert goal["absent"][2] == "no rows"
+    rows = [r for r in rows if r["seed"] == 0 or r["variant"] != "c10-random"]
+    assert "no c*" in tables.sampler_goal_table(rows, "tile", (0, 1), ("10",), ("good",))[-1]
