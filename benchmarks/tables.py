@@ -229,10 +229,11 @@ def sampler_goal_table(
 
     First what each level ``c<level>`` costs the uniform random sampler against ``c00`` (seed by seed, on the
     seeds both have); c* is the level with the largest mean pixel AUROC cost among the levels that have every seed.
-    Then per sampler at c* (variants ``c<c*>-<sampler>``): the share of that cost it wins back against random on
-    the same seeds (pixel AUROC and F1max), on how many seeds it is ahead on both, its difference from random at
-    c = 0, its mean final entropy, and whether it meets the goal: half of both costs back, ahead on every seed,
-    within 0.01 of random on both at c = 0, entropy below 1.9 nats (only ``learners`` can; ``controls`` are shown).
+    Then per sampler at c* (variants ``c<c*>-<sampler>``), and likewise at every other such level it has rows at:
+    the share of that level's cost it wins back against random on the same seeds (pixel AUROC and F1max), on how
+    many seeds it is ahead on both, its difference from random at c = 0, its mean final entropy, and whether it
+    meets the goal: half of both costs back, ahead on every seed, within 0.01 of random on both at c = 0, entropy
+    below 1.9 nats (only ``learners`` can; ``controls`` are shown).
     """
     by_key = {(r["variant"], r["seed"]): r for r in rows if r["category"] == category}
     keys = ("pixel_auroc", "pixel_f1max")
@@ -259,37 +260,45 @@ def sampler_goal_table(
     if not costs:
         return [*lines, "", f"No level has the random sampler on every seed ({', '.join(map(str, seeds))}): no c*."]
     star = min(costs, key=lambda level: costs[level][0])
-    cost = -costs[star]  # (2,): what contamination cost random at c*, positive where it cost
+    cost = -costs[star]
     lines += ["", f"c* = c{star}: random lost {cost[0]:.3f} AUROC and {cost[1]:.3f} F1max on the seed mean.", ""]
     lines += [
-        "| sampler at c* | seeds | AUROC won back (of the cost) | F1max won back | ahead on both | Δ at c = 0 "
-        "(AUROC / F1max) | entropy at c* | goal |",
-        "|---" * 8 + "|",
+        "| level | sampler | seeds | AUROC won back (of the cost) | F1max won back | ahead on both | Δ at c = 0 "
+        "(AUROC / F1max) | entropy | goal |",
+        "|---" * 9 + "|",
     ]
-    for sampler in (*controls, *learners):
-        both, diff = deltas(f"c{star}-{sampler}", f"c{star}-random")
-        if not both:
-            lines.append(f"| {sampler} | – | no rows | | | | | |")
-            continue
-        gained = diff.mean(0)
-        share = [f"{g:+.3f} ({g / c:+.0%})" if c > 0 else f"{g:+.3f}" for g, c in zip(gained, cost)]
-        ahead = int(np.sum(np.all(diff > 0, axis=1)))
-        clean_seeds, clean = deltas(f"c00-{sampler}", "c00-random")
-        at_clean = "–"
-        if clean_seeds:
-            at_clean = " / ".join(f"{d:+.3f}" for d in clean.mean(0)) + f" (seeds {', '.join(map(str, clean_seeds))})"
-        entropy = [by_key[(f"c{star}-{sampler}", s)].get("policy_entropy", np.nan) for s in both]
-        met = (
-            len(both) == len(seeds)
-            and len(clean_seeds) == len(seeds)
-            and bool(np.all(cost > 0) and np.all(gained >= cost / 2))
-            and ahead == len(both)
-            and bool(np.all(clean.mean(0) >= -0.01))
-            and float(np.nanmean(entropy)) < 1.9
-        )
-        goal = "control" if sampler in controls else ("met" if met else "not met")
-        lines.append(
-            f"| {sampler} | {', '.join(map(str, both))} | {share[0]} | {share[1]} | {ahead} of {len(both)} | {at_clean} | "
-            f"{mean_std(entropy, '-')} | {goal} |"
-        )
+    samplers = (*controls, *learners)
+    shown = [
+        star,
+        *(lvl for lvl in costs if lvl != star and any((f"c{lvl}-{x}", s) in by_key for x in samplers for s in seeds)),
+    ]
+    for level in shown:
+        cost = -costs[level]  # (2,): what contamination cost random at this level, positive where it cost
+        name = f"c{level} (c*)" if level == star else f"c{level}"
+        for sampler in samplers:
+            both, diff = deltas(f"c{level}-{sampler}", f"c{level}-random")
+            if not both:
+                lines.append(f"| {name} | {sampler} | – | no rows | | | | | |")
+                continue
+            gained = diff.mean(0)
+            share = [f"{g:+.3f} ({g / c:+.0%})" if c > 0 else f"{g:+.3f}" for g, c in zip(gained, cost)]
+            ahead = int(np.sum(np.all(diff > 0, axis=1)))
+            clean_seeds, clean = deltas(f"c00-{sampler}", "c00-random")
+            at_clean = "–"
+            if clean_seeds:
+                at_clean = " / ".join(f"{d:+.3f}" for d in clean.mean(0)) + f" (seeds {', '.join(map(str, clean_seeds))})"
+            entropy = [by_key[(f"c{level}-{sampler}", s)].get("policy_entropy", np.nan) for s in both]
+            met = (
+                len(both) == len(seeds)
+                and len(clean_seeds) == len(seeds)
+                and bool(np.all(cost > 0) and np.all(gained >= cost / 2))
+                and ahead == len(both)
+                and bool(np.all(clean.mean(0) >= -0.01))
+                and float(np.nanmean(entropy)) < 1.9
+            )
+            goal = "control" if sampler in controls else ("met" if met else "not met")
+            lines.append(
+                f"| {name} | {sampler} | {', '.join(map(str, both))} | {share[0]} | {share[1]} | {ahead} of {len(both)} | "
+                f"{at_clean} | {mean_std(entropy, '-')} | {goal} |"
+            )
     return lines

@@ -362,10 +362,15 @@ def test_the_sampler_goal_picks_c_star_on_complete_levels_and_checks_every_condi
     lines = tables.sampler_goal_table(rows, "tile", (0, 1), ("10", "20"), ("good", "uniform", "mixed", "costly", "absent"))
     text = "\n".join(lines)
     assert "c* = c10: random lost 0.060 AUROC and 0.060 F1max" in text
-    goal = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines) if cells}
+    goal = {
+        cells[1]: cells[1:]
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)
+        if cells[0] == "c10 (c*)"
+    }
     assert goal["good"][2] == "+0.035 (+58%)" and goal["good"][4] == "2 of 2" and goal["good"][-1] == "met"
     assert goal["uniform"][-1] == goal["mixed"][-1] == goal["costly"][-1] == "not met"
     assert goal["mixed"][4] == "1 of 2" and goal["costly"][5].startswith("-0.020 / -0.020")
     assert goal["absent"][2] == "no rows"
+    assert not any(line.startswith("| c20") for line in lines[lines.index(next(x for x in lines if x.startswith("c* ="))) :])
     rows = [r for r in rows if r["seed"] == 0 or r["variant"] != "c10-random"]
     assert "no c*" in tables.sampler_goal_table(rows, "tile", (0, 1), ("10",), ("good",))[-1]
