@@ -51,6 +51,7 @@ def _against(reference: str, variants: tuple[str, ...]) -> tuple[tuple[str, str]
 
 # the contamination grid's variants beside each level's random sampler (the reference they pair with)
 _C00_SAMPLERS = ("c00-heuristic", "c00-reinforce", "c00-reinforce-avoid", "c00-ppo-avoid")
+_C10_SAMPLERS = ("c10-heuristic", "c10-reinforce", "c10-reinforce-avoid", "c10-ppo-avoid")
 _C20_VARIANTS = (
     "c20-random-vetted",
     "c20-random-oracle",
@@ -85,12 +86,24 @@ TABLES = {
         ("magnetic_tile",),
     ),
     "contamination": Table(
-        ("ae@c00-random", "c00-random", *_C00_SAMPLERS, "ae@c20-random", "c20-random", *_C20_VARIANTS),
+        (
+            "ae@c00-random",
+            "c00-random",
+            *_C00_SAMPLERS,
+            "ae@c10-random",
+            "c10-random",
+            *_C10_SAMPLERS,
+            "ae@c20-random",
+            "c20-random",
+            *_C20_VARIANTS,
+        ),
         ("magnetic_tile",),
         pairs=(
             ("c20-random", "c00-random"),  # what contamination costs the random sampler
             ("ae@c20-random", "ae@c00-random"),  # ... and the AE-only residual
+            ("c10-random", "c00-random"),
             *_against("c00-random", _C00_SAMPLERS),
+            *_against("c10-random", _C10_SAMPLERS),
             *_against("c20-random", _C20_VARIANTS),
         ),
     ),

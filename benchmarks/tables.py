@@ -278,7 +278,8 @@ def sampler_goal_table(
         for sampler in samplers:
             both, diff = deltas(f"c{level}-{sampler}", f"c{level}-random")
             if not both:
-                lines.append(f"| {name} | {sampler} | – | no rows | | | | | |")
+                if level == star:  # elsewhere a sampler that was not run is left out
+                    lines.append(f"| {name} | {sampler} | – | no rows | | | | | |")
                 continue
             gained = diff.mean(0)
             share = [f"{g:+.3f} ({g / c:+.0%})" if c > 0 else f"{g:+.3f}" for g, c in zip(gained, cost)]
