@@ -28,7 +28,7 @@ REFERENCE_CPU = "AMD EPYC family 26 model 2"  # where the comparison's cells all
 @dataclass(frozen=True)
 class GoalCheck:
     """The contamination goal (:func:`benchmarks.tables.sampler_goal_table`): c* from the levels' costs to the random
-    sampler, then each sampler's share of it won back at c*."""
+    sampler, then each sampler's share of its level's cost won back, at c* and at the other levels it ran at."""
 
     category: str
     levels: tuple[str, ...]

@@ -175,6 +175,16 @@ def category_table(rows: list[dict[str, Any]], variants: list[str], category: st
     return lines
 
 
+def seed_deltas(
+    by_key: dict[tuple[str, int], dict[str, Any]], variant: str, reference: str, seeds: tuple[int, ...], keys: tuple[str, ...]
+) -> tuple[list[int], np.ndarray]:
+    """The seeds both ``variant`` and ``reference`` have rows for (``by_key``: (variant, seed) -> row), and the
+    variant's metrics minus the reference's on each of them: float (seeds, len(keys))."""
+    both = [s for s in seeds if (variant, s) in by_key and (reference, s) in by_key]
+    diff = [[by_key[(variant, s)][k] - by_key[(reference, s)][k] for k in keys] for s in both]
+    return both, np.array(diff, dtype=float).reshape(len(both), len(keys))
+
+
 def paired_table(
     rows: list[dict[str, Any]], pairs: dict[str, str], category: str, seeds: tuple[int, ...], keys: tuple[str, ...]
 ) -> list[str]:
@@ -184,12 +194,12 @@ def paired_table(
     heads = " | ".join(f"Δ {LABELS[k]} per seed | Δ {LABELS[k]} mean ± std" for k in keys)
     lines = [f"| variant | against | seeds | {heads} | ahead on (Δ {LABELS[keys[0]]}) |", "|---" * (4 + 2 * len(keys)) + "|"]
     for variant, reference in pairs.items():
-        both = [s for s in seeds if (variant, s) in by_key and (reference, s) in by_key]
+        both, diff = seed_deltas(by_key, variant, reference, seeds, keys)
         if not both:
             continue
         cells = []
-        for key in keys:
-            deltas = [by_key[(variant, s)][key] - by_key[(reference, s)][key] for s in both]
+        for k, key in enumerate(keys):
+            deltas = list(diff[:, k])
             spread = f" ± {np.std(deltas, ddof=1):.3f}" if len(deltas) > 1 else ""
             cells += [" / ".join(f"{d:+.3f}" for d in deltas), f"{np.mean(deltas):+.3f}{spread}"]
             if key == keys[0]:
@@ -239,9 +249,7 @@ def sampler_goal_table(
     keys = ("pixel_auroc", "pixel_f1max")
 
     def deltas(variant: str, reference: str) -> tuple[list[int], np.ndarray]:
-        both = [s for s in seeds if (variant, s) in by_key and (reference, s) in by_key]
-        diff = np.array([[by_key[(variant, s)][k] - by_key[(reference, s)][k] for k in keys] for s in both]).reshape(-1, 2)
-        return both, diff  # (seeds, 2): Δ AUROC, Δ F1max
+        return seed_deltas(by_key, variant, reference, seeds, keys)  # (seeds, 2): Δ AUROC, Δ F1max
 
     head = "| level | seeds | random's cost, AUROC per seed | mean | random's cost, F1max per seed | mean |"
     lines = [head, "|---" * 6 + "|"]
