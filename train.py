@@ -34,7 +34,7 @@ import yaml
 
 import evaluate
 from agents import AGENTS
-from agents.baseline_trainer import train_baseline
+from agents.baseline_trainer import BUDGET_SNAPSHOT, train_baseline
 from agents.optimize import add_optimize_arguments, optimize_hyperparameters
 from agents.run_config import ENV_IDS, METHOD, PRESETS, resolve_config, resume_config
 from agents.runs import TRAINER_CHECKPOINT, Interrupted, hold_run, interrupted_message, new_run_dir, restartable
@@ -165,7 +165,19 @@ def train(
         metrics = evaluate.evaluate_run(run_dir, method="detector", device=config["device"])
         if sampler:  # the same run's AE-only residual, the reference the method must beat
             evaluate.evaluate_run(run_dir, method="ae", out=run_dir / "ae_baseline", device=config["device"])
+        elif (run_dir / BUDGET_SNAPSHOT / "cost.json").is_file():  # the run as it stood at its min_updates
+            evaluate_budget_snapshot(run_dir / BUDGET_SNAPSHOT, config["device"])
         return metrics
+
+
+def evaluate_budget_snapshot(snapshot: Path, device: str) -> None:
+    """The test-split evaluation of a baseline's ``budget/`` snapshot; its CPU seconds join the snapshot's cost, so
+    ``cost.json`` says what a run that stopped there would have cost (training, validations and this evaluation)."""
+    cost = json.loads((snapshot / "cost.json").read_text())
+    start = time.process_time()
+    evaluate.evaluate_run(snapshot, method="detector", device=device)
+    cost["test_cpu_seconds"] = round(time.process_time() - start, 1)
+    atomic_write_text(snapshot / "cost.json", json.dumps(cost))
 
 
 def train_sampler(

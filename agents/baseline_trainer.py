@@ -4,16 +4,24 @@ A baseline trains on the method's split (same seed, same files) and writes the s
 (:mod:`agents.runs`): TensorBoard losses, validation every ``eval_freq`` updates (best pixel F1max ->
 ``best_detector.pt``), a resumable checkpoint every ``save_freq`` updates and on Ctrl-C, ``detector.pt`` at the end, so
 ``evaluate.py --run`` treats it like any other run.
+
+A run with an early stop (``patience``) also keeps ``budget/``: the run as it stood at ``min_updates``, a run folder of
+its own. Its best checkpoint is the one a run of ``min_updates`` updates without the early stop ends with (the same
+seed, updates and validations up to there), so one plateau run gives both the budget and the plateau rows.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from agents.runs import (
     TRAINER_CHECKPOINT,
@@ -27,7 +35,9 @@ from agents.runs import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Plateau", "train_baseline"]
+__all__ = ["BUDGET_SNAPSHOT", "Plateau", "save_budget_snapshot", "train_baseline"]
+
+BUDGET_SNAPSHOT = "budget"  # <run>/budget/: the run at its min_updates (save_budget_snapshot)
 
 Validate = Callable[[Any, np.ndarray, np.ndarray, list[bool]], tuple[dict[str, float], np.ndarray]]
 
@@ -50,6 +60,27 @@ class Plateau:
         if self.best.best_f1max > self._seen:
             self._seen, self.best_at = self.best.best_f1max, updates
         return self.window > 0 and updates >= self.min_updates and updates - self.best_at >= self.window
+
+
+def save_budget_snapshot(run_dir: Path, config: dict[str, Any], updates: int) -> Path:
+    """``<run>/budget/``, a run folder of the run as it stood after ``updates`` updates (call after that validation):
+    its best checkpoint so far, ``split.json``, and ``config.yml`` with ``n_updates: updates`` and no early stop, which
+    is the config of a run that stops there. ``cost.json`` holds the process's CPU seconds up to this point, to which
+    train.py adds the snapshot's test evaluation. Returns the folder."""
+    from agents.run_config import STOPPING
+    from models.runtime import atomic_write, atomic_write_text
+
+    out = run_dir / BUDGET_SNAPSHOT
+    out.mkdir(exist_ok=True)
+    for name in ("best_detector.pt", "best_detector.json", "split.json"):
+        if (run_dir / name).is_file():
+            with (run_dir / name).open("rb") as source:
+                atomic_write(out / name, lambda target: shutil.copyfileobj(source, target))
+    snapshot = {key: value for key, value in config.items() if key not in STOPPING}
+    snapshot |= {"n_updates": updates, "snapshot": f"the best checkpoint of the run in '..' at its first {updates} updates"}
+    atomic_write_text(out / "config.yml", yaml.safe_dump(snapshot, sort_keys=False))
+    atomic_write_text(out / "cost.json", json.dumps({"updates": updates, "cpu_seconds": round(time.process_time(), 1)}))
+    return out
 
 
 def train_baseline(
@@ -109,6 +140,8 @@ def train_baseline(
         history.append({"updates": trainer.updates, **metrics})
         best.offer(trainer, history[-1])
         writer.add_scalar("eval/best_pixel_f1max", best.best_f1max, trainer.updates)
+        if window and trainer.updates == config.get("min_updates", 0):
+            save_budget_snapshot(run_dir, config, trainer.updates)
 
     total, interrupt = config["n_updates"], InterruptCallback()
     validating = config["eval_freq"] > 0 and bool(val_masks.any())

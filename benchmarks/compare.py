@@ -11,7 +11,8 @@ A *method* is one of
   * a name from ``--variants FILE`` (default: ``benchmarks/ablation.yml``, the variants of docs/results.md), a YAML
     mapping ``name: {algo | method, preset, env_kwargs, hyperparams, n_timesteps}`` (every key optional): a named,
     pinned configuration (``method: unet`` with ``hyperparams`` varies a baseline). ``ae@NAME`` is the AE-only
-    baseline of that variant.
+    baseline of that variant; ``budget@NAME``, of a baseline with an early stop (``unet-plateau``), is its run as it
+    stood at ``min_updates`` (``<run>/budget/``), which is the run of the ``budget`` preset: one cell, two rows.
 
 Every cell runs ``train.py`` in its own process (``--parallel`` at a time, ``--threads`` torch threads each) into
 ``OUT/cells/<category>/<method>/seed<k>/`` and is finished once ``result.json`` is there: a rerun skips finished
@@ -45,11 +46,11 @@ mean ± std over seeds, then the paper's two tables (pixel F1max and pixel AUROC
 *Recorded rows* (``--recorded CSV ...``, not with worker mode): rows of ``results.csv`` files
 (``benchmarks/results/results.csv`` keeps this project's) stand in for cells, so a table can combine grids that ran
 on other machines or in other checkouts, whose run folders are gone. A training is skipped when every row of it that
-the grid asks for is recorded (its method and, if asked, its ``ae@`` row); otherwise it runs, and a finished cell in
-``OUT`` always wins over recorded rows. Of several recorded rows of one cell the last wins, or one measured on the
-CPU that ``--prefer-cpu`` names. Rows are matched by (category, method, seed) alone, so record pinned variants: a
-recorded ``reinforce`` row is whatever ``--preset`` meant when it was recorded (the runner warns when it uses one).
-Rows of variants not in ``--variants`` make tables with ``--table-only``::
+the grid asks for is recorded (its method and, if asked, its ``ae@`` or ``budget@`` row); otherwise it runs, and a
+finished cell in ``OUT`` always wins over recorded rows. Of several recorded rows of one cell the last wins, or one
+measured on the CPU that ``--prefer-cpu`` names. Rows are matched by (category, method, seed) alone, so record pinned
+variants: a recorded ``reinforce`` row is whatever ``--preset`` meant when it was recorded (the runner warns when it
+uses one). Rows of variants not in ``--variants`` make tables with ``--table-only``::
 
     python -m benchmarks.compare --categories magnetic_tile tire --methods default default-random focal \\
         --seeds 0 1 2 --recorded benchmarks/results/results.csv --prefer-cpu "family 26 model 2" --table-only
@@ -72,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from agents.baseline_trainer import BUDGET_SNAPSHOT
 from benchmarks.tables import (
     CSV_COLUMNS,
     METRICS,
@@ -125,31 +127,41 @@ def load_recorded(paths: list[str] | None, prefer_cpu: str | None = None) -> dic
     return index_rows([row for path in paths or [] for row in read_rows(path)], prefer_cpu)
 
 
-def resolve_method(method: str, variants: dict[str, dict[str, Any]], preset: str) -> tuple[str, dict[str, Any], bool]:
-    """A method name -> (the cell that trains it, its training spec, whether to read its AE-only baseline)."""
+# PREFIX@NAME: a row read from a folder inside NAME's run instead of the run itself
+SUB_RUNS = {"ae": "ae_baseline", "budget": BUDGET_SNAPSHOT}
+
+
+def resolve_method(method: str, variants: dict[str, dict[str, Any]], preset: str) -> tuple[str, dict[str, Any], str | None]:
+    """A method name -> (the cell that trains it, its training spec, the folder of its run that holds the row: None
+    for the run itself, ``ae_baseline`` for ``ae@``, ``budget`` for ``budget@``)."""
     from agents import AGENTS
     from models.baselines import BASELINES
 
-    ae_only = method == "ae" or method.startswith("ae@")
-    base = "reinforce" if method == "ae" else method[3:] if ae_only else method
-    if base in variants:
-        spec = dict(variants[base])
-    elif base in AGENTS:
-        spec = {"algo": base}
-    elif base in BASELINES and not ae_only:
-        spec = {"method": base}
+    prefix, _, name = method.rpartition("@")
+    if method == "ae":
+        prefix, name = "ae", "reinforce"
+    if prefix and prefix not in SUB_RUNS:
+        raise ValueError(f"unknown method {method!r}: {prefix!r}@ is not a row of a run (valid: ae@, budget@)")
+    if name in variants:
+        spec = dict(variants[name])
+    elif name in AGENTS:
+        spec = {"algo": name}
+    elif name in BASELINES and prefix != "ae":
+        spec = {"method": name}
     else:
         valid = [*AGENTS, "ae", *BASELINES, *variants, *(f"ae@{v}" for v in variants)]
         raise ValueError(f"unknown method {method!r} (valid: {', '.join(valid)})")
-    if spec.get("method") in BASELINES:
-        if ae_only:
-            raise ValueError(f"{method!r}: a {spec['method']} baseline has no AE-only residual")
-        if "algo" in spec:
-            raise ValueError(f"{method!r}: a variant names either an algo or a baseline method, not both")
-    else:
+    baseline = spec.get("method") in BASELINES
+    if baseline and prefix == "ae":
+        raise ValueError(f"{method!r}: a {spec['method']} baseline has no AE-only residual")
+    if baseline and "algo" in spec:
+        raise ValueError(f"{method!r}: a variant names either an algo or a baseline method, not both")
+    if not baseline:
         spec.setdefault("algo", "reinforce")
     spec.setdefault("preset", preset)
-    return base, spec, ae_only
+    if prefix == "budget" and not (baseline and spec["preset"] == "plateau"):
+        raise ValueError(f"{method!r}: budget@ reads a baseline trained with an early stop (preset plateau)")
+    return name, spec, SUB_RUNS.get(prefix)
 
 
 def train_command(spec: dict[str, Any], category: str, seed: int, args: argparse.Namespace, folder: Path) -> list[str]:
@@ -235,20 +247,25 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     return result
 
 
-def cell_row(category: str, variant: str, seed: int, result: dict[str, Any], ae_only: bool) -> dict[str, Any]:
-    """A finished cell's ``results.csv`` row (``variant`` is the grid's method name; ``ae@`` rows read the AE-only
-    baseline of the same run)."""
+def cell_row(category: str, variant: str, seed: int, result: dict[str, Any], sub_run: str | None) -> dict[str, Any]:
+    """A finished cell's ``results.csv`` row (``variant`` is the grid's method name; ``sub_run``: the folder of the
+    run that holds the row, :data:`SUB_RUNS`). A ``budget@`` row's CPU seconds are its snapshot's (``cost.json``:
+    training up to the snapshot, then its test evaluation); its wall seconds were not measured (NaN)."""
     run = Path(result["run"])
-    metrics = json.loads((run / "ae_baseline" / "metrics.json" if ae_only else run / "metrics.json").read_text())
+    metrics = json.loads(((run / sub_run) if sub_run else run).joinpath("metrics.json").read_text())
     entropy_file = run / "policy_entropy.json"  # the sampler's final entropy (agents/entropy.py); not an AE-only row's
-    entropy = json.loads(entropy_file.read_text())["policy_entropy"] if entropy_file.is_file() and not ae_only else None
+    entropy = json.loads(entropy_file.read_text())["policy_entropy"] if entropy_file.is_file() and not sub_run else None
+    seconds, cpu_seconds = result["seconds"], result.get("cpu_seconds", float("nan"))
+    if sub_run == BUDGET_SNAPSHOT:
+        cost = json.loads((run / sub_run / "cost.json").read_text())
+        seconds, cpu_seconds = float("nan"), round(cost["cpu_seconds"] + cost["test_cpu_seconds"], 1)
     return {
         "variant": variant,
         "category": category,
         "seed": seed,
         **{k: float(metrics[k]) for k in METRICS},
-        "seconds": result["seconds"],
-        "cpu_seconds": result.get("cpu_seconds", float("nan")),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "cpu_model": result.get("cpu_model", UNKNOWN),
         "commit": result.get("commit", UNKNOWN),
         "policy_entropy": float("nan") if entropy is None else float(entropy),
@@ -385,7 +402,7 @@ def make_objective(
     args: argparse.Namespace,
     cells: dict[str, tuple[str, str, int]],
     trainings: dict[tuple[str, str, int], dict[str, Any]],
-    plan: list[tuple[str, str, dict[str, Any], bool]],
+    plan: list[tuple[str, str, dict[str, Any], str | None]],
 ) -> Any:
     """One trial = one cell: trains it (``run_cell``), keeps its table rows in the user attribute ``rows``.
 
@@ -423,7 +440,7 @@ def make_objective(
         except RuntimeError as error:
             trial.set_user_attr("error", str(error))
             raise
-        rows = {method: cell_row(category, method, seed, result, ae_only) for method, b, _, ae_only in plan if b == base}
+        rows = {method: cell_row(category, method, seed, result, sub_run) for method, b, _, sub_run in plan if b == base}
         trial.set_user_attr("rows", rows)
         trial.set_user_attr("run", result["run"])
         return float(next(iter(rows.values()))["pixel_f1max"])
@@ -472,7 +489,7 @@ def start_workers(args: argparse.Namespace, argv: list[str]) -> list[int]:
 def run_study(
     args: argparse.Namespace,
     argv: list[str],
-    plan: list[tuple[str, str, dict[str, Any], bool]],
+    plan: list[tuple[str, str, dict[str, Any], str | None]],
     categories: list[str],
     trainings: dict[tuple[str, str, int], dict[str, Any]],
 ) -> int:
@@ -639,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:  # a name that only recorded rows know (a variant not in --variants): tables only
                 if not (args.table_only and any(key[1] == method for key in recorded)):
                     raise
-                plan.append((method, method, {}, False))
+                plan.append((method, method, {}, None))
     except (ValueError, OSError, yaml.YAMLError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -683,10 +700,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     by_name: list[str] = []  # recorded rows whose meaning depends on --preset
     for category in categories:
-        for method, base, spec, ae_only in plan:
+        for method, base, spec, sub_run in plan:
             for seed in args.seeds:
                 if (category, base, seed) in results:
-                    rows.append(cell_row(category, method, seed, results[(category, base, seed)], ae_only))
+                    rows.append(cell_row(category, method, seed, results[(category, base, seed)], sub_run))
                 elif (category, method, seed) in recorded:
                     rows.append(recorded[(category, method, seed)])
                     if base not in variants and spec and method not in by_name:  # a recorded-only name is pinned

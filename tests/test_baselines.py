@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -472,3 +473,50 @@ def test_map_variants_try_another_vqvae2_residual(data_root: Path, tmp_path: Pat
     assert "map_residual=ssim: pixel_auroc" in out and "map_residual=l2: pixel_auroc" in out
     assert map_variants.main(["--runs", str(run), "--variants", "map_residual=lpips"]) == 2
     assert "map_residual must be one of" in capsys.readouterr().err
+
+
+def test_a_plateau_run_keeps_the_budget_run_it_passed_through(data_root: Path, tmp_path: Path) -> None:
+    """budget/ of a run with an early stop is, file for file, the run that stops at min_updates: same best weights,
+    same test metrics; compare reads it as the budget@ row with the snapshot's own CPU seconds."""
+    from benchmarks import compare
+
+    def pairs(items: list[str]) -> dict:
+        from agents.run_config import parse_value
+
+        return {key: parse_value(value) for key, value in (item.split(":", 1) for item in items)}
+
+    budget_logs = tmp_path / "budget"
+    assert train.main(run_args(data_root, budget_logs, "unet", 12)) == 0
+    budget_run = budget_logs / "unet" / "MVTecPatch-v0_1"
+
+    variants = tmp_path / "variants.yml"
+    protocol = {"image_size": 64, "k_shot": 2, "normal_pool": 3}
+    settings = {**pairs(TINY["unet"]), "eval_freq": 4, "save_freq": 4, "min_updates": 12, "patience": 3}
+    plateau = {"method": "unet", "preset": "plateau", "n_timesteps": 40, "env_kwargs": protocol, "hyperparams": settings}
+    variants.write_text(yaml.safe_dump({"tiny_plateau": plateau}))
+    argv = ["--data-root", str(data_root), "--categories", "widget", "--methods", "tiny_plateau", "budget@tiny_plateau"]
+    argv += ["--seeds", "1", "--variants", str(variants), "--out", str(tmp_path / "out"), "--threads", "1"]
+    assert compare.main(argv) == 0
+
+    cell = json.loads((tmp_path / "out" / "cells" / "widget" / "tiny_plateau" / "seed1" / "result.json").read_text())
+    snapshot = Path(cell["run"]) / "budget"
+    ours, theirs = (torch.load(run / "best_detector.pt", weights_only=True) for run in (snapshot, budget_run))
+    assert ours["updates"] == theirs["updates"] <= 12
+    for key, value in theirs["net"].items():
+        assert torch.equal(ours["net"][key], value), key
+    assert yaml.safe_load((snapshot / "config.yml").read_text())["n_updates"] == 12
+    assert "patience" not in yaml.safe_load((snapshot / "config.yml").read_text())
+    expected = json.loads((budget_run / "metrics.json").read_text())
+    rows = {row["variant"]: row for row in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert set(rows) == {"tiny_plateau", "budget@tiny_plateau"}
+    snapshot_metrics = json.loads((snapshot / "metrics.json").read_text())
+    for key in ("pixel_auroc", "pixel_f1max", "image_auroc"):
+        assert snapshot_metrics[key] == expected[key], key
+        assert float(rows["budget@tiny_plateau"][key]) == pytest.approx(expected[key], abs=1e-4), key  # the CSV's 4 places
+    cost = json.loads((snapshot / "cost.json").read_text())
+    assert float(rows["budget@tiny_plateau"]["cpu_seconds"]) == round(cost["cpu_seconds"] + cost["test_cpu_seconds"], 1)
+    assert 0 < float(rows["budget@tiny_plateau"]["cpu_seconds"]) <= float(rows["tiny_plateau"]["cpu_seconds"])
+    with pytest.raises(ValueError, match="early stop"):
+        compare.resolve_method("budget@unet", {}, "default")
+    with pytest.raises(ValueError, match="not a row of a run"):
+        compare.resolve_method("best@unet", {}, "default")

@@ -321,8 +321,8 @@ def test_compare_reads_the_final_entropy_into_its_row_and_table(tmp_path: Path) 
         (folder / "metrics.json").write_text(json.dumps(metrics))
     (run / ENTROPY_FILE).write_text(json.dumps({"policy_entropy": 1.234}))
     result = {"run": str(run), "seconds": 60.0}
-    row = compare.cell_row("widget", "c10-reinforce-avoid", 0, result, ae_only=False)
-    ae_row = compare.cell_row("widget", "ae@c10-reinforce-avoid", 0, result, ae_only=True)
+    row = compare.cell_row("widget", "c10-reinforce-avoid", 0, result, sub_run=None)
+    ae_row = compare.cell_row("widget", "ae@c10-reinforce-avoid", 0, result, sub_run="ae_baseline")
     assert row["policy_entropy"] == 1.234 and math.isnan(ae_row["policy_entropy"])
     table = compare.write_tables(tmp_path / "out", [row, ae_row], [row["variant"], ae_row["variant"]], ["widget"])
     assert "| entropy |" in table and "| 1.234 |" in table and "| - |" in table  # the AE-only row has none
