@@ -73,10 +73,10 @@ TABLES = {
             "paper",
             "ae@default",
             "unet",
-            "unet-budget",
+            "budget@unet-plateau",  # the plateau run at the budget: the budget run (agents/baseline_trainer.py)
             "unet-plateau",
             "vqvae2",
-            "vqvae2-budget",
+            "budget@vqvae2-plateau",
             "vqvae2-plateau",
         ),
         ("magnetic_tile", "tire"),
