@@ -219,7 +219,9 @@ def test_every_variant_of_the_ablation_file_is_a_valid_configuration(tmp_path: P
     from models.baselines import BASELINES
 
     tabled = {v for table in results_table.TABLES.values() for v in table.variants}
-    assert {v for v in tabled if not v.startswith("ae@") and v not in BASELINES} <= set(variants)
+    for name in tabled:  # every tabled name resolves: a variant, a baseline, or a row of one (ae@, budget@)
+        compare.resolve_method(name, variants, "default")
+    assert {v.rpartition("@")[2] for v in tabled if v not in BASELINES} <= set(variants)
     assert {"default", "default-random", "paper", "paper-random"} <= set(variants)
     args = argparse.Namespace(data_root=str(root), threads=1)
     for name in variants:
