@@ -95,6 +95,32 @@ def onnx_inference(
     return results
 
 
+def compiled_inference(detector: Detector, one: np.ndarray, args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
+    """The whole inference graph (:class:`models.export.InferenceGraph`) under ``torch.compile`` (inductor, weights
+    frozen as constants: PyTorch's CPU inference recipe) at batch 1, and its largest difference from the eager graph's
+    maps (printed). The first call compiles (tens of seconds), outside the timing."""
+    import torch._inductor.config as inductor
+
+    from models.export import InferenceGraph
+
+    graph = InferenceGraph(detector).eval()
+    x = torch.from_numpy(np.ascontiguousarray(one.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0)  # (1, 3, S, S)
+    inductor.freezing = True
+    compiled = torch.compile(graph)
+    with torch.inference_mode():
+        difference = float((compiled(x) - graph(x)).abs().max())
+    print(f"torch.compile (inductor, frozen): max abs difference from the eager graph's maps {difference:.2e}")
+
+    def run(module: torch.nn.Module) -> None:
+        with torch.inference_mode():
+            module(x)
+
+    return {
+        "inference graph, eager, batch 1": timed(lambda: run(graph), args.repeats),
+        "inference graph, torch.compile, batch 1": timed(lambda: run(compiled), args.repeats),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-images", type=int, default=300, help="normal training images")
@@ -109,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="K=V", help="DetectorConfig fields over the preset's")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     parser.add_argument("--no-onnx", action="store_true", help="skip the exported model's onnxruntime timings")
+    parser.add_argument("--compile", action="store_true", help="also time the inference graph under torch.compile (CPU)")
     parser.add_argument(
         "--against",
         type=Path,
@@ -231,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.no_onnx:
         results.update(onnx_inference(detector, one, many, args))
+    if args.compile:
+        results.update(compiled_inference(detector, one, args))
 
     for name, (med, lo, cpu) in results.items():
         print(f"{name:55s} median {med:8.1f} ms   min {lo:8.1f} ms   CPU {cpu:8.1f} ms")

@@ -241,6 +241,17 @@ def test_bench_detector_takes_detector_fields_and_rejects_an_unknown_one(capsys:
         bench_detector.main([*small, "--set", "nonsense=1"])
 
 
+def test_bench_detector_times_the_compiled_graph_and_checks_its_maps(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import bench_detector
+
+    small = ["--size", "64", "--train-images", "4", "--pool", "4", "--repeats", "1", "--batch", "2", "--threads", "1"]
+    bench_detector.main([*small, "--no-onnx", "--compile"])
+    out = capsys.readouterr().out
+    difference = float(out.split("max abs difference from the eager graph's maps ")[1].split()[0])
+    assert difference <= 1e-4
+    assert "inference graph, eager, batch 1" in out and "inference graph, torch.compile, batch 1" in out
+
+
 def test_bench_detector_compares_with_another_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import bench_detector
 
