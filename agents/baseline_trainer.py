@@ -79,7 +79,8 @@ def save_budget_snapshot(run_dir: Path, config: dict[str, Any], updates: int) ->
     snapshot = {key: value for key, value in config.items() if key not in STOPPING}
     snapshot |= {"n_updates": updates, "snapshot": f"the best checkpoint of the run in '..' at its first {updates} updates"}
     atomic_write_text(out / "config.yml", yaml.safe_dump(snapshot, sort_keys=False))
-    atomic_write_text(out / "cost.json", json.dumps({"updates": updates, "cpu_seconds": round(time.process_time(), 1)}))
+    cost = {"updates": updates, "cpu_seconds": round(time.process_time(), 1), "written": time.time()}  # this process's
+    atomic_write_text(out / "cost.json", json.dumps(cost))
     return out
 
 

@@ -16,7 +16,8 @@ A *method* is one of
 
 Every cell runs ``train.py`` in its own process (``--parallel`` at a time, ``--threads`` torch threads each) into
 ``OUT/cells/<category>/<method>/seed<k>/`` and is finished once ``result.json`` is there: a rerun skips finished
-cells, and an interrupted one (no ``result.json``) starts over, so an interruption loses at most the running cells.
+cells, and an interrupted one (no ``result.json``) continues from its last checkpoint (``train.py -i``) when the code
+is the same commit, else starts over; its seconds and CPU seconds add up over the attempts.
 Cells share nothing but the output folder, so several machines can split a grid by category or seed.
 
 *Worker mode* (``--storage URL`` or ``--workers N``; the flag names of rl-baselines3-zoo): the grid is an Optuna
@@ -211,38 +212,103 @@ def cell_folder(out: str | Path, category: str, base: str, seed: int) -> Path:
     return Path(out) / "cells" / category / base / f"seed{seed}"
 
 
+USAGE_POLL = 30.0  # seconds between two records of a running cell's CPU time (usage.json)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running (or not yet reaped) process, all its threads, from ``/proc/<pid>/stat``
+    (Linux; None elsewhere or once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # from field 3 (state) on
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # fields 14 and 15: utime, stime
+
+
+def continuation(cell: Path, spec: dict[str, Any]) -> tuple[Path | None, list[dict[str, Any]]]:
+    """An interrupted cell's run folder and the attempts recorded in its ``usage.json``, when ``train.py -i`` can
+    continue it with this code (same commit); else (None, []): the cell starts over."""
+    usage = cell / "usage.json"
+    runs = sorted((cell / "logs" / (spec.get("method") or spec["algo"])).glob("MVTecPatch-v0_*"))
+    if not usage.is_file() or not runs or not (runs[-1] / "config.yml").is_file():
+        return None, []
+    try:
+        attempts = json.loads(usage.read_text())["attempts"]
+    except (ValueError, KeyError, TypeError):
+        return None, []
+    if not attempts or any(a.get("commit") != code_commit() for a in attempts):
+        return None, []
+    return runs[-1], attempts
+
+
 def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one cell unless it is finished; returns its result.json (the run folder and the seconds it took)."""
+    """Train one cell unless it is finished; returns its result.json (the run folder, the seconds and CPU seconds of
+    all its attempts).
+
+    An interrupted cell (no ``result.json``: the grid was stopped or killed) continues from its run's last checkpoint
+    (``train.py -i``, which gives the uninterrupted run) when the code is the same commit, else starts over. While a
+    cell runs, ``usage.json`` records each attempt's seconds and CPU seconds every :data:`USAGE_POLL` seconds, so a
+    killed attempt's cost still counts."""
+    import threading
+
     cell = cell_folder(args.out, category, base, seed)
     done = cell / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    if cell.exists():  # an interrupted attempt: start the cell over
+    run, attempts = continuation(cell, spec) if cell.exists() else (None, [])
+    if run is None and cell.exists():  # an interrupted attempt that cannot be continued: start the cell over
         shutil.rmtree(cell)
-    cell.mkdir(parents=True)
+    cell.mkdir(parents=True, exist_ok=True)
     cmd = train_command(spec, category, seed, args, cell / "logs")
+    if run is not None:
+        cmd = [sys.executable, "-m", "train", "-i", str(run), "--no-progress", "-v", "1", "--threads", str(args.threads)]
+        cmd += ["--device", args.device] if getattr(args, "device", None) is not None else []
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     print(f"[compare] {category} {base} seed {seed}: {' '.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    with (cell / "train.log").open("w") as log:
+    attempt = {"started": time.time(), "commit": code_commit(), "seconds": 0.0, "cpu_seconds": 0.0}
+
+    def record(seconds: float, cpu_seconds: float) -> None:
+        attempt.update(seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1))
+        tmp = cell / "usage.tmp"
+        tmp.write_text(json.dumps({"attempts": [*attempts, attempt]}, indent=2))
+        tmp.replace(cell / "usage.json")
+
+    start, finished = time.perf_counter(), threading.Event()
+    record(0.0, 0.0)
+    with (cell / "train.log").open("a" if run is not None else "w") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, **_child_options())
+
+        def poll() -> None:
+            while not finished.wait(USAGE_POLL):
+                cpu = process_cpu_seconds(process.pid)
+                if cpu is not None:
+                    record(time.perf_counter() - start, cpu)
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
         _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, whatever else runs
+        finished.set()
+        watcher.join()
         process.returncode = code = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    cpu_seconds = usage.ru_utime + usage.ru_stime
+    record(time.perf_counter() - start, usage.ru_utime + usage.ru_stime)
+    attempts = [*attempts, attempt]
+    seconds, cpu_seconds = sum(a["seconds"] for a in attempts), sum(a["cpu_seconds"] for a in attempts)
     if code != 0:
         raise RuntimeError(f"cell {category}/{base}/seed{seed} failed with exit code {code}; see {cell / 'train.log'}")
     runs = sorted((cell / "logs" / (spec.get("method") or spec["algo"])).glob("MVTecPatch-v0_*"))
     if not runs or not (runs[-1] / "metrics.json").is_file():
         raise RuntimeError(f"cell {category}/{base}/seed{seed} wrote no metrics.json; see {cell / 'train.log'}")
     result = {"run": str(runs[-1]), "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}
-    result |= {"cpu_model": cpu_model(), "commit": code_commit(), "command": cmd}
+    result |= {"cpu_model": cpu_model(), "commit": code_commit(), "command": cmd, "attempts": attempts}
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(done)
     print(
-        f"[compare] {category} {base} seed {seed}: done in {seconds / 60:.1f} min ({cpu_seconds / 60:.1f} CPU min)", flush=True
+        f"[compare] {category} {base} seed {seed}: done in {seconds / 60:.1f} min ({cpu_seconds / 60:.1f} CPU min"
+        + (f", {len(attempts)} attempts" if len(attempts) > 1 else "")
+        + ")",
+        flush=True,
     )
     return result
 
@@ -256,9 +322,10 @@ def cell_row(category: str, variant: str, seed: int, result: dict[str, Any], sub
     entropy_file = run / "policy_entropy.json"  # the sampler's final entropy (agents/entropy.py); not an AE-only row's
     entropy = json.loads(entropy_file.read_text())["policy_entropy"] if entropy_file.is_file() and not sub_run else None
     seconds, cpu_seconds = result["seconds"], result.get("cpu_seconds", float("nan"))
-    if sub_run == BUDGET_SNAPSHOT:
+    if sub_run == BUDGET_SNAPSHOT:  # the snapshot's process CPU, plus the attempts before that process
         cost = json.loads((run / sub_run / "cost.json").read_text())
-        seconds, cpu_seconds = float("nan"), round(cost["cpu_seconds"] + cost["test_cpu_seconds"], 1)
+        before = [a["cpu_seconds"] for a in result.get("attempts", []) if a["started"] < cost.get("written", 0)][:-1]
+        seconds, cpu_seconds = float("nan"), round(sum(before) + cost["cpu_seconds"] + cost["test_cpu_seconds"], 1)
     return {
         "variant": variant,
         "category": category,

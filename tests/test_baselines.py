@@ -520,3 +520,78 @@ def test_a_plateau_run_keeps_the_budget_run_it_passed_through(data_root: Path, t
         compare.resolve_method("budget@unet", {}, "default")
     with pytest.raises(ValueError, match="not a row of a run"):
         compare.resolve_method("best@unet", {}, "default")
+
+
+def test_an_interrupted_grid_cell_continues_from_its_checkpoint(data_root: Path, tmp_path: Path) -> None:
+    """A grid killed in the middle of a cell continues it with train.py -i on the next run: the same weights as an
+    uninterrupted cell, and the killed attempt's CPU time counted (usage.json)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agents.run_config import parse_value
+    from agents.runs import TRAINER_CHECKPOINT
+    from benchmarks import compare
+
+    settings = {key: parse_value(value) for key, value in (item.split(":", 1) for item in TINY["unet"])}
+    settings |= {"eval_freq": 200, "save_freq": 20}
+    tiny = {"method": "unet", "preset": "default", "n_timesteps": 600, "hyperparams": settings}
+    tiny["env_kwargs"] = {"image_size": 64, "k_shot": 2, "normal_pool": 3}
+    variants = tmp_path / "variants.yml"
+    variants.write_text(yaml.safe_dump({"tiny": tiny}))
+
+    grid = ["--data-root", str(data_root), "--categories", "widget", "--methods", "tiny", "--seeds", "1"]
+    grid += ["--variants", str(variants), "--threads", "1"]
+
+    script = "import sys; from benchmarks import compare; compare.USAGE_POLL = 0.2; sys.exit(compare.main(sys.argv[1:]))"
+    root = Path(compare.__file__).resolve().parents[1]
+    command = [sys.executable, "-c", script, *grid, "--out", str(tmp_path / "out")]
+    first = subprocess.Popen(command, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cell = tmp_path / "out" / "cells" / "widget" / "tiny" / "seed1"
+    checkpoint = cell / "logs" / "unet" / "MVTecPatch-v0_1" / TRAINER_CHECKPOINT
+    deadline = time.monotonic() + 120
+    while not checkpoint.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few polls of usage.json
+    os.killpg(first.pid, signal.SIGKILL)  # the grid and, with it, the cell's train.py
+    first.wait()
+    assert checkpoint.is_file() and not (cell / "result.json").exists()
+    killed = json.loads((cell / "usage.json").read_text())["attempts"]
+    assert len(killed) == 1 and killed[0]["cpu_seconds"] > 0
+
+    assert compare.main([*grid, "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((cell / "result.json").read_text())
+    assert "-i" in result["command"] and len(result["attempts"]) == 2
+    assert result["cpu_seconds"] == pytest.approx(sum(a["cpu_seconds"] for a in result["attempts"]), abs=0.11)
+    assert "resumed from" in (cell / "train.log").read_text()
+
+    assert compare.main([*grid, "--out", str(tmp_path / "again")]) == 0  # uninterrupted
+    again = json.loads((tmp_path / "again" / "cells" / "widget" / "tiny" / "seed1" / "result.json").read_text())
+    ours, theirs = (torch.load(Path(r["run"]) / "detector.pt", weights_only=True) for r in (result, again))
+    assert ours["updates"] == theirs["updates"] == 600
+    for key, value in theirs["net"].items():
+        assert torch.equal(ours["net"][key], value), key
+
+
+def test_a_budget_row_counts_the_attempts_before_its_snapshot(tmp_path: Path) -> None:
+    """cost.json holds the CPU of the process that wrote the snapshot; attempts of the cell before that one add theirs,
+    the attempts after it (which continued the plateau run) do not."""
+    from benchmarks import compare
+
+    run = tmp_path / "run"
+    (run / "budget").mkdir(parents=True)
+    metrics = {key: 0.5 for key in compare.METRICS}
+    for folder in (run, run / "budget"):
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    (run / "budget" / "cost.json").write_text(json.dumps({"cpu_seconds": 10.0, "test_cpu_seconds": 2.0, "written": 150}))
+    attempts = [
+        {"started": 100, "cpu_seconds": 50.0},
+        {"started": 140, "cpu_seconds": 30.0},
+        {"started": 200, "cpu_seconds": 5.0},
+    ]
+    result = {"run": str(run), "seconds": 99.0, "cpu_seconds": 85.0, "attempts": attempts}
+    row = compare.cell_row("widget", "budget@tiny", 0, result, "budget")
+    assert row["cpu_seconds"] == 62.0 and np.isnan(row["seconds"])  # 50 (killed before) + 10 (up to it) + 2 (its test)
+    assert compare.cell_row("widget", "tiny", 0, result, None)["cpu_seconds"] == 85.0

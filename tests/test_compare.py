@@ -163,13 +163,19 @@ def test_recorded_rows_count_as_finished_cells(grid: tuple[Path, Path, Path], tm
     assert "--recorded" in capsys.readouterr().err
 
 
-def test_compare_restarts_an_interrupted_cell(grid: tuple[Path, Path, Path]) -> None:
+def test_compare_restarts_an_interrupted_cell_that_other_code_began(grid: tuple[Path, Path, Path]) -> None:
+    """An interrupted cell continues only with the code that began it (tests/test_baselines.py: the continuation);
+    another commit's, or one without usage.json (an older version's), starts over."""
     root, variants, out = grid
     cell = out / "cells" / "widget" / "tiny" / "seed0"
     (cell / "result.json").unlink()
+    usage = json.loads((cell / "usage.json").read_text())
+    usage["attempts"][0]["commit"] = "0000000"
+    (cell / "usage.json").write_text(json.dumps(usage))
     (cell / "stale.txt").write_text("left by an interrupted attempt")
     assert run(root, variants, out, "tiny") == 0
     assert (cell / "result.json").is_file() and not (cell / "stale.txt").exists()
+    assert len(json.loads((cell / "result.json").read_text())["attempts"]) == 1
 
 
 def test_compare_rejects_an_unknown_method(grid: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
