@@ -226,8 +226,8 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 
 def continuation(cell: Path, spec: dict[str, Any]) -> tuple[Path | None, list[dict[str, Any]]]:
-    """An interrupted cell's run folder and the attempts recorded in its ``usage.json``, when ``train.py -i`` can
-    continue it with this code (same commit); else (None, []): the cell starts over."""
+    """An interrupted cell's run folder and the attempts recorded in its ``usage.json``, when this code (the same
+    commit) began it, so that ``train.py -i`` may continue it; else (None, []): it starts over."""
     usage = cell / "usage.json"
     runs = sorted((cell / "logs" / (spec.get("method") or spec["algo"])).glob("MVTecPatch-v0_*"))
     if not usage.is_file() or not runs or not (runs[-1] / "config.yml").is_file():
@@ -237,7 +237,7 @@ def continuation(cell: Path, spec: dict[str, Any]) -> tuple[Path | None, list[di
     except (ValueError, KeyError, TypeError):
         return None, []
     if not attempts or any(a.get("commit") != code_commit() for a in attempts):
-        return None, []
+        return None, []  # another commit's run is not this code's to continue
     return runs[-1], attempts
 
 
@@ -294,6 +294,10 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     record(time.perf_counter() - start, usage.ru_utime + usage.ru_stime)
     attempts = [*attempts, attempt]
     seconds, cpu_seconds = sum(a["seconds"] for a in attempts), sum(a["cpu_seconds"] for a in attempts)
+    if code == 2 and run is not None:  # train.py -i refused the folder (e.g. killed before its first checkpoint)
+        print(f"[compare] {category} {base} seed {seed}: train.py -i refused to continue it; starting over", flush=True)
+        shutil.rmtree(cell)
+        return run_cell(category, base, spec, seed, args)
     if code != 0:
         raise RuntimeError(f"cell {category}/{base}/seed{seed} failed with exit code {code}; see {cell / 'train.log'}")
     runs = sorted((cell / "logs" / (spec.get("method") or spec["algo"])).glob("MVTecPatch-v0_*"))

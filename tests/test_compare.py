@@ -168,6 +168,7 @@ def test_compare_restarts_an_interrupted_cell_that_other_code_began(grid: tuple[
     another commit's, or one without usage.json (an older version's), starts over."""
     root, variants, out = grid
     cell = out / "cells" / "widget" / "tiny" / "seed0"
+    assert run(root, variants, out, "tiny") == 0
     (cell / "result.json").unlink()
     usage = json.loads((cell / "usage.json").read_text())
     usage["attempts"][0]["commit"] = "0000000"
@@ -176,6 +177,22 @@ def test_compare_restarts_an_interrupted_cell_that_other_code_began(grid: tuple[
     assert run(root, variants, out, "tiny") == 0
     assert (cell / "result.json").is_file() and not (cell / "stale.txt").exists()
     assert len(json.loads((cell / "result.json").read_text())["attempts"]) == 1
+
+
+def test_compare_starts_over_a_cell_that_train_py_cannot_continue(grid: tuple[Path, Path, Path], capsys) -> None:
+    """A cell of this code killed after its run wrote results but before any checkpoint: train.py -i refuses the
+    folder (exit 2), and the grid starts the cell over instead of failing on it at every rerun."""
+    import shutil
+
+    root, variants, out = grid
+    cell = out / "cells" / "gadget" / "tiny" / "seed0"
+    assert run(root, variants, out, "tiny") == 0
+    (cell / "result.json").unlink()
+    shutil.rmtree(next((cell / "logs" / "random").glob("MVTecPatch-v0_*")) / "checkpoints")
+    assert run(root, variants, out, "tiny") == 0
+    assert "train.py -i refused to continue it; starting over" in capsys.readouterr().out
+    result = json.loads((cell / "result.json").read_text())
+    assert "-i" not in result["command"] and len(result["attempts"]) == 1
 
 
 def test_compare_rejects_an_unknown_method(grid: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
