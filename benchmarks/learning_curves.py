@@ -11,6 +11,7 @@ not log is left out of its panel.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def labels(runs: list[Path]) -> list[str]:
     resolved = [run.resolve() for run in runs]
     if len(resolved) == 1:
         return [resolved[0].name]
-    common = Path(*[parts[0] for parts in zip(*(r.parts for r in resolved)) if len(set(parts)) == 1])
+    common = Path(os.path.commonpath(resolved))
     return [str(r.relative_to(common)) for r in resolved]
 
 

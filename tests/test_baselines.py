@@ -436,6 +436,8 @@ def test_learning_curves_read_a_runs_logs(baseline_run: Path, tmp_path: Path, ca
         (run / "config.yml").write_text("{}")
     assert learning_curves.find_runs([tmp_path, runs[0]]) == runs  # every run once, each by its config.yml
     assert learning_curves.labels(runs) == ["a/seed0", "a/seed1", "b/seed0"]  # distinct, where the last parts are not
+    apart = [tmp_path / "x" / "tire" / "seed0", tmp_path / "y" / "grid" / "seed0"]  # alike again after they differ
+    assert learning_curves.labels(apart) == ["x/tire/seed0", "y/grid/seed0"]
     means = learning_curves.running_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2)
     assert np.allclose(means, [1.0, 2.0, 4.0, 6.0])
 
