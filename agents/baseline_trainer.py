@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,15 +66,13 @@ def save_budget_snapshot(run_dir: Path, config: dict[str, Any], updates: int) ->
     its best checkpoint so far, ``split.json``, and ``config.yml`` with ``n_updates: updates`` and no early stop, which
     is the config of a run that stops there. ``cost.json`` holds the process's CPU seconds up to this point, to which
     train.py adds the snapshot's test evaluation. Returns the folder."""
+    from agents.resume import keep_files
     from agents.run_config import STOPPING
-    from models.runtime import atomic_write, atomic_write_text
+    from models.runtime import atomic_write_text
 
     out = run_dir / BUDGET_SNAPSHOT
     out.mkdir(exist_ok=True)
-    for name in ("best_detector.pt", "best_detector.json", "split.json"):
-        if (run_dir / name).is_file():
-            with (run_dir / name).open("rb") as source:
-                atomic_write(out / name, lambda target: shutil.copyfileobj(source, target))
+    keep_files(tuple(run_dir / name for name in ("best_detector.pt", "best_detector.json", "split.json")), out)
     snapshot = {key: value for key, value in config.items() if key not in STOPPING}
     snapshot |= {"n_updates": updates, "snapshot": f"the best checkpoint of the run in '..' at its first {updates} updates"}
     atomic_write_text(out / "config.yml", yaml.safe_dump(snapshot, sort_keys=False))

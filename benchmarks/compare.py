@@ -165,12 +165,16 @@ def resolve_method(method: str, variants: dict[str, dict[str, Any]], preset: str
     return name, spec, SUB_RUNS.get(prefix)
 
 
+def run_flags(args: argparse.Namespace) -> list[str]:
+    """The train.py flags of every cell, new or continued: quiet, the grid's threads and device."""
+    flags = ["--no-progress", "-v", "1", "--threads", str(args.threads)]
+    return flags + (["--device", args.device] if getattr(args, "device", None) is not None else [])
+
+
 def train_command(spec: dict[str, Any], category: str, seed: int, args: argparse.Namespace, folder: Path) -> list[str]:
     model = ["--method", spec["method"]] if "method" in spec else ["--algo", spec["algo"]]
     cmd = [sys.executable, "-m", "train", *model, "--preset", spec["preset"], "--seed", str(seed)]
-    cmd += ["-f", str(folder), "--no-progress", "-v", "1", "--threads", str(args.threads)]
-    if getattr(args, "device", None) is not None:
-        cmd += ["--device", args.device]
+    cmd += ["-f", str(folder), *run_flags(args)]
     if args.data_root is not None:
         cmd += ["--data-root", args.data_root, "--category", category]
     if spec.get("n_timesteps") is not None:
@@ -225,11 +229,15 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # fields 14 and 15: utime, stime
 
 
+def cell_runs(cell: Path, spec: dict[str, Any]) -> list[Path]:
+    """The run folders train.py wrote in a cell, oldest first: the last is the cell's run."""
+    return sorted((cell / "logs" / (spec.get("method") or spec["algo"])).glob("MVTecPatch-v0_*"))
+
+
 def continuation(cell: Path, spec: dict[str, Any]) -> tuple[Path | None, list[dict[str, Any]]]:
     """An interrupted cell's run folder and the attempts recorded in its ``usage.json``, when this code (the same
     commit) began it, so that ``train.py -i`` may continue it; else (None, []): it starts over."""
-    usage = cell / "usage.json"
-    runs = sorted((cell / "logs" / (spec.get("method") or spec["algo"])).glob("MVTecPatch-v0_*"))
+    usage, runs = cell / "usage.json", cell_runs(cell, spec)
     if not usage.is_file() or not runs or not (runs[-1] / "config.yml").is_file():
         return None, []
     try:
@@ -259,10 +267,10 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
     if run is None and cell.exists():  # an interrupted attempt that cannot be continued: start the cell over
         shutil.rmtree(cell)
     cell.mkdir(parents=True, exist_ok=True)
-    cmd = train_command(spec, category, seed, args, cell / "logs")
-    if run is not None:
-        cmd = [sys.executable, "-m", "train", "-i", str(run), "--no-progress", "-v", "1", "--threads", str(args.threads)]
-        cmd += ["--device", args.device] if getattr(args, "device", None) is not None else []
+    if run is None:
+        cmd = train_command(spec, category, seed, args, cell / "logs")
+    else:
+        cmd = [sys.executable, "-m", "train", "-i", str(run), *run_flags(args)]
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     print(f"[compare] {category} {base} seed {seed}: {' '.join(cmd)}", flush=True)
@@ -300,7 +308,7 @@ def run_cell(category: str, base: str, spec: dict[str, Any], seed: int, args: ar
         return run_cell(category, base, spec, seed, args)
     if code != 0:
         raise RuntimeError(f"cell {category}/{base}/seed{seed} failed with exit code {code}; see {cell / 'train.log'}")
-    runs = sorted((cell / "logs" / (spec.get("method") or spec["algo"])).glob("MVTecPatch-v0_*"))
+    runs = cell_runs(cell, spec)
     if not runs or not (runs[-1] / "metrics.json").is_file():
         raise RuntimeError(f"cell {category}/{base}/seed{seed} wrote no metrics.json; see {cell / 'train.log'}")
     result = {"run": str(runs[-1]), "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}

@@ -34,6 +34,13 @@ TINY = {
 }
 
 
+def tiny_settings(method: str) -> dict:
+    """TINY[method] as a variant's ``hyperparams`` mapping (what --hyperparams makes of it)."""
+    from agents.run_config import parse_value
+
+    return {key: parse_value(value) for key, value in (item.split(":", 1) for item in TINY[method])}
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
@@ -249,19 +256,15 @@ def test_baseline_resume_and_bad_input(baseline_run: Path, data_root: Path, tmp_
 
 # ---------------------------------------------------------------------------------------------- compare.py
 def test_compare_runs_baseline_cells(data_root: Path, tmp_path: Path) -> None:
-    from agents.run_config import parse_value
     from benchmarks import compare
-
-    def pairs(items: list[str]) -> dict:
-        return {key: parse_value(value) for key, value in (item.split(":", 1) for item in items)}
 
     variants = tmp_path / "variants.yml"
     common = {"preset": "default", "n_timesteps": 4, "env_kwargs": {"image_size": 64, "k_shot": 2, "normal_pool": 3}}
     variants.write_text(
         yaml.safe_dump(
             {
-                "tiny_unet": {"method": "unet", **common, "hyperparams": pairs(TINY["unet"])},
-                "tiny_vq": {"method": "vqvae2", **common, "hyperparams": pairs(TINY["vqvae2"])},
+                "tiny_unet": {"method": "unet", **common, "hyperparams": tiny_settings("unet")},
+                "tiny_vq": {"method": "vqvae2", **common, "hyperparams": tiny_settings("vqvae2")},
             }
         )
     )
@@ -482,18 +485,13 @@ def test_a_plateau_run_keeps_the_budget_run_it_passed_through(data_root: Path, t
     same test metrics; compare reads it as the budget@ row with the snapshot's own CPU seconds."""
     from benchmarks import compare
 
-    def pairs(items: list[str]) -> dict:
-        from agents.run_config import parse_value
-
-        return {key: parse_value(value) for key, value in (item.split(":", 1) for item in items)}
-
     budget_logs = tmp_path / "budget"
     assert train.main(run_args(data_root, budget_logs, "unet", 12)) == 0
     budget_run = budget_logs / "unet" / "MVTecPatch-v0_1"
 
     variants = tmp_path / "variants.yml"
     protocol = {"image_size": 64, "k_shot": 2, "normal_pool": 3}
-    settings = {**pairs(TINY["unet"]), "eval_freq": 4, "save_freq": 4, "min_updates": 12, "patience": 3}
+    settings = {**tiny_settings("unet"), "eval_freq": 4, "save_freq": 4, "min_updates": 12, "patience": 3}
     plateau = {"method": "unet", "preset": "plateau", "n_timesteps": 40, "env_kwargs": protocol, "hyperparams": settings}
     variants.write_text(yaml.safe_dump({"tiny_plateau": plateau}))
     argv = ["--data-root", str(data_root), "--categories", "widget", "--methods", "tiny_plateau", "budget@tiny_plateau"]
@@ -533,12 +531,10 @@ def test_an_interrupted_grid_cell_continues_from_its_checkpoint(data_root: Path,
     import sys
     import time
 
-    from agents.run_config import parse_value
     from agents.runs import TRAINER_CHECKPOINT
     from benchmarks import compare
 
-    settings = {key: parse_value(value) for key, value in (item.split(":", 1) for item in TINY["unet"])}
-    settings |= {"eval_freq": 200, "save_freq": 20}
+    settings = tiny_settings("unet") | {"eval_freq": 200, "save_freq": 20}
     tiny = {"method": "unet", "preset": "default", "n_timesteps": 600, "hyperparams": settings}
     tiny["env_kwargs"] = {"image_size": 64, "k_shot": 2, "normal_pool": 3}
     variants = tmp_path / "variants.yml"
